@@ -1,0 +1,394 @@
+//! Code generation for `#[resumable]`, `step!` and `workflow!`.
+
+use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
+use syn::{Expr, Ident, ItemFn, Path, Type};
+
+use crate::args::Args;
+use crate::ast::{Function, NameElidedLifetimes, invocation_lifetime};
+use crate::errors::Errors;
+use crate::fingerprint::fnv1a64;
+use crate::steps::{StepCall, StepRewriter};
+
+/// What every generated step needs to know about its workflow.
+pub struct Expander {
+    krate: Path,
+    codec: Type,
+    ret: Type,
+}
+
+pub fn resumable(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = Args::parse(args, &mut errors);
+    let item_fn: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            errors.at(
+                Span::call_site(),
+                "#[resumable] can only be used on an `async fn` (a free function or a `&self` method)",
+            );
+            let errors = errors.to_compile_errors();
+            return quote!(#errors #item);
+        }
+    };
+    let krate = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::resumable));
+    match Function::parse(item_fn.clone(), &mut errors) {
+        Some(function) => {
+            let expanded = expand(&args, krate, function, &mut errors);
+            let errors = errors.to_compile_errors();
+            quote!(#errors #expanded)
+        }
+        None => {
+            // Emit the user's function, steps reduced to their bodies, so the
+            // errors above are the only ones and IDEs keep working.
+            let mut plain = item_fn;
+            for input in plain.sig.inputs.iter_mut() {
+                if let syn::FnArg::Typed(t) = input {
+                    t.attrs.retain(|a| !a.path().is_ident("dep"));
+                }
+            }
+            let expander = Expander {
+                krate,
+                codec: syn::parse_quote!(()),
+                ret: syn::parse_quote!(()),
+            };
+            let mut ignored = Errors::default();
+            StepRewriter::new(&mut ignored, &expander, true).visit_block_mut(&mut plain.block);
+            let errors = errors.to_compile_errors();
+            quote!(#errors #plain)
+        }
+    }
+}
+
+fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenStream {
+    let codec: Type = args.codec.clone().unwrap_or_else(|| syn::parse_quote!(#krate::Bincode));
+    let ret = f.ret.clone();
+    let expander = Expander {
+        krate: krate.clone(),
+        codec: codec.clone(),
+        ret: ret.clone(),
+    };
+    let mut block = (*f.item.block).clone();
+    let shape = {
+        let mut rewriter = StepRewriter::new(errors, &expander, false);
+        rewriter.visit_block_mut(&mut block);
+        rewriter.shape()
+    };
+
+    let ident = &f.item.sig.ident;
+    let name = args.name.as_ref().map_or_else(|| ident.to_string(), |l| l.value());
+    let input_tys: Vec<&Type> = f.inputs().map(|a| &a.ty).collect();
+    let input_names: Vec<&Ident> = f.inputs().map(|a| &a.name).collect();
+    let shape_hash = fnv1a64(&format!(
+        "workflow={name};input=({});output={};steps=[{shape}]",
+        input_tys.iter().map(|t| canonical(t.to_token_stream())).collect::<Vec<_>>().join(","),
+        canonical(ret.to_token_stream()),
+    ));
+
+    let body_fn = format_ident!("__resumable_body_{}", ident);
+    let meta_fn = format_ident!("__resumable_meta_{}", ident);
+    let workflow_fn = format_ident!("__resumable_workflow_{}", ident);
+    let (call, meta_call) = if f.method {
+        (quote!(Self::#body_fn), quote!(Self::#meta_fn()))
+    } else {
+        (quote!(#body_fn), quote!(#meta_fn()))
+    };
+    let lt = invocation_lifetime();
+    let vis = &f.item.vis;
+    let attrs = &f.item.attrs;
+    let input_ty = quote!((#(#input_tys,)*));
+    let input_pat = quote!((#(#input_names,)*));
+    let ctx = Ident::new("__resumable_ctx", Span::call_site());
+    let arg_names: Vec<&Ident> = f.args.iter().map(|a| &a.name).collect();
+
+    // Input:  #[resumable] async fn upload(&self, #[dep] db: &Db, user: u64) -> Result<T, E> { body }
+    // Output: fn upload<'r>(&'r self, db: &'r Db, user: u64) -> Invocation<'r, (u64,), Result<T, E>, Codec>
+    //         that journals `(user,)` and starts the body fn below.
+    let outer_params = f.args.iter().map(|a| {
+        let name = &a.name;
+        let mut ty = a.ty.clone();
+        if a.dep {
+            NameElidedLifetimes.visit_type_mut(&mut ty);
+        }
+        quote!(#name: #ty)
+    });
+    let receiver = f.method.then(|| quote!(&#lt self,));
+    let self_arg = f.method.then(|| quote!(self,));
+    let input_checks = input_tys
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> let _ = #krate::__private::assert_journaled::<#ty>;));
+    let ret_check = quote_spanned!(ret.span()=> let _ = #krate::__private::assert_workflow_result::<#ret>;);
+    let outer = quote! {
+        #(#attrs)*
+        #vis fn #ident<#lt>(#receiver #(#outer_params),*) -> #krate::Invocation<#lt, #input_ty, #ret, #codec> {
+            #(#input_checks)*
+            #ret_check
+            #krate::__private::invocation::<_, _, #codec, _>(
+                #meta_call,
+                #input_pat,
+                move |#ctx, #input_pat| -> #krate::__private::BoxFuture<#lt, #ret> {
+                    #krate::__private::Box::pin(#call(#self_arg #ctx, #(#arg_names),*))
+                },
+            )
+        }
+    };
+
+    // The body, with every step rewritten, taking the run context first.
+    let body_params = f.args.iter().map(|a| {
+        let (pat, ty) = (&a.pat, &a.ty);
+        quote!(#pat: #ty)
+    });
+    let self_param = f.method.then(|| quote!(&self,));
+    let body = quote! {
+        #[doc(hidden)]
+        #[allow(clippy::too_many_arguments, clippy::needless_question_mark, unused_braces)]
+        async fn #body_fn(#self_param __resumable_ctx_owned: #krate::__private::Ctx, #(#body_params),*) -> #ret {
+            let #ctx: &#krate::__private::Ctx = &__resumable_ctx_owned;
+            #block
+        }
+    };
+
+    let retry = option(args.retry.as_ref());
+    let compatible = &args.compatible;
+    let fn_span = ident.span();
+    let meta = quote! {
+        #[doc(hidden)]
+        fn #meta_fn() -> #krate::__private::WorkflowMeta {
+            #krate::__private::WorkflowMeta {
+                name: #name,
+                fingerprint: #krate::__private::fingerprint(#shape_hash, <#codec as #krate::Codec>::NAME),
+                compatible: &[#(#compatible),*],
+                retry: #retry,
+                location: #krate::__private::Location {
+                    file: ::core::file!(),
+                    line: ::core::line!(),
+                    column: ::core::column!(),
+                },
+            }
+        }
+    };
+    let meta = respan_location(meta, fn_span);
+
+    // Input:  the same function.
+    // Output: fn __resumable_workflow_upload() -> Workflow<Deps, (u64,), Result<T, E>, Codec>, where
+    //         Deps holds what is not journaled (the receiver, then `#[dep]`s), for the completer.
+    let mut deps: Vec<(Type, bool)> = Vec::new(); // (stored type, passed by reference)
+    if f.method {
+        deps.push((syn::parse_quote!(Self), true));
+    }
+    for a in f.deps() {
+        match &a.ty {
+            Type::Reference(r) => deps.push(((*r.elem).clone(), true)),
+            ty => deps.push((ty.clone(), false)),
+        }
+    }
+    let deps_ty = match deps.len() {
+        0 => quote!(()),
+        1 => deps[0].0.to_token_stream(),
+        _ => {
+            let tys = deps.iter().map(|d| &d.0);
+            quote!((#(#tys,)*))
+        }
+    };
+    let dep_access = |i: usize| -> TokenStream {
+        let (_, by_ref) = &deps[i];
+        let access = if deps.len() == 1 {
+            quote!(__resumable_deps)
+        } else {
+            let index = syn::Index::from(i);
+            quote!(&__resumable_deps.#index)
+        };
+        if *by_ref {
+            access
+        } else {
+            quote!(::core::clone::Clone::clone(#access))
+        }
+    };
+    let mut next_dep = 0;
+    let mut resume_args = Vec::new();
+    if f.method {
+        resume_args.push(dep_access(0));
+        next_dep = 1;
+    }
+    resume_args.push(ctx.to_token_stream());
+    for a in &f.args {
+        if a.dep {
+            resume_args.push(dep_access(next_dep));
+            next_dep += 1;
+        } else {
+            resume_args.push(a.name.to_token_stream());
+        }
+    }
+    let deps_param = if deps.is_empty() {
+        quote!(_)
+    } else {
+        quote!(__resumable_deps)
+    };
+    let workflow = quote! {
+        #[doc(hidden)]
+        #vis fn #workflow_fn() -> #krate::Workflow<#deps_ty, #input_ty, #ret, #codec> {
+            #krate::__private::workflow::<_, _, _, #codec>(
+                #meta_call,
+                |#deps_param, #ctx, #input_pat| #krate::__private::Box::pin(#call(#(#resume_args),*)),
+            )
+        }
+    };
+
+    quote!(#outer #body #meta #workflow)
+}
+
+fn option(expr: Option<&Expr>) -> TokenStream {
+    match expr {
+        Some(e) => quote!(::core::option::Option::Some(#e)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+/// Gives `file!()`/`line!()`/`column!()` in generated code the span of the
+/// user's tokens, so they report where the user wrote them.
+fn respan_location(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tt| match tt {
+            TokenTree::Ident(i) if i == "file" || i == "line" || i == "column" => {
+                TokenTree::Ident(Ident::new(&i.to_string(), span))
+            }
+            TokenTree::Punct(mut p) if p.as_char() == '!' => {
+                p.set_span(span);
+                TokenTree::Punct(p)
+            }
+            TokenTree::Group(g) => {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan_location(g.stream(), span));
+                if g.delimiter() == Delimiter::Parenthesis && g.stream().is_empty() {
+                    group.set_span(span);
+                } else {
+                    group.set_span(g.span());
+                }
+                TokenTree::Group(group)
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// Tokens as text that does not depend on the compiler's pretty-printer, so
+/// a fingerprint survives a toolchain upgrade.
+fn canonical(tokens: TokenStream) -> String {
+    let mut out = Vec::new();
+    for tt in tokens {
+        match tt {
+            TokenTree::Group(g) => {
+                let (open, close) = match g.delimiter() {
+                    Delimiter::Parenthesis => ("(", ")"),
+                    Delimiter::Brace => ("{", "}"),
+                    Delimiter::Bracket => ("[", "]"),
+                    Delimiter::None => ("", ""),
+                };
+                out.push(format!("{open}{}{close}", canonical(g.stream())));
+            }
+            TokenTree::Ident(i) => out.push(i.to_string()),
+            TokenTree::Punct(p) => out.push(p.as_char().to_string()),
+            TokenTree::Literal(l) => out.push(l.to_string()),
+        }
+    }
+    out.join(" ")
+}
+
+impl Expander {
+    /// Input:  step!("name", retry = P, |s| { body })
+    /// Output: a loop that replays the journaled output or runs `body` under
+    ///         the retry policy, journaling its output before yielding it;
+    ///         a failed step's error propagates with `?`.
+    pub fn step(&self, call: &StepCall) -> Expr {
+        let Expander { krate: k, codec, ret } = self;
+        let span = call.span;
+        let name = &call.name;
+        let body = &call.body;
+        let retry = option(call.retry.as_ref());
+        let ctx = Ident::new("__resumable_ctx", Span::call_site());
+        let bind = call
+            .context
+            .as_ref()
+            .map(|pat| quote!(let #pat: #k::__private::StepContext = __resumable_step.context();));
+        let prepare = Ident::new("prepare", span);
+        let settle = Ident::new("settle", span);
+        let site = respan_location(
+            quote! {
+                static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
+                    name: #name,
+                    location: #k::__private::Location {
+                        file: ::core::file!(),
+                        line: ::core::line!(),
+                        column: ::core::column!(),
+                    },
+                };
+            },
+            span,
+        );
+        let question = quote_spanned!(span=> ?);
+        let path = &call.path;
+        syn::parse_quote! {
+            ({
+                #path!(@used);
+                #site
+                let mut __resumable_step = #k::__private::Step::new(#ctx, &__RESUMABLE_SITE, #retry);
+                loop {
+                    if let #k::__private::Prepared::Replayed(__resumable_value) =
+                        __resumable_step.#prepare::<#codec, _>().await
+                    {
+                        break ::core::result::Result::Ok(__resumable_value);
+                    }
+                    #bind
+                    let __resumable_result = __resumable_step
+                        .attempt(async {
+                            ::core::result::Result::<_, <#ret as #k::__private::WorkflowResult>::Err>::Ok(#body)
+                        })
+                        .await;
+                    let __resumable_terminal = match &__resumable_result {
+                        ::core::result::Result::Ok(::core::result::Result::Err(__resumable_error)) => {
+                            #[allow(unused_imports)]
+                            use #k::__private::{ViaClassify as _, ViaDefault as _};
+                            (&#k::__private::Classifier(__resumable_error)).is_terminal()
+                        }
+                        _ => false,
+                    };
+                    match __resumable_step.#settle::<#codec, _, _>(__resumable_result, __resumable_terminal).await {
+                        #k::__private::Settled::Done(__resumable_value) => {
+                            break ::core::result::Result::Ok(__resumable_value)
+                        }
+                        #k::__private::Settled::Retry => {}
+                        #k::__private::Settled::Failed(__resumable_error) => {
+                            break ::core::result::Result::Err(__resumable_error)
+                        }
+                    }
+                }
+            })#question
+        }
+    }
+}
+
+/// Input:  workflow!(App::upload)
+/// Output: App::__resumable_workflow_upload()
+pub fn workflow_ref(input: TokenStream) -> TokenStream {
+    let mut path: Path = match syn::parse2(input) {
+        Ok(p) => p,
+        Err(e) => {
+            return syn::Error::new(
+                e.span(),
+                "workflow! takes the path of a #[resumable] function, like `workflow!(App::upload)` or `workflow!(transfer)`",
+            )
+            .to_compile_error();
+        }
+    };
+    let Some(last) = path.segments.last_mut() else {
+        return quote!(::core::compile_error!("workflow! needs a path"));
+    };
+    if !last.arguments.is_none() {
+        return syn::Error::new_spanned(&last.arguments, "workflows are not generic: remove the type arguments")
+            .to_compile_error();
+    }
+    last.ident = format_ident!("__resumable_workflow_{}", last.ident, span = last.ident.span());
+    quote!(#path())
+}

@@ -1,0 +1,435 @@
+//! Finds every `step!` in a workflow body, checks it, rewrites it, and records
+//! the step structure the fingerprint is computed from.
+
+use std::collections::HashMap;
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::visit_mut::VisitMut;
+use syn::{BinOp, Expr, Ident, LitStr, Macro, Pat, Stmt, Token};
+
+use crate::errors::Errors;
+use crate::expand::Expander;
+
+/// A parsed `step!("name", [option = value,]* body)`.
+pub struct StepCall {
+    /// The macro's path as written (`step`, `resumable::step`).
+    pub path: syn::Path,
+    pub name: LitStr,
+    pub retry: Option<Expr>,
+    /// `|s| ...` binds the step's context to `s`.
+    pub context: Option<Pat>,
+    pub body: Expr,
+    pub span: Span,
+}
+
+const STEP_FORM: &str = "write a step as `step!(\"name\", { ... })`, `step!(\"name\", |step| { ... })`, or with options: `step!(\"name\", retry = <RetryPolicy>, { ... })`";
+
+impl Parse for StepCall {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let span = input.span();
+        let name: LitStr = match input.parse::<syn::Lit>() {
+            Ok(syn::Lit::Str(s)) => s,
+            Ok(other) => {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    "a step name must be a string literal, like `step!(\"charge_card\", { ... })`",
+                ));
+            }
+            Err(_) => {
+                let what: TokenStream = input.parse()?;
+                let target = if what.is_empty() { span } else { what.span() };
+                return Err(syn::Error::new(
+                    target,
+                    "a step name must be a string literal, like `step!(\"charge_card\", { ... })`: the name is the step's identity in the journal, so it cannot be computed",
+                ));
+            }
+        };
+        input
+            .parse::<Token![,]>()
+            .map_err(|e| syn::Error::new(e.span(), format!("expected `,` after the step name; {STEP_FORM}")))?;
+        let mut retry = None;
+        while input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
+            let key: Ident = input.parse()?;
+            input.parse::<Token![=]>()?;
+            let value: Expr = input.parse()?;
+            match key.to_string().as_str() {
+                "retry" => retry = Some(value),
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        key,
+                        format!("unknown step option `{other}`; the valid option is `retry = <RetryPolicy>`"),
+                    ));
+                }
+            }
+            input.parse::<Token![,]>()?;
+        }
+        let body: Expr = input.parse()?;
+        let _ = input.parse::<Option<Token![,]>>()?;
+        if !input.is_empty() {
+            return Err(input.error(format!("unexpected tokens after the step body; {STEP_FORM}")));
+        }
+        match body {
+            Expr::Block(_) => Ok(StepCall {
+                path: syn::parse_quote!(step),
+                name,
+                retry,
+                context: None,
+                body,
+                span,
+            }),
+            Expr::Closure(c) if c.inputs.len() == 1 && c.asyncness.is_none() && c.capture.is_none() => Ok(StepCall {
+                path: syn::parse_quote!(step),
+                name,
+                retry,
+                context: c.inputs.into_iter().next(),
+                body: *c.body,
+                span,
+            }),
+            other => Err(syn::Error::new_spanned(
+                other,
+                format!("a step body must be a block `{{ ... }}` or a one-argument closure `|step| {{ ... }}`; {STEP_FORM}"),
+            )),
+        }
+    }
+}
+
+pub fn is_step(mac: &Macro) -> bool {
+    let segments = &mac.path.segments;
+    segments.last().is_some_and(|s| s.ident == "step")
+        && (segments.len() == 1 || (segments.len() == 2 && segments[0].ident == "resumable"))
+}
+
+/// The workflow's step structure: step names nested in the loops, branches and
+/// concurrent blocks that contain them.
+#[derive(Default)]
+struct Shape {
+    stack: Vec<Vec<String>>,
+}
+
+impl Shape {
+    fn enter(&mut self) {
+        self.stack.push(Vec::new());
+    }
+
+    fn leave(&mut self, kind: &str) {
+        let inner = self.stack.pop().unwrap_or_default();
+        if !inner.is_empty() {
+            self.push(format!("{kind}{{{}}}", inner.join(",")));
+        }
+    }
+
+    fn push(&mut self, item: String) {
+        if self.stack.is_empty() {
+            self.stack.push(Vec::new());
+        }
+        self.stack.last_mut().expect("pushed above").push(item);
+    }
+
+    fn render(&self) -> String {
+        self.stack.first().map(|s| s.join(",")).unwrap_or_default()
+    }
+}
+
+pub struct StepRewriter<'a> {
+    pub errors: &'a mut Errors,
+    expander: &'a Expander,
+    names: HashMap<String, Span>,
+    shape: Shape,
+    closures: usize,
+    in_step: bool,
+    /// Fatal errors elsewhere: only strip the steps, so the body still type-checks.
+    fallback: bool,
+}
+
+impl<'a> StepRewriter<'a> {
+    pub fn new(errors: &'a mut Errors, expander: &'a Expander, fallback: bool) -> Self {
+        let mut shape = Shape::default();
+        shape.enter();
+        StepRewriter {
+            errors,
+            expander,
+            names: HashMap::new(),
+            shape,
+            closures: 0,
+            in_step: false,
+            fallback,
+        }
+    }
+
+    pub fn shape(&self) -> String {
+        self.shape.render()
+    }
+
+    fn grouped(&mut self, kind: &str, f: impl FnOnce(&mut Self)) {
+        self.shape.enter();
+        f(self);
+        self.shape.leave(kind);
+    }
+
+    fn rewrite_step(&mut self, mac: &Macro) -> Expr {
+        let call = match mac.parse_body::<StepCall>() {
+            Ok(call) => call,
+            Err(e) => {
+                self.errors.push(e);
+                return syn::parse_quote!(loop {});
+            }
+        };
+        let mut call = call;
+        call.span = mac.path.span();
+        call.path = mac.path.clone();
+        self.check(&call);
+        let was_in_step = std::mem::replace(&mut self.in_step, true);
+        self.visit_expr_mut(&mut call.body);
+        self.in_step = was_in_step;
+        self.shape.push(call.name.value());
+        if self.fallback {
+            let body = &call.body;
+            let context = call.context.iter();
+            return syn::parse_quote!({ #(let #context = ::core::panic!();)* #body });
+        }
+        self.expander.step(&call)
+    }
+
+    fn check(&mut self, call: &StepCall) {
+        let name = call.name.value();
+        if self.in_step {
+            self.errors.at(
+                call.span,
+                "steps cannot be nested: a step's body stops running once its output is journaled; make the inner step a separate step of the workflow",
+            );
+        }
+        if self.closures > 0 {
+            self.errors.at(
+                call.span,
+                "step! cannot be used inside a closure: a closure is not async and is not part of the workflow's step structure; use a `for` loop, or an `async` block",
+            );
+        }
+        if name.is_empty() {
+            self.errors.spanned(&call.name, "a step name must not be empty");
+        } else if name.contains('#') {
+            self.errors.spanned(
+                &call.name,
+                "a step name cannot contain `#`: the runtime appends `#<occurrence>` to tell the runs of one step apart",
+            );
+        } else if let Some(first) = self.names.get(&name) {
+            let mut err = syn::Error::new_spanned(
+                &call.name,
+                format!(
+                    "step name \"{name}\" is used twice in this workflow: give each `step!` its own name (a step that runs repeatedly, in a loop, is already told apart as {name}#0, {name}#1, ...)"
+                ),
+            );
+            err.combine(syn::Error::new(*first, format!("\"{name}\" is first used here")));
+            self.errors.push(err);
+        } else {
+            self.names.insert(name, call.name.span());
+        }
+        let mut outside = AssignsOutside::new(&call.body);
+        outside.visit_expr(&call.body);
+        for (target, tokens) in outside.found {
+            self.errors.spanned(
+                tokens,
+                format!(
+                    "this step assigns to `{target}`, which is declared outside the step; on replay the step's body does not run, so the assignment would be lost: return the value from the step instead, as in `let {target} = step!(\"{}\", {{ ... }});`",
+                    call.name.value()
+                ),
+            );
+        }
+        let mut returns = Returns::default();
+        returns.visit_expr(&call.body);
+        for span in returns.found {
+            self.errors.at(
+                span,
+                "`return` inside a step would return from the step's body, not from the workflow: make the step's value say what happened, or use `?` to fail the step",
+            );
+        }
+    }
+
+    fn rewrite_other_macro(&mut self, mac: &mut Macro) {
+        if !mentions_step(mac.tokens.clone()) {
+            return;
+        }
+        let parsed = mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated);
+        match parsed {
+            Ok(mut exprs) => {
+                for expr in exprs.iter_mut() {
+                    self.visit_expr_mut(expr);
+                }
+                mac.tokens = exprs.into_token_stream();
+            }
+            Err(_) => {
+                let name = mac.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default();
+                self.errors.spanned(
+                    &mac.path,
+                    format!(
+                        "#[resumable] cannot find the step! inside `{name}!`: bind the step's result to a variable before the macro, or move the step into an `async` block"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn mentions_step(tokens: TokenStream) -> bool {
+    let mut previous_was_step = false;
+    for tt in tokens {
+        match tt {
+            TokenTree::Punct(p) if p.as_char() == '!' && previous_was_step => return true,
+            TokenTree::Ident(i) => {
+                previous_was_step = i == "step";
+                continue;
+            }
+            TokenTree::Group(g) if mentions_step(g.stream()) => return true,
+            _ => {}
+        }
+        previous_was_step = false;
+    }
+    false
+}
+
+impl VisitMut for StepRewriter<'_> {
+    fn visit_expr_mut(&mut self, expr: &mut Expr) {
+        match expr {
+            Expr::Macro(m) if is_step(&m.mac) => *expr = self.rewrite_step(&m.mac),
+            Expr::Macro(m) => self.rewrite_other_macro(&mut m.mac),
+            Expr::Closure(c) if c.asyncness.is_none() => {
+                self.closures += 1;
+                syn::visit_mut::visit_expr_closure_mut(self, c);
+                self.closures -= 1;
+            }
+            Expr::Closure(c) => {
+                let outer = std::mem::replace(&mut self.closures, 0);
+                self.grouped("async", |v| syn::visit_mut::visit_expr_closure_mut(v, c));
+                self.closures = outer;
+            }
+            Expr::Async(a) => {
+                let outer = std::mem::replace(&mut self.closures, 0);
+                self.grouped("async", |v| syn::visit_mut::visit_expr_async_mut(v, a));
+                self.closures = outer;
+            }
+            Expr::ForLoop(l) => {
+                self.visit_expr_mut(&mut l.expr);
+                self.grouped("loop", |v| v.visit_block_mut(&mut l.body));
+            }
+            Expr::While(l) => self.grouped("loop", |v| syn::visit_mut::visit_expr_while_mut(v, l)),
+            Expr::Loop(l) => self.grouped("loop", |v| syn::visit_mut::visit_expr_loop_mut(v, l)),
+            Expr::If(i) => {
+                self.visit_expr_mut(&mut i.cond);
+                self.grouped("if", |v| v.visit_block_mut(&mut i.then_branch));
+                if let Some((_, e)) = &mut i.else_branch {
+                    self.grouped("else", |v| v.visit_expr_mut(e));
+                }
+            }
+            Expr::Match(m) => {
+                self.visit_expr_mut(&mut m.expr);
+                for arm in &mut m.arms {
+                    self.grouped("arm", |v| v.visit_arm_mut(arm));
+                }
+            }
+            _ => syn::visit_mut::visit_expr_mut(self, expr),
+        }
+    }
+
+    fn visit_stmt_mut(&mut self, stmt: &mut Stmt) {
+        match stmt {
+            Stmt::Macro(m) if is_step(&m.mac) => {
+                let expr = self.rewrite_step(&m.mac);
+                *stmt = Stmt::Expr(expr, m.semi_token);
+            }
+            Stmt::Macro(m) => self.rewrite_other_macro(&mut m.mac),
+            _ => syn::visit_mut::visit_stmt_mut(self, stmt),
+        }
+    }
+
+    // Steps in a nested `fn` belong to no workflow; `step!` reports that itself.
+    fn visit_item_mut(&mut self, _item: &mut syn::Item) {}
+}
+
+/// Assignments in a step body to variables declared outside it.
+struct AssignsOutside {
+    locals: std::collections::HashSet<String>,
+    found: Vec<(String, TokenStream)>,
+}
+
+impl AssignsOutside {
+    fn new(body: &Expr) -> Self {
+        struct Locals(std::collections::HashSet<String>);
+        impl Visit<'_> for Locals {
+            fn visit_pat_ident(&mut self, p: &syn::PatIdent) {
+                self.0.insert(p.ident.to_string());
+                syn::visit::visit_pat_ident(self, p);
+            }
+        }
+        let mut locals = Locals(Default::default());
+        locals.visit_expr(body);
+        AssignsOutside {
+            locals: locals.0,
+            found: Vec::new(),
+        }
+    }
+
+    fn check(&mut self, place: &Expr, whole: TokenStream) {
+        if let Some(root) = place_root(place)
+            && !self.locals.contains(&root)
+        {
+            self.found.push((root, whole));
+        }
+    }
+}
+
+fn place_root(place: &Expr) -> Option<String> {
+    match place {
+        Expr::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 => Some(p.path.segments[0].ident.to_string()),
+        Expr::Field(f) => place_root(&f.base),
+        Expr::Index(i) => place_root(&i.expr),
+        Expr::Paren(p) => place_root(&p.expr),
+        Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => place_root(&u.expr),
+        _ => None,
+    }
+}
+
+impl Visit<'_> for AssignsOutside {
+    fn visit_expr_assign(&mut self, a: &syn::ExprAssign) {
+        self.check(&a.left, a.to_token_stream());
+        syn::visit::visit_expr_assign(self, a);
+    }
+
+    fn visit_expr_binary(&mut self, b: &syn::ExprBinary) {
+        let compound = matches!(
+            b.op,
+            BinOp::AddAssign(_)
+                | BinOp::SubAssign(_)
+                | BinOp::MulAssign(_)
+                | BinOp::DivAssign(_)
+                | BinOp::RemAssign(_)
+                | BinOp::BitXorAssign(_)
+                | BinOp::BitAndAssign(_)
+                | BinOp::BitOrAssign(_)
+                | BinOp::ShlAssign(_)
+                | BinOp::ShrAssign(_)
+        );
+        if compound {
+            self.check(&b.left, b.to_token_stream());
+        }
+        syn::visit::visit_expr_binary(self, b);
+    }
+}
+
+/// `return` expressions that would leave the step body (not those of nested closures or async blocks).
+#[derive(Default)]
+struct Returns {
+    found: Vec<Span>,
+}
+
+impl Visit<'_> for Returns {
+    fn visit_expr_return(&mut self, r: &syn::ExprReturn) {
+        self.found.push(r.return_token.span);
+    }
+    fn visit_expr_closure(&mut self, _: &syn::ExprClosure) {}
+    fn visit_expr_async(&mut self, _: &syn::ExprAsync) {}
+    fn visit_item(&mut self, _: &syn::Item) {}
+}

@@ -1,0 +1,307 @@
+//! The [`Completer`]: a background worker that finds incomplete runs nobody
+//! is executing, claims them, and drives them to completion.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::journal::{Lease, RunSnapshot, Timestamp, Write};
+use crate::runtime::Runtime;
+use crate::workflow::{BoxFuture, Journaled, Workflow, WorkflowResult};
+
+/// Finds runs that are incomplete, unleased (or whose lease expired) and due,
+/// claims them under a lease, and resumes them with the registered workflow
+/// code, the journaled input and the dependencies given at registration.
+///
+/// Concurrency is bounded; a run that stops with an error is given back with
+/// the error as its last error and taken again after a growing backoff.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use resumable_runtime::{Completer, MemoryJournal, Runtime};
+/// let rt = Runtime::new(MemoryJournal::new());
+/// let report = Completer::new(&rt).run_until_idle().await.unwrap();
+/// assert_eq!(report.finished, 0);
+/// # }
+/// ```
+pub struct Completer {
+    rt: Runtime,
+    registry: HashMap<&'static str, Arc<dyn Resume>>,
+    concurrency: usize,
+    poll_interval: Duration,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Completer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completer")
+            .field("workflows", &self.registry.keys().collect::<Vec<_>>())
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a completer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompleterReport {
+    /// Runs it drove to an outcome (success or terminal failure).
+    pub finished: u64,
+    /// Executions that stopped with an error (the runs were given back).
+    pub interrupted: u64,
+}
+
+trait Resume: Send + Sync {
+    fn resume(&self, rt: Runtime, snapshot: RunSnapshot, lease: Lease) -> BoxFuture<'static, Result<()>>;
+}
+
+struct Registered<D, I, R, C> {
+    workflow: Workflow<D, I, R, C>,
+    deps: Arc<D>,
+}
+
+impl<D, I, R, C> Resume for Registered<D, I, R, C>
+where
+    D: Send + Sync + 'static,
+    I: Journaled,
+    R: WorkflowResult + Journaled,
+    C: Codec,
+{
+    fn resume(&self, rt: Runtime, snapshot: RunSnapshot, lease: Lease) -> BoxFuture<'static, Result<()>> {
+        let deps = self.deps.clone();
+        let workflow = self.workflow;
+        Box::pin(async move {
+            let start = |ctx, input| (workflow.start)(&*deps, ctx, input);
+            rt.execute::<I, R, C>(workflow.meta, snapshot, lease, start).await.map(drop)
+        })
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    finished: AtomicU64,
+    interrupted: AtomicU64,
+}
+
+impl Completer {
+    /// A completer using `rt`'s journal and settings, with no workflows yet.
+    pub fn new(rt: &Runtime) -> Self {
+        Completer {
+            rt: rt.clone(),
+            registry: HashMap::new(),
+            concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Registers a workflow (from `workflow!(path::to::function)`) with the
+    /// dependencies its runs are resumed with: the receiver of a method,
+    /// or its `#[dep]` arguments.
+    pub fn register<D, I, R, C>(mut self, workflow: Workflow<D, I, R, C>, deps: impl Into<Arc<D>>) -> Result<Self>
+    where
+        D: Send + Sync + 'static,
+        I: Journaled,
+        R: WorkflowResult + Journaled,
+        C: Codec,
+    {
+        let name = workflow.meta.name;
+        if self.registry.contains_key(name) {
+            return Err(Error::DuplicateWorkflow {
+                workflow: name.to_owned(),
+            });
+        }
+        let registered = Registered {
+            workflow,
+            deps: deps.into(),
+        };
+        self.registry.insert(name, Arc::new(registered));
+        Ok(self)
+    }
+
+    /// How many runs execute at once (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How often to look for due runs when idle (default 1 s).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// How long [`CompleterHandle::shutdown`] lets executing runs finish before
+    /// interrupting them (default 10 s).
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = d;
+        self
+    }
+
+    /// Starts the completer as a tokio task.
+    pub fn start(self) -> CompleterHandle {
+        let stop = Arc::new(Notify::new());
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(self.work(Some(stop.clone()), counters.clone()));
+        CompleterHandle { stop, task, counters }
+    }
+
+    /// Completes every run that is due now (and those that become due while
+    /// it works), then returns. Runs waiting out a backoff are left alone.
+    pub async fn run_until_idle(self) -> Result<CompleterReport> {
+        let counters = Arc::new(Counters::default());
+        self.work(None, counters.clone()).await?;
+        Ok(counters.report())
+    }
+
+    async fn work(self, stop: Option<Arc<Notify>>, counters: Arc<Counters>) -> Result<()> {
+        let Completer {
+            rt,
+            registry,
+            concurrency,
+            poll_interval,
+            shutdown_grace,
+        } = self;
+        let registry = Arc::new(registry);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let leases: Arc<Mutex<HashMap<String, Lease>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        let stopped = async {
+            match &stop {
+                Some(stop) => stop.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
+        loop {
+            let free = slots.available_permits();
+            let mut claimed = 0;
+            if free > 0 {
+                match rt.journal().claim_due(rt.lease_request(), free).await {
+                    Ok(runs) => {
+                        claimed = runs.len();
+                        for (snapshot, lease) in runs {
+                            let permit = slots.clone().acquire_owned().await.expect("semaphore is never closed");
+                            let rt = rt.clone();
+                            let registry = registry.clone();
+                            let leases = leases.clone();
+                            let counters = counters.clone();
+                            leases.lock().unwrap().insert(lease.run_key.clone(), lease.clone());
+                            tasks.spawn(async move {
+                                let key = lease.run_key.clone();
+                                let outcome = resume(&rt, &registry, snapshot, lease).await;
+                                leases.lock().unwrap().remove(&key);
+                                match outcome {
+                                    Ok(()) => counters.finished.fetch_add(1, Ordering::Relaxed),
+                                    Err(_) => counters.interrupted.fetch_add(1, Ordering::Relaxed),
+                                };
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(err) => {
+                        if stop.is_none() {
+                            return Err(err);
+                        }
+                        tracing::warn!(error = %err, "completer could not claim runs; retrying");
+                    }
+                }
+            }
+            if stop.is_none() && claimed == 0 && tasks.is_empty() {
+                return Ok(());
+            }
+            // More may be due right away if every free slot was filled.
+            let busy = claimed > 0 && claimed == free;
+            tokio::select! {
+                _ = &mut stopped => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(poll_interval), if !busy => {}
+                _ = tokio::task::yield_now(), if busy => {}
+            }
+        }
+        // Graceful shutdown: let executing runs finish, then interrupt and give back the rest.
+        let drained = tokio::time::timeout(shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            let left: Vec<Lease> = leases.lock().unwrap().drain().map(|(_, l)| l).collect();
+            for lease in left {
+                let write = Write::Release {
+                    last_error: Some(Error::Shutdown { run: lease.run_key.clone() }.to_string()),
+                    wake_at: Timestamp::now(),
+                    at: Timestamp::now(),
+                };
+                if let Err(err) = rt.journal().write(&lease, write).await {
+                    tracing::debug!(run = %lease.run_key, error = %err, "could not give back run at shutdown");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn resume(
+    rt: &Runtime,
+    registry: &HashMap<&'static str, Arc<dyn Resume>>,
+    snapshot: RunSnapshot,
+    lease: Lease,
+) -> Result<()> {
+    match registry.get(snapshot.run.workflow.as_str()) {
+        Some(workflow) => workflow.resume(rt.clone(), snapshot, lease).await,
+        None => {
+            let err = Error::UnknownWorkflow {
+                run: snapshot.run.key.clone(),
+                workflow: snapshot.run.workflow.clone(),
+            };
+            tracing::warn!(error = %err, "cannot resume run");
+            rt.give_back_after_error(&lease, &err, snapshot.run.executions).await;
+            Err(err)
+        }
+    }
+}
+
+impl Counters {
+    fn report(&self) -> CompleterReport {
+        CompleterReport {
+            finished: self.finished.load(Ordering::Relaxed),
+            interrupted: self.interrupted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A running [`Completer`].
+#[derive(Debug)]
+pub struct CompleterHandle {
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<Result<()>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.report().fmt(f)
+    }
+}
+
+impl CompleterHandle {
+    /// What it has done so far.
+    pub fn report(&self) -> CompleterReport {
+        self.counters.report()
+    }
+
+    /// Stops claiming runs, lets executing ones finish within the grace
+    /// period, gives back the rest for the next worker, and returns what it did.
+    pub async fn shutdown(self) -> Result<CompleterReport> {
+        self.stop.notify_one();
+        match self.task.await {
+            Ok(result) => result.map(|()| self.counters.report()),
+            Err(join) => Err(Error::storage("completer", join.to_string())),
+        }
+    }
+}

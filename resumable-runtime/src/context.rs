@@ -1,0 +1,237 @@
+//! The state of one executing run: what the journal recorded, which steps the
+//! code has asked for, and how an infrastructure failure stops the workflow.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::task::AtomicWaker;
+
+use crate::codec::Envelope;
+use crate::error::{Error, Location};
+use crate::journal::{Journal, Lease, RunSnapshot, StepRecord, StepState, Timestamp};
+use crate::retry::RetryPolicy;
+
+/// A handle on the executing run, given to the workflow body by `#[resumable]`.
+/// Cheap to clone; not meant to be used directly.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub(crate) run: Arc<RunCtx>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RunCtx {
+    pub run_key: String,
+    pub workflow: &'static str,
+    pub lease: Mutex<Lease>,
+    pub journal: Arc<dyn Journal>,
+    pub envelope: Envelope,
+    pub retry: RetryPolicy,
+    state: Mutex<ReplayState>,
+    driver: AtomicWaker,
+}
+
+/// What a step learns when it first asks the run about itself.
+pub(crate) enum Decision {
+    /// The journal has its output.
+    Replay(StepRecord),
+    /// It must run; earlier failed attempts and the first start time, if any.
+    Execute { attempts: u32, started_at: Timestamp },
+}
+
+#[derive(Debug, Default)]
+struct ReplayState {
+    /// Completed steps the code has not asked for yet.
+    recorded: HashMap<String, StepRecord>,
+    /// Steps with failed attempts and no output.
+    retrying: HashMap<String, StepRecord>,
+    occurrences: HashMap<&'static str, u32>,
+    next_seq: u64,
+    issued: u64,
+    executing: usize,
+    /// New steps held back until every recorded step is replayed (see `decide`).
+    gated: HashMap<String, Gated>,
+    abort: Option<Error>,
+}
+
+#[derive(Debug)]
+struct Gated {
+    issued: u64,
+    location: Location,
+    waker: Waker,
+}
+
+impl RunCtx {
+    pub fn new(
+        snapshot: &mut RunSnapshot,
+        lease: Lease,
+        journal: Arc<dyn Journal>,
+        envelope: Envelope,
+        retry: RetryPolicy,
+        workflow: &'static str,
+    ) -> Self {
+        let mut state = ReplayState::default();
+        for step in snapshot.steps.drain(..) {
+            match step.state {
+                StepState::Completed => {
+                    state.next_seq = state.next_seq.max(step.seq.unwrap_or(0) + 1);
+                    state.recorded.insert(step.step_id.clone(), step);
+                }
+                StepState::Retrying => {
+                    state.retrying.insert(step.step_id.clone(), step);
+                }
+            }
+        }
+        RunCtx {
+            run_key: snapshot.run.key.clone(),
+            workflow,
+            lease: Mutex::new(lease),
+            journal,
+            envelope,
+            retry,
+            state: Mutex::new(state),
+            driver: AtomicWaker::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, ReplayState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn lease(&self) -> Lease {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_lease(&self, lease: Lease) {
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
+    }
+
+    /// Gives the next occurrence index of step `name` (0 for its first call).
+    pub fn next_occurrence(&self, name: &'static str) -> u32 {
+        let mut st = self.state();
+        let n = st.occurrences.entry(name).or_insert(0);
+        let occurrence = *n;
+        *n += 1;
+        occurrence
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        let mut st = self.state();
+        st.next_seq += 1;
+        st.next_seq - 1
+    }
+
+    /// Decides whether step `id` replays or runs.
+    ///
+    /// A step the journal did not record must wait while recorded steps remain
+    /// unreplayed: if the code is deterministic, no recorded step depends on a
+    /// step that never completed, so those are all reached without it. If they
+    /// are not reached, the workflow stalls and the driver reports
+    /// [`Error::NonDeterminism`] instead of running a step out of order.
+    pub fn decide(&self, id: &str, location: Location, cx: &mut Context<'_>) -> Poll<Decision> {
+        let mut st = self.state();
+        if let Some(record) = st.recorded.remove(id) {
+            st.gated.remove(id);
+            if st.recorded.is_empty() {
+                for (_, gated) in st.gated.drain() {
+                    gated.waker.wake();
+                }
+            }
+            return Poll::Ready(Decision::Replay(record));
+        }
+        if !st.recorded.is_empty() {
+            let issued = st.issued;
+            match st.gated.get_mut(id) {
+                Some(g) => g.waker.clone_from(cx.waker()),
+                None => {
+                    st.issued += 1;
+                    st.gated.insert(
+                        id.to_owned(),
+                        Gated {
+                            issued,
+                            location,
+                            waker: cx.waker().clone(),
+                        },
+                    );
+                }
+            }
+            return Poll::Pending;
+        }
+        st.gated.remove(id);
+        st.executing += 1;
+        let (attempts, started_at) = st
+            .retrying
+            .remove(id)
+            .map_or((0, Timestamp::now()), |r| (r.attempts, r.started_at));
+        Poll::Ready(Decision::Execute { attempts, started_at })
+    }
+
+    /// A step that was executing has finished or was dropped.
+    pub fn step_done(&self) {
+        let mut st = self.state();
+        st.executing = st.executing.saturating_sub(1);
+    }
+
+    /// A gated step future was dropped before it was released.
+    pub fn forget_gated(&self, id: &str) {
+        self.state().gated.remove(id);
+    }
+
+    /// Stops the workflow with `err`; the driver returns it at its next check.
+    pub fn abort(&self, err: Error) {
+        let mut st = self.state();
+        if st.abort.is_none() {
+            st.abort = Some(err);
+        }
+        drop(st);
+        self.driver.wake();
+    }
+
+    pub fn register_driver(&self, waker: &Waker) {
+        self.driver.register(waker);
+    }
+
+    /// The error that must stop the workflow now, if any: an abort, or a stall
+    /// in which every live step waits for recorded steps nobody asks for.
+    pub fn stop_reason(&self) -> Option<Error> {
+        let mut st = self.state();
+        if let Some(err) = st.abort.take() {
+            return Some(err);
+        }
+        if st.executing == 0 && !st.gated.is_empty() && !st.recorded.is_empty() {
+            let (found, gated) = st.gated.iter().min_by_key(|(_, g)| g.issued)?;
+            return Some(Error::NonDeterminism {
+                run: self.run_key.clone(),
+                expected: earliest(&st.recorded),
+                found: found.clone(),
+                location: gated.location,
+            });
+        }
+        None
+    }
+
+    /// At the end of the workflow: the first recorded step never asked for, if any.
+    pub fn unreplayed(&self) -> Option<String> {
+        let st = self.state();
+        (!st.recorded.is_empty()).then(|| earliest(&st.recorded))
+    }
+}
+
+fn earliest(recorded: &HashMap<String, StepRecord>) -> String {
+    recorded
+        .values()
+        .min_by_key(|r| (r.seq, r.step_id.as_str()))
+        .map(|r| r.step_id.clone())
+        .unwrap_or_default()
+}
+
+/// Turns a panic payload into its message.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}

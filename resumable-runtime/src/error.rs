@@ -1,0 +1,301 @@
+//! The one error type of the runtime.
+
+use std::fmt;
+
+/// A boxed error from a storage driver or a codec, kept out of the public API's types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Which journaled value an error is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// The run's input (the workflow's journaled arguments).
+    Input,
+    /// The output of one step, by step id (`name#occurrence`).
+    Step(String),
+    /// The run's final outcome.
+    Outcome,
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Slot::Input => f.write_str("input"),
+            Slot::Step(id) => write!(f, "step '{id}'"),
+            Slot::Outcome => f.write_str("outcome"),
+        }
+    }
+}
+
+/// Where a step is written in the workflow's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Source file, as `file!()` gives it.
+    pub file: &'static str,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column.
+    pub column: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// What went wrong while running, resuming or storing a workflow.
+///
+/// A step's own error is not here: it is the workflow's error type, returned
+/// as the inner `Err` of [`Runtime::run`](crate::Runtime::run). These are the
+/// failures of the machinery around it, and none of them is ever journaled as
+/// a run's outcome.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The run key is already used by a run with a different input.
+    #[error(
+        "run '{run}' was started with a different input; a run key names one operation, so use a new key for new input"
+    )]
+    InputMismatch {
+        /// The run key.
+        run: String,
+    },
+
+    /// The run key is already used by a run of another workflow.
+    #[error("run '{run}' belongs to workflow '{journaled}', not to '{requested}'")]
+    WorkflowMismatch {
+        /// The run key.
+        run: String,
+        /// The workflow recorded in the journal.
+        journaled: String,
+        /// The workflow this call asked for.
+        requested: String,
+    },
+
+    /// On replay the workflow asked for a step that the journal did not record
+    /// where it expected another: the code between steps is not deterministic,
+    /// or it changed. The run's journal is left untouched.
+    #[error(
+        "non-determinism in run '{run}': the journal expected step '{expected}' but the workflow asked for step '{found}' at {location}; code between steps must be deterministic (take time, randomness and ids from steps)"
+    )]
+    NonDeterminism {
+        /// The run key.
+        run: String,
+        /// The step the journal recorded next.
+        expected: String,
+        /// The step the code asked for instead (or `<end of workflow>`).
+        found: String,
+        /// Where `found` is written.
+        location: Location,
+    },
+
+    /// The run was started by a version of the workflow with another step
+    /// structure, and this code does not declare it compatible.
+    #[error(
+        "run '{run}' of workflow '{workflow}' was started by code with fingerprint {journaled:016x}, but this code has fingerprint {current:016x}; if this code can resume such runs, declare it with #[resumable(compatible = [\"{journaled:016x}\"])]"
+    )]
+    VersionMismatch {
+        /// The run key.
+        run: String,
+        /// The workflow name.
+        workflow: String,
+        /// Fingerprint stored with the run.
+        journaled: u64,
+        /// Fingerprint of the running code.
+        current: u64,
+    },
+
+    /// This worker's lease on the run was taken over (or the run finished
+    /// elsewhere); its write was rejected and it stopped.
+    #[error("lease on run '{run}' lost: epoch {epoch} is no longer current, another worker owns the run")]
+    LeaseLost {
+        /// The run key.
+        run: String,
+        /// The epoch this worker held.
+        epoch: u64,
+    },
+
+    /// Another worker is executing the run right now.
+    #[error("run '{run}' is being executed by '{owner}'; try again later")]
+    Busy {
+        /// The run key.
+        run: String,
+        /// The worker holding the lease.
+        owner: String,
+    },
+
+    /// A step output was recorded a second time.
+    #[error("step '{step}' of run '{run}' is already recorded; a recorded step never runs again")]
+    StepAlreadyRecorded {
+        /// The run key.
+        run: String,
+        /// The step id.
+        step: String,
+    },
+
+    /// A step panicked on every attempt its retry policy allowed. The run stays
+    /// incomplete with this as its last error, so a fixed deployment can resume it.
+    #[error("step '{step}' of run '{run}' panicked on attempt {attempts}: {message}")]
+    StepPanicked {
+        /// The run key.
+        run: String,
+        /// The step id.
+        step: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The panic message.
+        message: String,
+    },
+
+    /// The workflow body panicked outside any step. The run stays incomplete.
+    #[error("workflow of run '{run}' panicked outside a step: {message}")]
+    WorkflowPanicked {
+        /// The run key.
+        run: String,
+        /// The panic message.
+        message: String,
+    },
+
+    /// A journaled record is damaged: too short, or its checksum does not match.
+    #[error("corrupted journal record for {slot} of run '{run}': {reason}")]
+    Corrupted {
+        /// The run key.
+        run: String,
+        /// The damaged record.
+        slot: Slot,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A journaled record has a format version this code does not know.
+    #[error(
+        "{slot} of run '{run}' is stored in record format {found}, this code reads format {supported}"
+    )]
+    UnknownRecordVersion {
+        /// The run key.
+        run: String,
+        /// The record.
+        slot: Slot,
+        /// The version found.
+        found: u8,
+        /// The version this code reads.
+        supported: u8,
+    },
+
+    /// A journaled record did not decode as the type the code expects.
+    #[error("{slot} of run '{run}' does not decode as `{ty}`: {source}")]
+    Decode {
+        /// The run key.
+        run: String,
+        /// The record.
+        slot: Slot,
+        /// The Rust type expected.
+        ty: &'static str,
+        /// The codec's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A value could not be encoded.
+    #[error("{slot} of run '{run}' cannot be encoded as `{ty}`: {source}")]
+    Encode {
+        /// The run key.
+        run: String,
+        /// The record.
+        slot: Slot,
+        /// The Rust type.
+        ty: &'static str,
+        /// The codec's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A value is larger than the runtime's payload limit.
+    #[error("{slot} of run '{run}' is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The run key.
+        run: String,
+        /// The record.
+        slot: Slot,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+
+    /// No workflow is registered under the name a run was started with.
+    #[error("run '{run}' needs workflow '{workflow}', which is not registered with this completer")]
+    UnknownWorkflow {
+        /// The run key.
+        run: String,
+        /// The workflow name.
+        workflow: String,
+    },
+
+    /// Two workflows were registered under one name.
+    #[error(
+        "two workflows are registered as '{workflow}'; give one a stable name with #[resumable(name = \"...\")]"
+    )]
+    DuplicateWorkflow {
+        /// The name.
+        workflow: String,
+    },
+
+    /// The journal's schema was written by a newer (or unknown) version of this library.
+    #[error("journal schema version {found} is not supported; this code reads version {supported}")]
+    SchemaVersion {
+        /// Version found in the store.
+        found: i64,
+        /// Version this code reads and writes.
+        supported: i64,
+    },
+
+    /// A run key is not valid (empty, or too long).
+    #[error("invalid run key {key:?}: {reason}")]
+    InvalidRunKey {
+        /// The key given.
+        key: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+
+    /// The storage backend failed (I/O, lost connection, locked database).
+    #[error("journal storage ({backend}) failed: {source}")]
+    Storage {
+        /// The backend's name.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The runtime or completer was shut down while the run was executing;
+    /// the run is left for the next worker.
+    #[error("run '{run}' was interrupted by shutdown; the next worker resumes it")]
+    Shutdown {
+        /// The run key.
+        run: String,
+    },
+}
+
+impl Error {
+    /// Wraps a storage driver's error.
+    pub fn storage(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Storage {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed (storage trouble, a busy
+    /// run, a lost lease), as opposed to errors that need different input or code.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Storage { .. } | Error::Busy { .. } | Error::LeaseLost { .. } | Error::Shutdown { .. }
+        )
+    }
+}
+
+/// The runtime's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,513 @@
+//! The [`Runtime`]: starts or resumes runs by key, drives workflow bodies, and
+//! answers questions about runs.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use tracing::Instrument;
+
+use crate::codec::{Codec, Envelope};
+use crate::context::{Ctx, RunCtx, panic_message};
+use crate::error::{Error, Result, Slot};
+use crate::journal::{
+    Journal, Lease, LeaseRequest, NewRun, RunFilter, RunRecord, RunSnapshot, RunState, StepState, Timestamp, Write,
+};
+use crate::retry::RetryPolicy;
+use crate::workflow::{BoxFuture, Invocation, Journaled, WorkflowMeta, WorkflowResult};
+
+/// Executes workflows against a [`Journal`]. Cheap to clone; clones share
+/// the journal and the worker id.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use resumable_runtime::{MemoryJournal, Runtime};
+/// let rt = Runtime::new(MemoryJournal::new());
+/// assert!(rt.run_info("nothing-yet").await.unwrap().is_none());
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    journal: Arc<dyn Journal>,
+    worker_id: String,
+    lease_duration: Duration,
+    envelope: Envelope,
+    default_retry: RetryPolicy,
+    run_backoff: RetryPolicy,
+}
+
+/// Settings for a [`Runtime`].
+#[derive(Debug)]
+pub struct RuntimeBuilder {
+    journal: Arc<dyn Journal>,
+    worker_id: Option<String>,
+    lease_duration: Duration,
+    max_payload: usize,
+    default_retry: RetryPolicy,
+    run_backoff: RetryPolicy,
+}
+
+impl RuntimeBuilder {
+    /// This worker's id, as stored in leases (default: pid and a random suffix).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// How long a lease lasts without renewal (default 30 s). It is renewed
+    /// every third of that while the run executes; a worker that stalls
+    /// longer loses the run to another.
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.lease_duration = d.max(Duration::from_millis(30));
+        self
+    }
+
+    /// The largest journaled value, in bytes (default 16 MiB).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// The retry policy of steps whose workflow and call site set none.
+    pub fn default_retry(mut self, policy: RetryPolicy) -> Self {
+        self.default_retry = policy;
+        self
+    }
+
+    /// How long a run that stopped with an error waits before a completer
+    /// takes it again, by how many times it has been executed (default: 1 s
+    /// doubling to 5 min). Its `max_attempts` is not used: runs are never
+    /// given up.
+    pub fn run_backoff(mut self, policy: RetryPolicy) -> Self {
+        self.run_backoff = policy;
+        self
+    }
+
+    /// The runtime.
+    pub fn build(self) -> Runtime {
+        Runtime {
+            inner: Arc::new(Inner {
+                journal: self.journal,
+                worker_id: self.worker_id.unwrap_or_else(default_worker_id),
+                lease_duration: self.lease_duration,
+                envelope: Envelope {
+                    max_payload: self.max_payload,
+                },
+                default_retry: self.default_retry,
+                run_backoff: self.run_backoff,
+            }),
+        }
+    }
+}
+
+fn default_worker_id() -> String {
+    format!("worker-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Longest accepted run key, in bytes.
+pub const MAX_RUN_KEY: usize = 512;
+
+impl Runtime {
+    /// A runtime with default settings.
+    pub fn new(journal: impl Journal) -> Self {
+        Self::builder(journal).build()
+    }
+
+    /// A runtime to configure.
+    pub fn builder(journal: impl Journal) -> RuntimeBuilder {
+        RuntimeBuilder {
+            journal: Arc::new(journal),
+            worker_id: None,
+            lease_duration: Duration::from_secs(30),
+            max_payload: 16 << 20,
+            default_retry: RetryPolicy::DEFAULT,
+            run_backoff: RetryPolicy::exponential(u32::MAX)
+                .initial_delay(Duration::from_secs(1))
+                .max_delay(Duration::from_secs(300))
+                .jitter(0.2),
+        }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.inner.journal
+    }
+
+    /// This worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker_id
+    }
+
+    /// Starts the run named `key`, or resumes it, or returns its outcome.
+    ///
+    /// - A new key journals the input and runs the workflow.
+    /// - A key whose run is incomplete (crashed, interrupted, or stopped by an
+    ///   error) resumes it: journaled steps replay, the rest run.
+    /// - A key whose run finished returns the journaled outcome without
+    ///   running any workflow code.
+    ///
+    /// The outer `Result` is the machinery's (journal, leases, determinism);
+    /// the inner one is the workflow's own outcome.
+    pub async fn run<I, R, C>(&self, key: impl Into<String>, invocation: Invocation<'_, I, R, C>) -> Result<R>
+    where
+        I: Journaled,
+        R: WorkflowResult + Journaled,
+        C: Codec,
+    {
+        let key = key.into();
+        validate_key(&key)?;
+        let Invocation { meta, input, start, .. } = invocation;
+        let input = self.inner.envelope.seal::<C, I>(&key, || Slot::Input, &input)?;
+        let new = NewRun {
+            key: key.clone(),
+            workflow: meta.name.to_owned(),
+            fingerprint: meta.fingerprint,
+            input,
+        };
+        let opened = self.inner.journal.open_run(new.clone(), self.lease_request()).await?;
+        let run = &opened.snapshot.run;
+        let mismatch = if run.workflow != new.workflow {
+            Some(Error::WorkflowMismatch {
+                run: key.clone(),
+                journaled: run.workflow.clone(),
+                requested: new.workflow,
+            })
+        } else if run.input != new.input {
+            Some(Error::InputMismatch { run: key.clone() })
+        } else {
+            None
+        };
+        if let Some(err) = mismatch {
+            if let Some(lease) = &opened.lease {
+                self.give_back(lease, run.last_error.clone(), run.wake_at).await;
+            }
+            return Err(err);
+        }
+        match (run.state, opened.lease) {
+            (RunState::Completed | RunState::Failed, _) => self.outcome::<R, C>(run),
+            (RunState::Incomplete, None) => Err(Error::Busy {
+                run: key,
+                owner: run.lease_owner.clone().unwrap_or_default(),
+            }),
+            (RunState::Incomplete, Some(lease)) => self.execute::<I, R, C>(meta, opened.snapshot, lease, start).await,
+        }
+    }
+
+    /// The stored outcome of a finished run, decoded.
+    fn outcome<R: Journaled, C: Codec>(&self, run: &RunRecord) -> Result<R> {
+        let bytes = run.outcome.as_deref().unwrap_or_default();
+        self.inner.envelope.open::<C, R>(&run.key, || Slot::Outcome, bytes)
+    }
+
+    /// Executes a leased, incomplete run to its outcome (or to an error, in
+    /// which case the run is given back with that error as its last error).
+    pub(crate) async fn execute<'a, I, R, C>(
+        &self,
+        meta: WorkflowMeta,
+        mut snapshot: RunSnapshot,
+        lease: Lease,
+        start: impl FnOnce(Ctx, I) -> BoxFuture<'a, R>,
+    ) -> Result<R>
+    where
+        I: Journaled,
+        R: WorkflowResult + Journaled,
+        C: Codec,
+    {
+        let key = snapshot.run.key.clone();
+        let span = tracing::info_span!(
+            "run",
+            run = %key,
+            workflow = meta.name,
+            epoch = lease.epoch,
+            execution = snapshot.run.executions,
+        );
+        let result = async {
+            if !meta.accepts(snapshot.run.fingerprint) {
+                return Err(Error::VersionMismatch {
+                    run: key.clone(),
+                    workflow: meta.name.to_owned(),
+                    journaled: snapshot.run.fingerprint,
+                    current: meta.fingerprint,
+                });
+            }
+            // Contract 2 holds for the input too: the body sees the journaled bytes.
+            let input = self.inner.envelope.open::<C, I>(&key, || Slot::Input, &snapshot.run.input)?;
+            let run = Arc::new(RunCtx::new(
+                &mut snapshot,
+                lease.clone(),
+                self.inner.journal.clone(),
+                self.inner.envelope,
+                meta.retry.unwrap_or(self.inner.default_retry),
+                meta.name,
+            ));
+            let _heartbeat = Heartbeat::start(run.clone(), self.inner.lease_duration);
+            let body = start(Ctx { run: run.clone() }, input);
+            let result = Drive { body, run: &run }.await?;
+            if let Some(expected) = run.unreplayed() {
+                return Err(Error::NonDeterminism {
+                    run: key.clone(),
+                    expected,
+                    found: "<end of workflow>".to_owned(),
+                    location: meta.location,
+                });
+            }
+            let state = if result.is_ok() { RunState::Completed } else { RunState::Failed };
+            let outcome = self.inner.envelope.seal::<C, R>(&key, || Slot::Outcome, &result)?;
+            let decoded = self.inner.envelope.open::<C, R>(&key, || Slot::Outcome, &outcome)?;
+            let write = Write::RunFinished {
+                state,
+                outcome,
+                at: Timestamp::now(),
+            };
+            self.inner.journal.write(&run.lease(), write).await?;
+            tracing::info!(outcome = state.as_str(), "run finished");
+            Ok(decoded)
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(err) = &result {
+            span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
+            self.give_back_after_error(&lease, err, snapshot.run.executions).await;
+        }
+        result
+    }
+
+    /// Gives a run back after `err` stopped it, with the error visible and a
+    /// backoff growing with its executions. A lost lease is not ours to give.
+    pub(crate) async fn give_back_after_error(&self, lease: &Lease, err: &Error, executions: u32) {
+        if matches!(err, Error::LeaseLost { .. }) {
+            return;
+        }
+        let delay = self.inner.run_backoff.jittered_delay(executions.max(1));
+        self.give_back(lease, Some(err.to_string()), Timestamp::now().after(delay)).await;
+    }
+
+    /// Releases a lease, best effort: if this fails the lease simply expires.
+    async fn give_back(&self, lease: &Lease, last_error: Option<String>, wake_at: Timestamp) {
+        let write = Write::Release {
+            last_error,
+            wake_at,
+            at: Timestamp::now(),
+        };
+        if let Err(err) = self.inner.journal.write(lease, write).await {
+            tracing::debug!(run = %lease.run_key, error = %err, "could not release the lease; it will expire");
+        }
+    }
+
+    pub(crate) fn lease_request(&self) -> LeaseRequest {
+        LeaseRequest::new(&self.inner.worker_id, self.inner.lease_duration)
+    }
+
+    /// A run's status and steps, if the key exists.
+    pub async fn run_info(&self, key: &str) -> Result<Option<RunInfo>> {
+        Ok(self.inner.journal.load_run(key).await?.map(RunInfo::from_snapshot))
+    }
+
+    /// Runs matching `filter` (without their steps; see [`run_info`](Self::run_info)).
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunInfo>> {
+        let runs = self.inner.journal.list_runs(filter).await?;
+        Ok(runs
+            .into_iter()
+            .map(|run| RunInfo::from_snapshot(RunSnapshot { run, steps: Vec::new() }))
+            .collect())
+    }
+}
+
+fn validate_key(key: &str) -> Result<()> {
+    let reason = if key.is_empty() {
+        "a run key must not be empty"
+    } else if key.len() > MAX_RUN_KEY {
+        "a run key must be at most 512 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidRunKey {
+        key: key.chars().take(64).collect(),
+        reason,
+    })
+}
+
+/// Polls the workflow body, and stops it as soon as a step aborts the run or
+/// the replay stalls. A panic outside steps stops it too.
+struct Drive<'a, 'r, R> {
+    body: BoxFuture<'a, R>,
+    run: &'r RunCtx,
+}
+
+impl<R> Future for Drive<'_, '_, R> {
+    type Output = Result<R>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.run.register_driver(cx.waker());
+        if let Some(err) = self.run.stop_reason() {
+            return Poll::Ready(Err(err));
+        }
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| self.body.as_mut().poll(cx)));
+        match polled {
+            Err(payload) => Poll::Ready(Err(Error::WorkflowPanicked {
+                run: self.run.run_key.clone(),
+                message: panic_message(&*payload),
+            })),
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Ok(Poll::Pending) => match self.run.stop_reason() {
+                Some(err) => Poll::Ready(Err(err)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Renews the run's lease every third of its duration until dropped; a lost
+/// lease aborts the run.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(run: Arc<RunCtx>, duration: Duration) -> Self {
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(duration / 3).await;
+                let lease = run.lease();
+                match run.journal.renew(&lease, Timestamp::now().after(duration)).await {
+                    Ok(renewed) => run.set_lease(renewed),
+                    Err(err @ Error::LeaseLost { .. }) => {
+                        run.abort(err);
+                        return;
+                    }
+                    Err(err) => tracing::warn!(run = %lease.run_key, error = %err, "lease renewal failed; retrying"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// A worker holds its lease and is executing it.
+    Running,
+    /// A step is waiting out a retry delay, or the run stopped with an error
+    /// and waits out its backoff before a completer takes it again.
+    WaitingToRetry,
+    /// Incomplete and not executing: new, interrupted, or its worker died.
+    /// A completer takes it (once its lease, if any, expires).
+    Pending,
+    /// Finished with `Ok`.
+    Completed,
+    /// Finished with a terminal `Err`.
+    Failed,
+}
+
+/// Where a step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    /// Its output is journaled; it never runs again.
+    Completed,
+    /// An attempt failed; no output yet.
+    Retrying,
+}
+
+/// A run as [`Runtime::run_info`] reports it.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// The run key.
+    pub key: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// Where it is.
+    pub status: RunStatus,
+    /// How many times a worker took it.
+    pub executions: u32,
+    /// The error that last interrupted it.
+    pub last_error: Option<String>,
+    /// The worker holding its lease, if any.
+    pub lease_owner: Option<String>,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+    /// Its steps, ordered by completion, then retrying ones.
+    pub steps: Vec<StepInfo>,
+}
+
+/// A step as [`Runtime::run_info`] reports it.
+#[derive(Debug, Clone)]
+pub struct StepInfo {
+    /// `name#occurrence`.
+    pub id: String,
+    /// Where it is.
+    pub status: StepStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failed attempt's error.
+    pub last_error: Option<String>,
+    /// When its first attempt started.
+    pub started_at: SystemTime,
+    /// When it was recorded (completed steps) or last failed.
+    pub updated_at: SystemTime,
+    /// When the next attempt is due, while retrying.
+    pub retry_at: Option<SystemTime>,
+}
+
+impl RunInfo {
+    fn from_snapshot(snapshot: RunSnapshot) -> Self {
+        let RunSnapshot { run, mut steps } = snapshot;
+        let now = Timestamp::now();
+        let step_waiting = steps
+            .iter()
+            .any(|s| s.state == StepState::Retrying && s.retry_at.is_some_and(|t| t > now));
+        let status = match run.state {
+            RunState::Completed => RunStatus::Completed,
+            RunState::Failed => RunStatus::Failed,
+            RunState::Incomplete if run.is_leased_at(now) && step_waiting => RunStatus::WaitingToRetry,
+            RunState::Incomplete if run.is_leased_at(now) => RunStatus::Running,
+            RunState::Incomplete if run.wake_at > now => RunStatus::WaitingToRetry,
+            RunState::Incomplete => RunStatus::Pending,
+        };
+        steps.sort_by_key(|s| (s.seq.is_none(), s.seq, s.started_at));
+        RunInfo {
+            key: run.key,
+            workflow: run.workflow,
+            status,
+            executions: run.executions,
+            last_error: run.last_error,
+            lease_owner: run.lease_owner.filter(|_| run.lease_expires_at.is_some_and(|t| t > now)),
+            created_at: run.created_at.to_system_time(),
+            updated_at: run.updated_at.to_system_time(),
+            steps: steps
+                .into_iter()
+                .map(|s| StepInfo {
+                    id: s.step_id,
+                    status: match s.state {
+                        StepState::Completed => StepStatus::Completed,
+                        StepState::Retrying => StepStatus::Retrying,
+                    },
+                    attempts: s.attempts,
+                    last_error: s.last_error,
+                    started_at: s.started_at.to_system_time(),
+                    updated_at: s.updated_at.to_system_time(),
+                    retry_at: s.retry_at.map(Timestamp::to_system_time),
+                })
+                .collect(),
+        }
+    }
+
+    /// The step with id `id` (`name#occurrence`).
+    pub fn step(&self, id: &str) -> Option<&StepInfo> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}

@@ -1,0 +1,218 @@
+//! What `#[resumable]` generates a workflow into: its description
+//! ([`WorkflowMeta`]), one call of it ([`Invocation`]), and the resumable form
+//! a completer registers ([`Workflow`]).
+
+use std::fmt::{self, Display};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{Bincode, Codec};
+use crate::context::Ctx;
+use crate::error::Location;
+use crate::retry::{Classify, RetryPolicy};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A workflow's identity and settings, fixed at compile time.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkflowMeta {
+    /// Stable name, stored with each run.
+    pub name: &'static str,
+    /// Fingerprint of the step structure, input and output types, and codec.
+    pub fingerprint: u64,
+    /// Fingerprints of earlier versions this code declares it can resume.
+    pub compatible: &'static [u64],
+    /// Default retry policy of its steps, if the attribute set one.
+    pub retry: Option<RetryPolicy>,
+    /// Where the function is written.
+    pub location: Location,
+}
+
+impl WorkflowMeta {
+    /// Whether this code may resume a run started with `fingerprint`.
+    pub fn accepts(&self, fingerprint: u64) -> bool {
+        fingerprint == self.fingerprint || self.compatible.contains(&fingerprint)
+    }
+}
+
+/// The return type of a `#[resumable]` function: a `Result` whose both sides
+/// the journal can store.
+#[diagnostic::on_unimplemented(
+    message = "a #[resumable] function must return `Result<T, E>`, not `{Self}`",
+    label = "the run's outcome is journaled as a `Result`",
+    note = "a step can fail, and its error is the workflow's error type `E`"
+)]
+pub trait WorkflowResult: Send + 'static {
+    /// The success type.
+    type Ok;
+    /// The error type, also the error type of every step body.
+    type Err;
+    /// Whether this is a success.
+    fn is_ok(&self) -> bool;
+}
+
+impl<T: Send + 'static, E: Send + 'static> WorkflowResult for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+    fn is_ok(&self) -> bool {
+        Result::is_ok(self)
+    }
+}
+
+/// A value the journal can store: the run's input, a step's output, the outcome.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be journaled",
+    label = "this value is written to the journal",
+    note = "journaled values must implement `serde::Serialize` and `serde::de::DeserializeOwned` (and `Send + 'static`)"
+)]
+pub trait Journaled: Serialize + DeserializeOwned + Send + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + 'static> Journaled for T {}
+
+/// An error type a step can fail with: shown in the run's status, journaled
+/// when it becomes the run's outcome.
+#[diagnostic::on_unimplemented(
+    message = "the workflow error type `{Self}` must implement `Display`, `Serialize` and `DeserializeOwned`",
+    label = "the run's terminal error is journaled and shown as its last error"
+)]
+pub trait WorkflowError: Display + Journaled {}
+impl<T: Display + Journaled> WorkflowError for T {}
+
+/// One call of a `#[resumable]` function: its input and how to start its
+/// body. Nothing runs until it is given to [`Runtime::run`](crate::Runtime::run)
+/// with a run key.
+#[must_use = "a workflow does nothing until it is given to Runtime::run"]
+pub struct Invocation<'a, I, R, C = Bincode> {
+    pub(crate) meta: WorkflowMeta,
+    pub(crate) input: I,
+    pub(crate) start: Box<dyn FnOnce(Ctx, I) -> BoxFuture<'a, R> + Send + 'a>,
+    _codec: PhantomData<fn() -> C>,
+}
+
+impl<I, R, C> Invocation<'_, I, R, C> {
+    /// The workflow's description.
+    pub fn meta(&self) -> &WorkflowMeta {
+        &self.meta
+    }
+
+    /// The input this call will journal.
+    pub fn input(&self) -> &I {
+        &self.input
+    }
+}
+
+impl<I, R, C> fmt::Debug for Invocation<'_, I, R, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Invocation").field("workflow", &self.meta.name).finish_non_exhaustive()
+    }
+}
+
+/// A `#[resumable]` function in the form a completer can resume: given its
+/// dependencies `D` and a journaled input, it starts the body.
+/// Get one with [`workflow!`](../resumable/macro.workflow.html).
+pub struct Workflow<D, I, R, C = Bincode> {
+    pub(crate) meta: WorkflowMeta,
+    pub(crate) start: for<'d> fn(&'d D, Ctx, I) -> BoxFuture<'d, R>,
+    _codec: PhantomData<fn() -> C>,
+}
+
+impl<D, I, R, C> Clone for Workflow<D, I, R, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D, I, R, C> Copy for Workflow<D, I, R, C> {}
+
+impl<D, I, R, C> fmt::Debug for Workflow<D, I, R, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workflow").field("meta", &self.meta).finish()
+    }
+}
+
+impl<D: Sync, I: Send + 'static, R: 'static, C> Workflow<D, I, R, C> {
+    /// The workflow's description.
+    pub fn meta(&self) -> &WorkflowMeta {
+        &self.meta
+    }
+
+    /// A call of this workflow with dependencies `deps` and raw `input` (the
+    /// tuple of its journaled arguments).
+    pub fn invoke<'a>(&self, deps: &'a D, input: I) -> Invocation<'a, I, R, C> {
+        let start = self.start;
+        Invocation {
+            meta: self.meta,
+            input,
+            start: Box::new(move |ctx, input| start(deps, ctx, input)),
+            _codec: PhantomData,
+        }
+    }
+}
+
+/// Builds an [`Invocation`]; used by generated code.
+#[doc(hidden)]
+pub fn invocation<'a, I, R, C, F>(meta: WorkflowMeta, input: I, start: F) -> Invocation<'a, I, R, C>
+where
+    F: FnOnce(Ctx, I) -> BoxFuture<'a, R> + Send + 'a,
+    C: Codec,
+{
+    Invocation {
+        meta,
+        input,
+        start: Box::new(start),
+        _codec: PhantomData,
+    }
+}
+
+/// Builds a [`Workflow`]; used by generated code.
+#[doc(hidden)]
+pub fn workflow<D, I, R, C: Codec>(
+    meta: WorkflowMeta,
+    start: for<'d> fn(&'d D, Ctx, I) -> BoxFuture<'d, R>,
+) -> Workflow<D, I, R, C> {
+    Workflow {
+        meta,
+        start,
+        _codec: PhantomData,
+    }
+}
+
+/// Picks [`Classify::is_terminal`] when the error type implements it, and
+/// "retryable" otherwise (autoref specialisation; used by generated code,
+/// where the error type is concrete).
+#[doc(hidden)]
+pub struct Classifier<'a, E>(pub &'a E);
+
+#[doc(hidden)]
+pub trait ViaClassify {
+    fn is_terminal(&self) -> bool;
+}
+impl<E: Classify> ViaClassify for Classifier<'_, E> {
+    fn is_terminal(&self) -> bool {
+        self.0.is_terminal()
+    }
+}
+
+#[doc(hidden)]
+pub trait ViaDefault {
+    fn is_terminal(&self) -> bool;
+}
+impl<E> ViaDefault for &Classifier<'_, E> {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+/// Compile-time checks placed by generated code on the user's spans.
+#[doc(hidden)]
+pub fn assert_journaled<T: Journaled>() {}
+#[doc(hidden)]
+pub fn assert_workflow_result<R: WorkflowResult>()
+where
+    R::Ok: Journaled,
+    R::Err: WorkflowError,
+{
+}

@@ -1,0 +1,7 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+#[doc(inline)]
+pub use resumable_macros::{resumable, step, workflow};
+#[doc(inline)]
+pub use resumable_runtime::*;
