@@ -67,6 +67,14 @@ impl Function {
             fatal = true;
         }
         let ret = match &sig.output {
+            ReturnType::Type(_, ty) if obviously_not_result(ty) => {
+                errors.spanned(
+                    ty,
+                    "a #[resumable] function must return `Result<T, E>`: its outcome is journaled, and a failed step returns its error `E`",
+                );
+                fatal = true;
+                (**ty).clone()
+            }
             ReturnType::Type(_, ty) => (**ty).clone(),
             ReturnType::Default => {
                 errors.spanned(
@@ -108,7 +116,7 @@ impl Function {
                             continue;
                         }
                     };
-                    check_arg_type(&name, &typed.ty, dep, errors);
+                    fatal |= !check_arg_type(&name, &typed.ty, dep, errors);
                     args.push(Arg {
                         pat: (*typed.pat).clone(),
                         name,
@@ -138,22 +146,42 @@ impl Function {
     }
 }
 
-fn check_arg_type(name: &Ident, ty: &Type, dep: bool, errors: &mut Errors) {
+/// A type that is certainly not a `Result` (aliases such as `io::Result`
+/// cannot be told apart here; the `WorkflowResult` bound catches those).
+fn obviously_not_result(ty: &Type) -> bool {
+    const NOT_RESULT: &[&str] = &[
+        "bool", "char", "str", "String", "Vec", "Option", "Box", "u8", "u16", "u32", "u64", "u128", "usize", "i8",
+        "i16", "i32", "i64", "i128", "isize", "f32", "f64",
+    ];
     match ty {
-        Type::ImplTrait(_) => errors.spanned(
-            ty,
-            format!("`{name}` has an `impl Trait` type, which makes the workflow generic; use a concrete type"),
-        ),
-        Type::Reference(r) if dep && r.mutability.is_some() => errors.spanned(
-            ty,
-            format!("dependency `{name}` cannot be a `&mut` reference: dependencies are shared by concurrent runs; take `&` and use interior mutability"),
-        ),
-        Type::Reference(_) if !dep => errors.spanned(
-            ty,
-            format!("workflow input `{name}` is a reference, but inputs are journaled and must be owned: take an owned type (e.g. `String` for `&str`), or mark it `#[dep]` if it is a client or handle supplied again on resume"),
-        ),
-        _ => {}
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| NOT_RESULT.contains(&s.ident.to_string().as_str())),
+        Type::Paren(p) => obviously_not_result(&p.elem),
+        Type::Group(g) => obviously_not_result(&g.elem),
+        Type::Macro(_) | Type::Verbatim(_) => false,
+        _ => true,
     }
+}
+
+/// Reports an argument type a workflow cannot take; `false` if it is one.
+fn check_arg_type(name: &Ident, ty: &Type, dep: bool, errors: &mut Errors) -> bool {
+    let message = match ty {
+        Type::ImplTrait(_) => format!(
+            "`{name}` has an `impl Trait` type, which makes the workflow generic; use a concrete type"
+        ),
+        Type::Reference(r) if dep && r.mutability.is_some() => format!(
+            "dependency `{name}` cannot be a `&mut` reference: dependencies are shared by concurrent runs; take `&` and use interior mutability"
+        ),
+        Type::Reference(_) if !dep => format!(
+            "workflow input `{name}` is a reference, but inputs are journaled and must be owned: take an owned type (e.g. `String` for `&str`), or mark it `#[dep]` if it is a client or handle supplied again on resume"
+        ),
+        _ => return true,
+    };
+    errors.spanned(ty, message);
+    false
 }
 
 /// Gives elided lifetimes in a dependency's type the invocation's lifetime,

@@ -57,7 +57,11 @@ pub fn resumable(args: TokenStream, item: TokenStream) -> TokenStream {
             let mut ignored = Errors::default();
             StepRewriter::new(&mut ignored, &expander, true).visit_block_mut(&mut plain.block);
             let errors = errors.to_compile_errors();
-            quote!(#errors #plain)
+            quote! {
+                #errors
+                #[allow(unused_braces, unused_variables, unreachable_code, dead_code)]
+                #plain
+            }
         }
     }
 }
@@ -141,9 +145,13 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
         quote!(#pat: #ty)
     });
     let self_param = f.method.then(|| quote!(&self,));
+    // Once an error is reported, what it leaves behind (an unreachable tail,
+    // an unused variable) is noise.
+    let quiet = (!errors.is_empty()).then(|| quote!(#[allow(unreachable_code, unused_variables)]));
     let body = quote! {
         #[doc(hidden)]
         #[allow(clippy::too_many_arguments, clippy::needless_question_mark, unused_braces)]
+        #quiet
         async fn #body_fn(#self_param __resumable_ctx_owned: #krate::__private::Ctx, #(#body_params),*) -> #ret {
             let #ctx: &#krate::__private::Ctx = &__resumable_ctx_owned;
             #block
@@ -312,8 +320,6 @@ impl Expander {
             .context
             .as_ref()
             .map(|pat| quote!(let #pat: #k::__private::StepContext = __resumable_step.context();));
-        let prepare = Ident::new("prepare", span);
-        let settle = Ident::new("settle", span);
         let site = respan_location(
             quote! {
                 static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
@@ -327,16 +333,17 @@ impl Expander {
             },
             span,
         );
-        let question = quote_spanned!(span=> ?);
         let path = &call.path;
-        syn::parse_quote! {
+        // Spanned on the `step!` itself, so a step output that cannot be
+        // journaled, or an error that does not convert, is reported there.
+        syn::parse_quote_spanned! {span=>
             ({
                 #path!(@used);
                 #site
                 let mut __resumable_step = #k::__private::Step::new(#ctx, &__RESUMABLE_SITE, #retry);
                 loop {
                     if let #k::__private::Prepared::Replayed(__resumable_value) =
-                        __resumable_step.#prepare::<#codec, _>().await
+                        __resumable_step.prepare::<#codec, _>().await
                     {
                         break ::core::result::Result::Ok(__resumable_value);
                     }
@@ -354,7 +361,7 @@ impl Expander {
                         }
                         _ => false,
                     };
-                    match __resumable_step.#settle::<#codec, _, _>(__resumable_result, __resumable_terminal).await {
+                    match __resumable_step.settle::<#codec, _, _>(__resumable_result, __resumable_terminal).await {
                         #k::__private::Settled::Done(__resumable_value) => {
                             break ::core::result::Result::Ok(__resumable_value)
                         }
@@ -364,7 +371,19 @@ impl Expander {
                         }
                     }
                 }
-            })#question
+            })?
+        }
+    }
+
+    /// The step reduced to its body, where it cannot be journaled (the
+    /// function has fatal errors, or the step is misplaced): keeps the
+    /// reported error the only one.
+    pub fn plain_step(call: &StepCall) -> Expr {
+        let path = &call.path;
+        let body = &call.body;
+        match &call.context {
+            Some(pat) => syn::parse_quote!({ #path!(@used); let #pat = ::core::panic!(); #body }),
+            None => syn::parse_quote!({ #path!(@used); #body }),
         }
     }
 }

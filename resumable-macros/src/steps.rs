@@ -172,31 +172,31 @@ impl<'a> StepRewriter<'a> {
     }
 
     fn rewrite_step(&mut self, mac: &Macro) -> Expr {
-        let call = match mac.parse_body::<StepCall>() {
+        let mut call = match mac.parse_body::<StepCall>() {
             Ok(call) => call,
             Err(e) => {
                 self.errors.push(e);
-                return syn::parse_quote!(loop {});
+                let path = &mac.path;
+                return syn::parse_quote!({ #path!(@used); loop {} });
             }
         };
-        let mut call = call;
         call.span = mac.path.span();
         call.path = mac.path.clone();
-        self.check(&call);
+        let journaled = self.check(&call);
         let was_in_step = std::mem::replace(&mut self.in_step, true);
         self.visit_expr_mut(&mut call.body);
         self.in_step = was_in_step;
         self.shape.push(call.name.value());
-        if self.fallback {
-            let body = &call.body;
-            let context = call.context.iter();
-            return syn::parse_quote!({ #(let #context = ::core::panic!();)* #body });
+        if self.fallback || !journaled {
+            return Expander::plain_step(&call);
         }
         self.expander.step(&call)
     }
 
-    fn check(&mut self, call: &StepCall) {
+    /// Reports what is wrong with a step; `false` if it cannot be journaled where it is.
+    fn check(&mut self, call: &StepCall) -> bool {
         let name = call.name.value();
+        let mut journaled = true;
         if self.in_step {
             self.errors.at(
                 call.span,
@@ -208,6 +208,7 @@ impl<'a> StepRewriter<'a> {
                 call.span,
                 "step! cannot be used inside a closure: a closure is not async and is not part of the workflow's step structure; use a `for` loop, or an `async` block",
             );
+            journaled = false;
         }
         if name.is_empty() {
             self.errors.spanned(&call.name, "a step name must not be empty");
@@ -247,6 +248,7 @@ impl<'a> StepRewriter<'a> {
                 "`return` inside a step would return from the step's body, not from the workflow: make the step's value say what happened, or use `?` to fail the step",
             );
         }
+        journaled
     }
 
     fn rewrite_other_macro(&mut self, mac: &mut Macro) {

@@ -12,8 +12,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::codec::Codec;
@@ -21,6 +19,7 @@ use crate::context::{Ctx, Decision, RunCtx, panic_message};
 use crate::error::{Error, Location, Slot};
 use crate::journal::{Timestamp, Write};
 use crate::retry::RetryPolicy;
+use crate::workflow::Journaled;
 
 /// Where a step is written, and its name.
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +121,7 @@ impl<'c> Step<'c> {
     }
 
     /// Replays the step or lets its body run.
-    pub async fn prepare<C: Codec, T: DeserializeOwned>(&mut self) -> Prepared<T> {
+    pub async fn prepare<C: Codec, T: Journaled>(&mut self) -> Prepared<T> {
         if self.phase == Phase::Executing {
             return Prepared::Attempt;
         }
@@ -191,7 +190,7 @@ impl<'c> Step<'c> {
     pub async fn settle<C, T, E>(&mut self, result: Result<Result<T, E>, String>, terminal: bool) -> Settled<T, E>
     where
         C: Codec,
-        T: Serialize + DeserializeOwned,
+        T: Journaled,
         E: Display,
     {
         self.attempts += 1;
@@ -229,7 +228,7 @@ impl<'c> Step<'c> {
         }
     }
 
-    async fn record<C: Codec, T: Serialize + DeserializeOwned, E>(&mut self, value: T) -> Settled<T, E> {
+    async fn record<C: Codec, T: Journaled, E>(&mut self, value: T) -> Settled<T, E> {
         let run = self.run;
         let bytes = match run.envelope.seal::<C, T>(&run.run_key, || self.slot(), &value) {
             Ok(bytes) => bytes,

@@ -1,0 +1,9 @@
+use resumable::{resumable, step};
+
+#[resumable]
+fn upload(user: u64) -> Result<u64, String> {
+    let id = step!("store", { user });
+    Ok(id)
+}
+
+fn main() {}
