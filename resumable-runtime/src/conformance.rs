@@ -35,8 +35,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::journal::{
-    Journal, Lease, LeaseRequest, NewRun, RunFilter, RunRecord, RunSnapshot, RunState, StepRecord, StepState,
-    Timestamp, Write,
+    Journal, Lease, LeaseRequest, NewRun, RunFilter, RunRecord, RunSnapshot, RunState, StepRecord,
+    StepState, Timestamp, Write,
 };
 
 /// The worker id used for leases in these tests.
@@ -85,8 +85,13 @@ pub async fn open_run_creates_and_leases(journal: &dyn Journal) {
         .open_run(new, request(OWNER, t, at(t, 30_000)))
         .await
         .unwrap_or_else(|e| panic!("open_run on a new key failed: {e}"));
-    assert!(opened.created, "open_run on a new key must report created = true");
-    let lease = opened.lease.expect("open_run on a new key must lease the run");
+    assert!(
+        opened.created,
+        "open_run on a new key must report created = true"
+    );
+    let lease = opened
+        .lease
+        .expect("open_run on a new key must lease the run");
     assert_eq!(
         lease,
         Lease {
@@ -99,23 +104,50 @@ pub async fn open_run_creates_and_leases(journal: &dyn Journal) {
     );
     let run = &opened.snapshot.run;
     assert_eq!(run.key, key, "the run must keep its key");
-    assert_eq!(run.workflow, workflow, "the run must keep its workflow name");
-    assert_eq!(run.fingerprint, 0xFEDC_BA98_7654_3210, "the run must keep every bit of its fingerprint");
-    assert_eq!(run.input, vec![0, 1, 2, 255, 0], "the run must keep its input bytes");
+    assert_eq!(
+        run.workflow, workflow,
+        "the run must keep its workflow name"
+    );
+    assert_eq!(
+        run.fingerprint, 0xFEDC_BA98_7654_3210,
+        "the run must keep every bit of its fingerprint"
+    );
+    assert_eq!(
+        run.input,
+        vec![0, 1, 2, 255, 0],
+        "the run must keep its input bytes"
+    );
     assert_eq!(run.state, RunState::Incomplete, "a new run is incomplete");
     assert_eq!(run.outcome, None, "a new run has no outcome");
     assert_eq!(run.epoch, 1, "a new, leased run is at epoch 1");
     assert_eq!(run.executions, 1, "a new, leased run has one execution");
-    assert_eq!(run.lease_owner.as_deref(), Some(OWNER), "a new run records its lease owner");
-    assert_eq!(run.lease_expires_at, Some(at(t, 30_000)), "a new run records its lease expiry");
-    assert!(run.is_leased_at(t), "a new run is leased at the time it was opened");
-    assert!(run.wake_at <= t, "a new run must be due at once (wake_at <= now), so it is recovered if its worker dies");
+    assert_eq!(
+        run.lease_owner.as_deref(),
+        Some(OWNER),
+        "a new run records its lease owner"
+    );
+    assert_eq!(
+        run.lease_expires_at,
+        Some(at(t, 30_000)),
+        "a new run records its lease expiry"
+    );
+    assert!(
+        run.is_leased_at(t),
+        "a new run is leased at the time it was opened"
+    );
+    assert!(
+        run.wake_at <= t,
+        "a new run must be due at once (wake_at <= now), so it is recovered if its worker dies"
+    );
     assert_eq!(run.last_error, None, "a new run has no last error");
     assert_eq!(run.created_at, t, "created_at must be the caller's `now`");
     assert!(opened.snapshot.steps.is_empty(), "a new run has no steps");
 
     let loaded = load(journal, &key).await;
-    assert_eq!(&loaded.run, run, "load_run must return the run open_run returned");
+    assert_eq!(
+        &loaded.run, run,
+        "load_run must return the run open_run returned"
+    );
     assert!(loaded.steps.is_empty(), "a new run has no steps");
 }
 
@@ -135,7 +167,10 @@ pub async fn open_run_is_idempotent(journal: &dyn Journal) {
     };
     let (_, lease1) = open_leased(journal, first.clone(), t, at(t, 1_000)).await;
     journal
-        .write(&lease1, step_completed("fetch#0", 0, b"fetched".to_vec(), at(t, 10)))
+        .write(
+            &lease1,
+            step_completed("fetch#0", 0, b"fetched".to_vec(), at(t, 10)),
+        )
         .await
         .unwrap_or_else(|e| panic!("recording a step under a fresh lease failed: {e}"));
 
@@ -150,18 +185,38 @@ pub async fn open_run_is_idempotent(journal: &dyn Journal) {
             .open_run(other.clone(), request(OTHER, now, at(now, 1_000)))
             .await
             .unwrap_or_else(|e| panic!("re-opening an existing run failed: {e}"));
-        assert!(!opened.created, "re-opening an existing run must report created = false");
+        assert!(
+            !opened.created,
+            "re-opening an existing run must report created = false"
+        );
         assert!(
             opened.lease.is_none(),
             "open_run must not lease a run whose lease is live (expires at {:?}, now {now:?})",
             lease1.expires_at
         );
         let run = &opened.snapshot.run;
-        assert_eq!(run.input, first.input, "open_run must never change an existing run's input");
-        assert_eq!(run.workflow, first.workflow, "open_run must never change an existing run's workflow");
-        assert_eq!(run.fingerprint, first.fingerprint, "open_run must never change an existing run's fingerprint");
-        assert_eq!((run.epoch, run.executions), (1, 1), "an unleased re-open must not raise epoch or executions");
-        assert_eq!(run.lease_owner.as_deref(), Some(OWNER), "an unleased re-open must keep the live lease's owner");
+        assert_eq!(
+            run.input, first.input,
+            "open_run must never change an existing run's input"
+        );
+        assert_eq!(
+            run.workflow, first.workflow,
+            "open_run must never change an existing run's workflow"
+        );
+        assert_eq!(
+            run.fingerprint, first.fingerprint,
+            "open_run must never change an existing run's fingerprint"
+        );
+        assert_eq!(
+            (run.epoch, run.executions),
+            (1, 1),
+            "an unleased re-open must not raise epoch or executions"
+        );
+        assert_eq!(
+            run.lease_owner.as_deref(),
+            Some(OWNER),
+            "an unleased re-open must keep the live lease's owner"
+        );
     }
 
     // The lease expires at its `expires_at`: a worker may take it over from then on.
@@ -170,7 +225,10 @@ pub async fn open_run_is_idempotent(journal: &dyn Journal) {
         .open_run(other.clone(), request(OTHER, expiry, at(expiry, 5_000)))
         .await
         .unwrap_or_else(|e| panic!("re-opening a run with an expired lease failed: {e}"));
-    assert!(!opened.created, "re-opening an existing run must report created = false");
+    assert!(
+        !opened.created,
+        "re-opening an existing run must report created = false"
+    );
     let lease2 = opened
         .lease
         .expect("open_run must lease an incomplete run whose lease expired (now == expires_at)");
@@ -185,14 +243,38 @@ pub async fn open_run_is_idempotent(journal: &dyn Journal) {
         "taking over an expired lease must raise the epoch by one"
     );
     let run = &opened.snapshot.run;
-    assert_eq!(run.input, first.input, "open_run must never change an existing run's input");
-    assert_eq!((run.epoch, run.executions), (2, 2), "a re-lease must raise epoch and executions by one");
-    assert_eq!(run.lease_owner.as_deref(), Some(OTHER), "a re-lease must record the new owner");
-    assert_eq!(run.lease_expires_at, Some(at(expiry, 5_000)), "a re-lease must record the new expiry");
-    let step = find_step(&opened.snapshot.steps, "fetch#0")
-        .unwrap_or_else(|| panic!("open_run must return the recorded steps when it leases the run"));
-    assert_eq!(step.output.as_deref(), Some(&b"fetched"[..]), "a recorded step's output must be returned intact");
-    assert_eq!(load(journal, &key).await.run, *run, "load_run must agree with open_run");
+    assert_eq!(
+        run.input, first.input,
+        "open_run must never change an existing run's input"
+    );
+    assert_eq!(
+        (run.epoch, run.executions),
+        (2, 2),
+        "a re-lease must raise epoch and executions by one"
+    );
+    assert_eq!(
+        run.lease_owner.as_deref(),
+        Some(OTHER),
+        "a re-lease must record the new owner"
+    );
+    assert_eq!(
+        run.lease_expires_at,
+        Some(at(expiry, 5_000)),
+        "a re-lease must record the new expiry"
+    );
+    let step = find_step(&opened.snapshot.steps, "fetch#0").unwrap_or_else(|| {
+        panic!("open_run must return the recorded steps when it leases the run")
+    });
+    assert_eq!(
+        step.output.as_deref(),
+        Some(&b"fetched"[..]),
+        "a recorded step's output must be returned intact"
+    );
+    assert_eq!(
+        load(journal, &key).await.run,
+        *run,
+        "load_run must agree with open_run"
+    );
 }
 
 /// Concurrent `open_run` calls for one new key create it once and lease it
@@ -212,7 +294,9 @@ pub async fn open_run_race(journal: Arc<dyn Journal>) {
         };
         tasks.spawn(async move {
             let owner = format!("racer-{i}");
-            journal.open_run(new, request(&owner, t, at(t, 60_000))).await
+            journal
+                .open_run(new, request(&owner, t, at(t, 60_000)))
+                .await
         });
     }
     let mut opened = Vec::new();
@@ -221,23 +305,44 @@ pub async fn open_run_race(journal: Arc<dyn Journal>) {
         opened.push(result.unwrap_or_else(|e| panic!("concurrent open_run failed: {e}")));
     }
     let created: Vec<_> = opened.iter().filter(|o| o.created).collect();
-    assert_eq!(created.len(), 1, "exactly one of 8 concurrent open_run calls must create the run");
+    assert_eq!(
+        created.len(),
+        1,
+        "exactly one of 8 concurrent open_run calls must create the run"
+    );
     let leased: Vec<_> = opened.iter().filter_map(|o| o.lease.as_ref()).collect();
-    assert_eq!(leased.len(), 1, "exactly one of 8 concurrent open_run calls must lease the run");
-    assert_eq!(leased[0].epoch, 1, "the only lease of a new run has epoch 1");
+    assert_eq!(
+        leased.len(),
+        1,
+        "exactly one of 8 concurrent open_run calls must lease the run"
+    );
+    assert_eq!(
+        leased[0].epoch, 1,
+        "the only lease of a new run has epoch 1"
+    );
     let input = &created[0].snapshot.run.input;
     for o in &opened {
-        assert_eq!(&o.snapshot.run.input, input, "every caller must see the input of the call that created the run");
+        assert_eq!(
+            &o.snapshot.run.input, input,
+            "every caller must see the input of the call that created the run"
+        );
     }
     let run = load(journal.as_ref(), &key).await.run;
-    assert_eq!((run.epoch, run.executions), (1, 1), "racing open_run calls must lease the run once");
+    assert_eq!(
+        (run.epoch, run.executions),
+        (1, 1),
+        "racing open_run calls must lease the run once"
+    );
 }
 
 /// A finished run (completed or failed) keeps its state and outcome, releases
 /// its lease, is never leased again, and refuses every further write or
 /// renewal with [`Error::LeaseLost`].
 pub async fn finished_run_stays_finished(journal: &dyn Journal) {
-    for (state, outcome) in [(RunState::Completed, b"ok".to_vec()), (RunState::Failed, Vec::new())] {
+    for (state, outcome) in [
+        (RunState::Completed, b"ok".to_vec()),
+        (RunState::Failed, Vec::new()),
+    ] {
         let key = unique("finished");
         let t = Timestamp::now();
         let (_, lease) = open_leased(journal, new_run(&key, b"input"), t, at(t, 60_000)).await;
@@ -252,19 +357,42 @@ pub async fn finished_run_stays_finished(journal: &dyn Journal) {
             .unwrap_or_else(|e| panic!("finishing a run as {state:?} failed: {e}"));
         let run = load(journal, &key).await.run;
         assert_eq!(run.state, state, "RunFinished must set the run's state");
-        assert_eq!(run.outcome.as_ref(), Some(&outcome), "RunFinished must store the outcome (even when empty)");
+        assert_eq!(
+            run.outcome.as_ref(),
+            Some(&outcome),
+            "RunFinished must store the outcome (even when empty)"
+        );
         assert_eq!(run.lease_owner, None, "RunFinished must release the lease");
-        assert_eq!(run.lease_expires_at, None, "RunFinished must release the lease");
-        assert_eq!(run.updated_at, at(t, 10), "RunFinished must set updated_at to its `at`");
+        assert_eq!(
+            run.lease_expires_at, None,
+            "RunFinished must release the lease"
+        );
+        assert_eq!(
+            run.updated_at,
+            at(t, 10),
+            "RunFinished must set updated_at to its `at`"
+        );
 
         for now in [at(t, 20), at(t, 1_000_000_000)] {
             let opened = journal
-                .open_run(new_run(&key, b"other input"), request(OTHER, now, at(now, 1_000)))
+                .open_run(
+                    new_run(&key, b"other input"),
+                    request(OTHER, now, at(now, 1_000)),
+                )
                 .await
                 .unwrap_or_else(|e| panic!("re-opening a finished run failed: {e}"));
-            assert!(!opened.created, "re-opening a finished run must report created = false");
-            assert!(opened.lease.is_none(), "a finished run ({state:?}) must never be leased again");
-            assert_eq!(opened.snapshot.run, run, "re-opening a finished run must not change it");
+            assert!(
+                !opened.created,
+                "re-opening a finished run must report created = false"
+            );
+            assert!(
+                opened.lease.is_none(),
+                "a finished run ({state:?}) must never be leased again"
+            );
+            assert_eq!(
+                opened.snapshot.run, run,
+                "re-opening a finished run must not change it"
+            );
         }
 
         let refused = [
@@ -285,8 +413,16 @@ pub async fn finished_run_stays_finished(journal: &dyn Journal) {
             let what = format!("{write:?} on a finished run");
             expect_lease_lost(journal.write(&lease, write).await, &lease, &what);
         }
-        expect_lease_lost(journal.renew(&lease, at(t, 90_000)).await, &lease, "renew on a finished run");
-        assert_eq!(load(journal, &key).await.run, run, "refused writes must not change a finished run");
+        expect_lease_lost(
+            journal.renew(&lease, at(t, 90_000)).await,
+            &lease,
+            "renew on a finished run",
+        );
+        assert_eq!(
+            load(journal, &key).await.run,
+            run,
+            "refused writes must not change a finished run"
+        );
     }
 }
 
@@ -305,8 +441,17 @@ pub async fn stale_epoch_is_fenced(journal: &dyn Journal) {
         .write(&lease1, step_failed("b#0", 1, "first try", at(t, 2)))
         .await
         .unwrap_or_else(|e| panic!("recording a step failure under a fresh lease failed: {e}"));
-    let (_, lease2) = open_leased(journal, new_run(&key, b"input"), at(t, 1_000), at(t, 60_000)).await;
-    assert_eq!(lease2.epoch, 2, "taking over an expired lease must raise the epoch to 2");
+    let (_, lease2) = open_leased(
+        journal,
+        new_run(&key, b"input"),
+        at(t, 1_000),
+        at(t, 60_000),
+    )
+    .await;
+    assert_eq!(
+        lease2.epoch, 2,
+        "taking over an expired lease must raise the epoch to 2"
+    );
 
     let before = load(journal, &key).await;
     let future = Lease {
@@ -340,14 +485,25 @@ pub async fn stale_epoch_is_fenced(journal: &dyn Journal) {
         let what = format!("renew under epoch {} (current epoch 2)", lease.epoch);
         expect_lease_lost(journal.renew(lease, at(t, 90_000)).await, lease, &what);
     }
-    assert_eq!(load(journal, &key).await, before, "a refused write must change nothing");
+    assert_eq!(
+        load(journal, &key).await,
+        before,
+        "a refused write must change nothing"
+    );
     assert!(
-        journal.load_run(&unknown.run_key).await.expect("load_run failed").is_none(),
+        journal
+            .load_run(&unknown.run_key)
+            .await
+            .expect("load_run failed")
+            .is_none(),
         "a write to an unknown run must not create it"
     );
 
     journal
-        .write(&lease2, step_completed("c#0", 1, b"current".to_vec(), at(t, 2_000)))
+        .write(
+            &lease2,
+            step_completed("c#0", 1, b"current".to_vec(), at(t, 2_000)),
+        )
         .await
         .unwrap_or_else(|e| panic!("a write under the current epoch failed: {e}"));
 }
@@ -360,23 +516,37 @@ pub async fn step_is_recorded_once(journal: &dyn Journal) {
     let t = Timestamp::now();
     let (_, lease1) = open_leased(journal, new_run(&key, b"input"), t, at(t, 1_000)).await;
     journal
-        .write(&lease1, step_completed("charge#0", 0, b"first".to_vec(), at(t, 5)))
+        .write(
+            &lease1,
+            step_completed("charge#0", 0, b"first".to_vec(), at(t, 5)),
+        )
         .await
         .unwrap_or_else(|e| panic!("recording a step failed: {e}"));
     let recorded = load(journal, &key).await;
     let refuse_both = |lease: Lease| async move {
         let second = journal
-            .write(&lease, step_completed("charge#0", 1, b"second".to_vec(), at(t, 2_000)))
+            .write(
+                &lease,
+                step_completed("charge#0", 1, b"second".to_vec(), at(t, 2_000)),
+            )
             .await;
         let what = format!("a second StepCompleted (epoch {})", lease.epoch);
         expect_already_recorded(second, &lease.run_key, "charge#0", &what);
-        let failed = journal.write(&lease, step_failed("charge#0", 2, "late", at(t, 2_000))).await;
+        let failed = journal
+            .write(&lease, step_failed("charge#0", 2, "late", at(t, 2_000)))
+            .await;
         let what = format!("a StepFailed for a completed step (epoch {})", lease.epoch);
         expect_already_recorded(failed, &lease.run_key, "charge#0", &what);
     };
     refuse_both(lease1).await;
     // Under a later lease too: a recorded step never runs again.
-    let (_, lease2) = open_leased(journal, new_run(&key, b"input"), at(t, 1_000), at(t, 60_000)).await;
+    let (_, lease2) = open_leased(
+        journal,
+        new_run(&key, b"input"),
+        at(t, 1_000),
+        at(t, 60_000),
+    )
+    .await;
     refuse_both(lease2).await;
     let after = load(journal, &key).await;
     assert_eq!(
@@ -395,7 +565,10 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
     let t = Timestamp::now();
     let (_, lease) = open_leased(journal, new_run(&key, b"input"), t, at(t, 60_000)).await;
     let started = at(t, 1);
-    let failures = [(1, "timeout", at(t, 100)), (2, "connection reset", at(t, 300))];
+    let failures = [
+        (1, "timeout", at(t, 100)),
+        (2, "connection reset", at(t, 300)),
+    ];
     for (attempts, error, retry_at) in failures {
         let write = Write::StepFailed {
             step_id: "send#0".into(),
@@ -423,7 +596,10 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
             started_at: started,
             updated_at: at(t, i64::from(attempts) * 10),
         };
-        assert_eq!(step, &expected, "StepFailed (attempt {attempts}) must be visible as a retrying step");
+        assert_eq!(
+            step, &expected,
+            "StepFailed (attempt {attempts}) must be visible as a retrying step"
+        );
     }
 
     let write = Write::StepCompleted {
@@ -456,8 +632,16 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
         step, &expected,
         "StepCompleted after failures must mark the step completed, keep its last error and clear retry_at"
     );
-    assert_eq!(snapshot.steps.len(), 1, "failures and completion of one step must be one record");
-    assert_eq!(snapshot.run.state, RunState::Incomplete, "recording steps must not finish the run");
+    assert_eq!(
+        snapshot.steps.len(),
+        1,
+        "failures and completion of one step must be one record"
+    );
+    assert_eq!(
+        snapshot.run.state,
+        RunState::Incomplete,
+        "recording steps must not finish the run"
+    );
 }
 
 /// `Release` clears the lease, sets `wake_at` and `last_error` (replacing the
@@ -478,18 +662,44 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         .unwrap_or_else(|e| panic!("releasing a run failed: {e}"));
     let run = load(journal, &key).await.run;
     assert_eq!(run.lease_owner, None, "Release must clear the lease owner");
-    assert_eq!(run.lease_expires_at, None, "Release must clear the lease expiry");
+    assert_eq!(
+        run.lease_expires_at, None,
+        "Release must clear the lease expiry"
+    );
     assert!(!run.is_leased_at(at(t, 5)), "a released run is not leased");
     assert_eq!(run.wake_at, at(t, 30_000), "Release must set wake_at");
-    assert_eq!(run.last_error.as_deref(), Some("database unavailable"), "Release must set last_error");
-    assert_eq!(run.state, RunState::Incomplete, "Release must leave the run incomplete");
-    assert_eq!((run.epoch, run.executions), (1, 1), "Release must not change epoch or executions");
-    assert_eq!(run.updated_at, at(t, 5), "Release must set updated_at to its `at`");
+    assert_eq!(
+        run.last_error.as_deref(),
+        Some("database unavailable"),
+        "Release must set last_error"
+    );
+    assert_eq!(
+        run.state,
+        RunState::Incomplete,
+        "Release must leave the run incomplete"
+    );
+    assert_eq!(
+        (run.epoch, run.executions),
+        (1, 1),
+        "Release must not change epoch or executions"
+    );
+    assert_eq!(
+        run.updated_at,
+        at(t, 5),
+        "Release must set updated_at to its `at`"
+    );
 
     // open_run is an explicit request for the run: wake_at only paces claim_due.
-    let (snapshot, lease2) = open_leased(journal, new_run(&key, b"input"), at(t, 10), at(t, 60_000)).await;
-    assert_eq!(lease2.epoch, 2, "re-opening a released run must lease it at the next epoch");
-    assert_eq!(snapshot.run.executions, 2, "re-opening a released run must count an execution");
+    let (snapshot, lease2) =
+        open_leased(journal, new_run(&key, b"input"), at(t, 10), at(t, 60_000)).await;
+    assert_eq!(
+        lease2.epoch, 2,
+        "re-opening a released run must lease it at the next epoch"
+    );
+    assert_eq!(
+        snapshot.run.executions, 2,
+        "re-opening a released run must count an execution"
+    );
     assert_eq!(
         snapshot.run.last_error.as_deref(),
         Some("database unavailable"),
@@ -506,7 +716,10 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         .await
         .unwrap_or_else(|e| panic!("releasing a run failed: {e}"));
     let run = load(journal, &key).await.run;
-    assert_eq!(run.last_error, None, "Release with last_error None must clear the last error");
+    assert_eq!(
+        run.last_error, None,
+        "Release with last_error None must clear the last error"
+    );
     assert_eq!(run.wake_at, at(t, 20), "Release must set wake_at");
 }
 
@@ -531,27 +744,57 @@ pub async fn renew_extends_lease(journal: &dyn Journal) {
         "renew must return the same lease with the new expiry"
     );
     let run = load(journal, &key).await.run;
-    assert_eq!(run.lease_expires_at, Some(at(t, 5_000)), "renew must store the new expiry");
-    assert_eq!(run.lease_owner.as_deref(), Some(OWNER), "renew must keep the owner");
+    assert_eq!(
+        run.lease_expires_at,
+        Some(at(t, 5_000)),
+        "renew must store the new expiry"
+    );
+    assert_eq!(
+        run.lease_owner.as_deref(),
+        Some(OWNER),
+        "renew must keep the owner"
+    );
     assert_eq!(run.epoch, 1, "renew must not change the epoch");
 
     let opened = journal
-        .open_run(new_run(&key, b"input"), request(OTHER, at(t, 2_000), at(t, 9_000)))
+        .open_run(
+            new_run(&key, b"input"),
+            request(OTHER, at(t, 2_000), at(t, 9_000)),
+        )
         .await
         .unwrap_or_else(|e| panic!("re-opening a run failed: {e}"));
-    assert!(opened.lease.is_none(), "a renewed lease must not be taken over before its new expiry");
+    assert!(
+        opened.lease.is_none(),
+        "a renewed lease must not be taken over before its new expiry"
+    );
 
-    let (_, lease2) = open_leased(journal, new_run(&key, b"input"), at(t, 5_000), at(t, 9_000)).await;
-    assert_eq!(lease2.epoch, 2, "an expired renewed lease is taken over at the next epoch");
-    expect_lease_lost(journal.renew(&renewed, at(t, 20_000)).await, &renewed, "renew of a taken-over lease");
+    let (_, lease2) =
+        open_leased(journal, new_run(&key, b"input"), at(t, 5_000), at(t, 9_000)).await;
+    assert_eq!(
+        lease2.epoch, 2,
+        "an expired renewed lease is taken over at the next epoch"
+    );
+    expect_lease_lost(
+        journal.renew(&renewed, at(t, 20_000)).await,
+        &renewed,
+        "renew of a taken-over lease",
+    );
     let run = load(journal, &key).await.run;
-    assert_eq!(run.lease_expires_at, Some(at(t, 9_000)), "a refused renew must not change the lease");
+    assert_eq!(
+        run.lease_expires_at,
+        Some(at(t, 9_000)),
+        "a refused renew must not change the lease"
+    );
 
     journal
         .write(&lease2, finished(at(t, 6_000)))
         .await
         .unwrap_or_else(|e| panic!("finishing a run failed: {e}"));
-    expect_lease_lost(journal.renew(&lease2, at(t, 20_000)).await, &lease2, "renew of a finished run");
+    expect_lease_lost(
+        journal.renew(&lease2, at(t, 20_000)).await,
+        &lease2,
+        "renew of a finished run",
+    );
 }
 
 /// `load_run` returns `None` for an unknown key, and otherwise the run and its
@@ -560,8 +803,14 @@ pub async fn renew_extends_lease(journal: &dyn Journal) {
 /// 1 MiB ones. `open_run` returns the same steps when it re-leases the run.
 pub async fn load_run_round_trips(journal: &dyn Journal) {
     let missing = unique("missing");
-    let found = journal.load_run(&missing).await.expect("load_run of an unknown key failed");
-    assert!(found.is_none(), "load_run of an unknown key must return None");
+    let found = journal
+        .load_run(&missing)
+        .await
+        .expect("load_run of an unknown key failed");
+    assert!(
+        found.is_none(),
+        "load_run of an unknown key must return None"
+    );
 
     let key = unique("roundtrip");
     let t = Timestamp::now();
@@ -573,7 +822,9 @@ pub async fn load_run_round_trips(journal: &dyn Journal) {
         input: input.clone(),
     };
     let (_, lease1) = open_leased(journal, new.clone(), t, at(t, 1_000)).await;
-    let big: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(31) % 251) as u8).collect();
+    let big: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
     let first_epoch = [
         ("empty#0", 0, Vec::new()),
         ("big#0", 1, big.clone()),
@@ -588,13 +839,25 @@ pub async fn load_run_round_trips(journal: &dyn Journal) {
 
     let (snapshot, lease2) = open_leased(journal, new, at(t, 1_000), at(t, 60_000)).await;
     for (step_id, seq, output) in &first_epoch {
-        let step = find_step(&snapshot.steps, step_id)
-            .unwrap_or_else(|| panic!("open_run must return step {step_id} when it re-leases the run"));
-        assert_eq!(step.output.as_ref(), Some(output), "open_run must return step {step_id}'s output intact");
-        assert_eq!(step.seq, Some(*seq), "open_run must return step {step_id}'s seq");
+        let step = find_step(&snapshot.steps, step_id).unwrap_or_else(|| {
+            panic!("open_run must return step {step_id} when it re-leases the run")
+        });
+        assert_eq!(
+            step.output.as_ref(),
+            Some(output),
+            "open_run must return step {step_id}'s output intact"
+        );
+        assert_eq!(
+            step.seq,
+            Some(*seq),
+            "open_run must return step {step_id}'s seq"
+        );
     }
     journal
-        .write(&lease2, step_completed("later#0", 3, b"later".to_vec(), at(t, 1_010)))
+        .write(
+            &lease2,
+            step_completed("later#0", 3, b"later".to_vec(), at(t, 1_010)),
+        )
         .await
         .unwrap_or_else(|e| panic!("recording a step failed: {e}"));
     journal
@@ -613,10 +876,25 @@ pub async fn load_run_round_trips(journal: &dyn Journal) {
         .unwrap_or_else(|e| panic!("finishing with a 1 MiB outcome failed: {e}"));
 
     let loaded = load(journal, &key).await;
-    assert_eq!(loaded.run.input, input, "load_run must return the input byte for byte");
-    assert_eq!(loaded.run.fingerprint, u64::MAX, "load_run must return every bit of the fingerprint");
-    assert_eq!(loaded.run.outcome.as_ref(), Some(&outcome), "load_run must return a 1 MiB outcome intact");
-    assert_eq!(loaded.steps.len(), 5, "load_run must return every step of the run");
+    assert_eq!(
+        loaded.run.input, input,
+        "load_run must return the input byte for byte"
+    );
+    assert_eq!(
+        loaded.run.fingerprint,
+        u64::MAX,
+        "load_run must return every bit of the fingerprint"
+    );
+    assert_eq!(
+        loaded.run.outcome.as_ref(),
+        Some(&outcome),
+        "load_run must return a 1 MiB outcome intact"
+    );
+    assert_eq!(
+        loaded.steps.len(),
+        5,
+        "load_run must return every step of the run"
+    );
     for (step_id, seq, output) in first_epoch {
         let expected = StepRecord {
             step_id: step_id.into(),
@@ -630,11 +908,19 @@ pub async fn load_run_round_trips(journal: &dyn Journal) {
             started_at: at(t, 10),
             updated_at: at(t, 10),
         };
-        let step = find_step(&loaded.steps, step_id).unwrap_or_else(|| panic!("load_run lost step {step_id}"));
-        assert_eq!(step, &expected, "load_run must return step {step_id} as written under epoch 1");
+        let step = find_step(&loaded.steps, step_id)
+            .unwrap_or_else(|| panic!("load_run lost step {step_id}"));
+        assert_eq!(
+            step, &expected,
+            "load_run must return step {step_id} as written under epoch 1"
+        );
     }
     let later = find_step(&loaded.steps, "later#0").expect("load_run lost step later#0");
-    assert_eq!((later.seq, later.epoch), (Some(3), 2), "a step written under epoch 2 must carry epoch 2");
+    assert_eq!(
+        (later.seq, later.epoch),
+        (Some(3), 2),
+        "a step written under epoch 2 must carry epoch 2"
+    );
     let flaky = find_step(&loaded.steps, "flaky#0").expect("load_run lost step flaky#0");
     assert_eq!(
         (flaky.state, flaky.epoch, flaky.output.as_ref()),
@@ -650,9 +936,15 @@ pub async fn list_runs_filters(journal: &dyn Journal) {
     let wf_b = unique("wf-list-b");
     let t = Timestamp::now();
     let mut keys = HashMap::new();
-    for (i, (name, workflow)) in [("a1", &wf_a), ("b1", &wf_b), ("a2", &wf_a), ("a3", &wf_a), ("b2", &wf_b)]
-        .into_iter()
-        .enumerate()
+    for (i, (name, workflow)) in [
+        ("a1", &wf_a),
+        ("b1", &wf_b),
+        ("a2", &wf_a),
+        ("a3", &wf_a),
+        ("b2", &wf_b),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let key = unique(&format!("list-{name}"));
         let new = NewRun {
@@ -674,7 +966,10 @@ pub async fn list_runs_filters(journal: &dyn Journal) {
                 outcome: Vec::new(),
                 at: at(now, 100),
             };
-            journal.write(&lease, write).await.unwrap_or_else(|e| panic!("finishing a run failed: {e}"));
+            journal
+                .write(&lease, write)
+                .await
+                .unwrap_or_else(|e| panic!("finishing a run failed: {e}"));
         }
         keys.insert(name, key);
     }
@@ -703,12 +998,20 @@ pub async fn list_runs_filters(journal: &dyn Journal) {
     };
 
     let all_a = list(None, Some(&wf_a), None).await;
-    assert_eq!(names(&all_a), ["a1", "a2", "a3"], "list_runs by workflow must return its runs, oldest first");
+    assert_eq!(
+        names(&all_a),
+        ["a1", "a2", "a3"],
+        "list_runs by workflow must return its runs, oldest first"
+    );
     for run in &all_a {
-        assert_eq!(run, &load(journal, &run.key).await.run, "list_runs must return runs as load_run does");
+        assert_eq!(
+            run,
+            &load(journal, &run.key).await.run,
+            "list_runs must return runs as load_run does"
+        );
     }
-    let cases: [(Option<RunState>, &String, Option<usize>, &[&str]); 6] = [
-        (Some(RunState::Incomplete), &wf_a, None, &["a1", "a3"]),
+    let cases = [
+        (Some(RunState::Incomplete), &wf_a, None, &["a1", "a3"][..]),
         (Some(RunState::Completed), &wf_a, None, &["a2"]),
         (Some(RunState::Failed), &wf_a, None, &[]),
         (Some(RunState::Failed), &wf_b, None, &["b2"]),
@@ -724,15 +1027,35 @@ pub async fn list_runs_filters(journal: &dyn Journal) {
         );
     }
     let unknown = unique("wf-list-none");
-    assert!(list(None, Some(&unknown), None).await.is_empty(), "list_runs of an unknown workflow must be empty");
+    assert!(
+        list(None, Some(&unknown), None).await.is_empty(),
+        "list_runs of an unknown workflow must be empty"
+    );
 
     let failed = list(Some(RunState::Failed), None, None).await;
-    assert!(failed.iter().all(|r| r.state == RunState::Failed), "list_runs by state must return only that state");
-    assert!(names(&failed).contains(&"b2"), "list_runs by state must return every run in that state");
+    assert!(
+        failed.iter().all(|r| r.state == RunState::Failed),
+        "list_runs by state must return only that state"
+    );
+    assert!(
+        names(&failed).contains(&"b2"),
+        "list_runs by state must return every run in that state"
+    );
     let everything = list(None, None, None).await;
-    let ours: Vec<&str> = names(&everything).into_iter().filter(|n| keys.contains_key(n)).collect();
-    assert_eq!(ours, ["a1", "b1", "a2", "a3", "b2"], "list_runs without a filter must return all runs, oldest first");
-    assert_eq!(list(None, None, Some(1)).await.len(), 1, "list_runs must respect its limit");
+    let ours: Vec<&str> = names(&everything)
+        .into_iter()
+        .filter(|n| keys.contains_key(n))
+        .collect();
+    assert_eq!(
+        ours,
+        ["a1", "b1", "a2", "a3", "b2"],
+        "list_runs without a filter must return all runs, oldest first"
+    );
+    assert_eq!(
+        list(None, None, Some(1)).await.len(),
+        1,
+        "list_runs must respect its limit"
+    );
 }
 
 /// `claim_due` leases exactly the incomplete runs whose lease is free or
@@ -744,12 +1067,20 @@ pub async fn claim_due_selects_due_runs(journal: &dyn Journal) {
     let now = at(base, 100);
     let mut keys = HashMap::new();
     // Released runs with chosen wake times, created out of wake order.
-    for (name, wake) in [("late", 30), ("not-yet", 101), ("early", 20), ("boundary", 100)] {
+    for (name, wake) in [
+        ("late", 30),
+        ("not-yet", 101),
+        ("early", 20),
+        ("boundary", 100),
+    ] {
         let key = unique(&format!("due-{name}"));
         let (_, lease) = open_leased(journal, new_run(&key, b"input"), base, at(base, 1)).await;
         if name == "early" {
             journal
-                .write(&lease, step_completed("first#0", 0, b"kept".to_vec(), at(base, 1)))
+                .write(
+                    &lease,
+                    step_completed("first#0", 0, b"kept".to_vec(), at(base, 1)),
+                )
                 .await
                 .unwrap_or_else(|e| panic!("recording a step failed: {e}"));
         }
@@ -761,7 +1092,13 @@ pub async fn claim_due_selects_due_runs(journal: &dyn Journal) {
     }
     // A worker died holding this one: its lease expired, it was never released.
     let crashed = unique("due-crashed");
-    open_leased(journal, new_run(&crashed, b"input"), at(base, 10), at(base, 40)).await;
+    open_leased(
+        journal,
+        new_run(&crashed, b"input"),
+        at(base, 10),
+        at(base, 40),
+    )
+    .await;
     keys.insert("crashed", crashed);
     // Leased by a live worker at `now`.
     let busy = unique("due-busy");
@@ -792,13 +1129,20 @@ pub async fn claim_due_selects_due_runs(journal: &dyn Journal) {
     );
     assert_eq!(claimed.len(), 4, "claim_due must not return a run twice");
     let wakes: Vec<Timestamp> = claimed.iter().map(|(s, _)| s.run.wake_at).collect();
-    assert!(wakes.is_sorted(), "claim_due must return runs earliest wake_at first, got {wakes:?}");
+    assert!(
+        wakes.is_sorted(),
+        "claim_due must return runs earliest wake_at first, got {wakes:?}"
+    );
     let order: Vec<&str> = claimed
         .iter()
         .map(|(s, _)| name_of(&s.run.key))
         .filter(|n| *n != "crashed")
         .collect();
-    assert_eq!(order, ["early", "late", "boundary"], "claim_due must return runs earliest wake_at first");
+    assert_eq!(
+        order,
+        ["early", "late", "boundary"],
+        "claim_due must return runs earliest wake_at first"
+    );
     for (snapshot, lease) in &claimed {
         let run = &snapshot.run;
         let expected = Lease {
@@ -807,15 +1151,42 @@ pub async fn claim_due_selects_due_runs(journal: &dyn Journal) {
             epoch: 2,
             expires_at: until,
         };
-        assert_eq!(lease, &expected, "claim_due must lease each run at its next epoch");
-        assert_eq!((run.epoch, run.executions), (2, 2), "claim_due must raise epoch and executions");
-        assert_eq!(run.lease_owner.as_deref(), Some(OWNER), "claim_due must record the lease owner");
-        assert_eq!(run.lease_expires_at, Some(until), "claim_due must record the lease expiry");
-        assert_eq!(load(journal, &run.key).await.run, *run, "claim_due's snapshot must be the stored run");
+        assert_eq!(
+            lease, &expected,
+            "claim_due must lease each run at its next epoch"
+        );
+        assert_eq!(
+            (run.epoch, run.executions),
+            (2, 2),
+            "claim_due must raise epoch and executions"
+        );
+        assert_eq!(
+            run.lease_owner.as_deref(),
+            Some(OWNER),
+            "claim_due must record the lease owner"
+        );
+        assert_eq!(
+            run.lease_expires_at,
+            Some(until),
+            "claim_due must record the lease expiry"
+        );
+        assert_eq!(
+            load(journal, &run.key).await.run,
+            *run,
+            "claim_due's snapshot must be the stored run"
+        );
     }
-    let early = &claimed.iter().find(|(s, _)| name_of(&s.run.key) == "early").expect("early claimed").0;
+    let early = &claimed
+        .iter()
+        .find(|(s, _)| name_of(&s.run.key) == "early")
+        .expect("early claimed")
+        .0;
     let step = find_step(&early.steps, "first#0").expect("claim_due must return the run's steps");
-    assert_eq!(step.output.as_deref(), Some(&b"kept"[..]), "claim_due must return step outputs intact");
+    assert_eq!(
+        step.output.as_deref(),
+        Some(&b"kept"[..]),
+        "claim_due must return step outputs intact"
+    );
 
     let again = claim(journal, now, until, 100).await;
     if let Some((s, _)) = again.first() {
@@ -849,11 +1220,20 @@ pub async fn claim_due_respects_limit(journal: &dyn Journal) {
     let wakes = |claimed: &[(RunSnapshot, Lease)]| -> Vec<i64> {
         claimed
             .iter()
-            .map(|(s, _)| *by_wake.get(&s.run.key).unwrap_or_else(|| panic!("{}", foreign_run(&s.run.key))))
+            .map(|(s, _)| {
+                *by_wake
+                    .get(&s.run.key)
+                    .unwrap_or_else(|| panic!("{}", foreign_run(&s.run.key)))
+            })
             .collect()
     };
     let mut leases = Vec::new();
-    for (limit, expected) in [(0, &[][..]), (2, &[1, 2][..]), (10, &[3, 4, 5][..]), (10, &[][..])] {
+    for (limit, expected) in [
+        (0, &[][..]),
+        (2, &[1, 2][..]),
+        (10, &[3, 4, 5][..]),
+        (10, &[][..]),
+    ] {
         let claimed = claim(journal, now, until, limit).await;
         assert_eq!(
             wakes(&claimed),
@@ -876,7 +1256,8 @@ pub async fn claim_due_is_exclusive(journal: Arc<dyn Journal>) {
     let mut ours = HashSet::new();
     for i in 0..RUNS {
         let key = unique(&format!("exclusive-{i}"));
-        let (_, lease) = open_leased(journal.as_ref(), new_run(&key, b"input"), base, at(base, 1)).await;
+        let (_, lease) =
+            open_leased(journal.as_ref(), new_run(&key, b"input"), base, at(base, 1)).await;
         journal
             .write(&lease, release(at(base, 1 + i as i64), at(base, 1)))
             .await
@@ -909,7 +1290,11 @@ pub async fn claim_due_is_exclusive(journal: Arc<dyn Journal>) {
     }
     let mut seen = HashSet::new();
     for lease in &leases {
-        assert!(ours.contains(&lease.run_key), "{}", foreign_run(&lease.run_key));
+        assert!(
+            ours.contains(&lease.run_key),
+            "{}",
+            foreign_run(&lease.run_key)
+        );
         assert!(
             seen.insert(lease.run_key.clone()),
             "concurrent claim_due calls handed out run '{}' twice",
@@ -917,7 +1302,11 @@ pub async fn claim_due_is_exclusive(journal: Arc<dyn Journal>) {
         );
         assert_eq!(lease.epoch, 2, "each run must be leased once, at epoch 2");
     }
-    assert_eq!(seen.len(), RUNS, "concurrent claimers together must claim every due run");
+    assert_eq!(
+        seen.len(),
+        RUNS,
+        "concurrent claimers together must claim every due run"
+    );
     for lease in &leases {
         finish(journal.as_ref(), lease, at(base, 200), &lease.run_key).await;
     }
@@ -1006,7 +1395,12 @@ fn foreign_run(key: &str) -> String {
 }
 
 /// Opens `new` and insists on getting the lease.
-async fn open_leased(journal: &dyn Journal, new: NewRun, now: Timestamp, until: Timestamp) -> (RunSnapshot, Lease) {
+async fn open_leased(
+    journal: &dyn Journal,
+    new: NewRun,
+    now: Timestamp,
+    until: Timestamp,
+) -> (RunSnapshot, Lease) {
     let key = new.key.clone();
     let opened = journal
         .open_run(new, request(OWNER, now, until))
@@ -1029,7 +1423,12 @@ async fn load(journal: &dyn Journal, key: &str) -> RunSnapshot {
         .unwrap_or_else(|| panic!("load_run of '{key}' returned None for a run that exists"))
 }
 
-async fn claim(journal: &dyn Journal, now: Timestamp, until: Timestamp, limit: usize) -> Vec<(RunSnapshot, Lease)> {
+async fn claim(
+    journal: &dyn Journal,
+    now: Timestamp,
+    until: Timestamp,
+    limit: usize,
+) -> Vec<(RunSnapshot, Lease)> {
     journal
         .claim_due(request(OWNER, now, until), limit)
         .await

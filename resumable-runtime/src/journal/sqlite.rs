@@ -1,0 +1,1217 @@
+//! The embedded default journal: one SQLite file, written with group commit.
+//!
+//! One writer thread owns the connection. Async callers send it requests;
+//! it takes whatever is pending (up to 1024 requests) and runs it all in one
+//! `BEGIN IMMEDIATE` transaction with one commit, so concurrent runs share
+//! the cost of a sync. `IMMEDIATE` takes SQLite's write lock up front, which
+//! is also what makes fencing and `claim_due` safe between processes sharing
+//! the file: their transactions run one after another.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::{ToSql, Type};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{
+    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState,
+    StepRecord, StepState, Timestamp, Write,
+};
+use crate::error::{Error, Result};
+
+/// The schema version this code reads and writes, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// The most requests committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// The backend's name in [`Error::Storage`].
+const BACKEND: &str = "sqlite";
+
+/// How long a connection waits for another one's write lock by default.
+const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tables and indexes of schema version 1, created in one transaction.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS resumable_runs (
+    -- Insertion order: list_runs' 'oldest first' and claim_due's tie-break.
+    id               INTEGER PRIMARY KEY,
+    run_key          TEXT    NOT NULL UNIQUE,
+    workflow         TEXT    NOT NULL,
+    fingerprint      INTEGER NOT NULL, -- u64 bits stored as i64
+    input            BLOB    NOT NULL,
+    state            TEXT    NOT NULL,
+    outcome          BLOB,
+    epoch            INTEGER NOT NULL,
+    lease_owner      TEXT,
+    lease_expires_at INTEGER,
+    wake_at          INTEGER NOT NULL,
+    executions       INTEGER NOT NULL,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resumable_runs_due
+    ON resumable_runs (wake_at, id) WHERE state = 'incomplete';
+CREATE INDEX IF NOT EXISTS resumable_runs_workflow
+    ON resumable_runs (workflow, id);
+CREATE TABLE IF NOT EXISTS resumable_steps (
+    run_key    TEXT    NOT NULL,
+    step_id    TEXT    NOT NULL,
+    seq        INTEGER,
+    state      TEXT    NOT NULL,
+    output     BLOB,
+    attempts   INTEGER NOT NULL,
+    last_error TEXT,
+    retry_at   INTEGER,
+    epoch      INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (run_key, step_id)
+);
+";
+
+const RUN_COLUMNS: &str = "run_key, workflow, fingerprint, input, state, outcome, epoch, lease_owner, \
+     lease_expires_at, wake_at, executions, last_error, created_at, updated_at";
+
+const STEP_COLUMNS: &str =
+    "step_id, seq, state, output, attempts, last_error, retry_at, epoch, started_at, updated_at";
+
+/// How far a write that returned `Ok` is guaranteed to survive.
+///
+/// Both levels use SQLite's write-ahead log (WAL), and neither can corrupt
+/// the file: after any crash the journal opens in a consistent state, with
+/// every transaction either wholly there or wholly absent. They differ in
+/// which crashes may take back the last writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Durability {
+    /// WAL with `PRAGMA synchronous = FULL`: each commit fsyncs the log before
+    /// any of its writes returns, so a write that returned `Ok` survives the
+    /// process dying, an operating-system crash and power loss (on storage
+    /// that honours fsync). One fsync per commit, shared by every request
+    /// grouped into it. The default.
+    #[default]
+    PowerLoss,
+    /// WAL with `PRAGMA synchronous = NORMAL`: commits are not fsynced (the
+    /// log is synced only when it is checkpointed into the database). A write
+    /// that returned `Ok` survives the process dying, since the operating
+    /// system already holds it; an operating-system crash or power loss may
+    /// roll back the most recent commits. A step whose record is lost that
+    /// way runs again when its run resumes.
+    ProcessCrash,
+}
+
+impl Durability {
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::PowerLoss => "FULL",
+            Durability::ProcessCrash => "NORMAL",
+        }
+    }
+}
+
+/// A [`Journal`] in one SQLite file: the embedded default.
+///
+/// The file is created with its tables on first open, in WAL mode. Several
+/// journals, in this process or others, may open one file: writes wait for
+/// each other (up to the [busy timeout](SqliteJournalBuilder::busy_timeout))
+/// and `claim_due` never hands one run to two of them.
+///
+/// Dropping the journal ends its writer thread and closes the file; the drop
+/// blocks until requests already sent (by futures since dropped) are done.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable_runtime::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("runs.db");
+/// use resumable_runtime::{Journal, RunFilter, SqliteJournal};
+///
+/// let journal = SqliteJournal::open(&path).await?;
+/// assert!(journal.list_runs(&RunFilter::default()).await?.is_empty());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct SqliteJournal {
+    path: PathBuf,
+    durability: Durability,
+    // Declared before `_writer`: fields drop in declaration order, so the
+    // channel closes (ending the thread's loop) before the thread is joined.
+    requests: mpsc::Sender<Box<dyn Job>>,
+    // Only held for its drop, which joins the thread.
+    _writer: WriterThread,
+}
+
+/// Settings for a [`SqliteJournal`], from [`SqliteJournal::builder`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable_runtime::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("runs.db");
+/// use std::time::Duration;
+/// use resumable_runtime::{Durability, SqliteJournal};
+///
+/// let journal = SqliteJournal::builder(&path)
+///     .durability(Durability::ProcessCrash)
+///     .busy_timeout(Duration::from_secs(10))
+///     .open()
+///     .await?;
+/// assert_eq!(journal.durability(), Durability::ProcessCrash);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteJournalBuilder {
+    path: PathBuf,
+    durability: Durability,
+    busy_timeout: Duration,
+}
+
+impl SqliteJournal {
+    /// Opens (or creates) the journal at `path` with the default settings:
+    /// [`Durability::PowerLoss`] and a 5 s busy timeout.
+    ///
+    /// Fails with [`Error::SchemaVersion`] if the file was written by a newer
+    /// version of this library, and with [`Error::Storage`] if it cannot be
+    /// opened as an SQLite database in WAL mode.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(path).open().await
+    }
+
+    /// Settings for the journal at `path`; finish with
+    /// [`open`](SqliteJournalBuilder::open).
+    pub fn builder(path: impl AsRef<Path>) -> SqliteJournalBuilder {
+        SqliteJournalBuilder {
+            path: path.as_ref().to_owned(),
+            durability: Durability::default(),
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+        }
+    }
+
+    /// The file this journal writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The durability it was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Runs `op` on the writer thread, inside the next batch's transaction.
+    async fn call<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> OpResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Call {
+            op,
+            outcome: None,
+            reply,
+        });
+        self.requests.send(job).map_err(|_| writer_stopped())?;
+        answer.await.map_err(|_| writer_stopped())?
+    }
+}
+
+impl SqliteJournalBuilder {
+    /// How far a write that returned `Ok` survives (default
+    /// [`Durability::PowerLoss`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How long to wait for another connection's write lock before failing
+    /// with [`Error::Storage`] (default 5 s). Matters when several journals
+    /// or processes share the file.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Opens (or creates) the journal. See [`SqliteJournal::open`].
+    pub async fn open(self) -> Result<SqliteJournal> {
+        let (ready, opened) = oneshot::channel();
+        let (requests, queue) = mpsc::channel();
+        let settings = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("resumable-sqlite".into())
+            .spawn(move || writer_main(&settings, ready, queue))
+            .map_err(|e| Error::storage(BACKEND, e))?;
+        // Built before awaiting so that, if this future is dropped, the
+        // journal's own drop order closes the channel before joining.
+        let journal = SqliteJournal {
+            path: self.path,
+            durability: self.durability,
+            requests,
+            _writer: WriterThread(Some(thread)),
+        };
+        opened.await.map_err(|_| writer_stopped())??;
+        Ok(journal)
+    }
+}
+
+/// Joins the writer thread when dropped.
+#[derive(Debug)]
+struct WriterThread(Option<JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            // Err only if the thread panicked; its callers already got an error.
+            let _ = thread.join();
+        }
+    }
+}
+
+fn writer_stopped() -> Error {
+    Error::storage(BACKEND, "the SQLite writer thread has stopped")
+}
+
+fn sql_error(err: rusqlite::Error) -> Error {
+    Error::storage(BACKEND, err)
+}
+
+/// An error to give each request of a failed transaction. `rusqlite::Error`
+/// is not `Clone`; the common variant is rebuilt so callers can still
+/// downcast it (for example to see `SQLITE_BUSY`).
+fn copy_sql_error(err: &rusqlite::Error) -> Error {
+    match err {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            sql_error(rusqlite::Error::SqliteFailure(*code, message.clone()))
+        }
+        other => Error::storage(BACKEND, other.to_string()),
+    }
+}
+
+// ---- the writer thread ----
+
+fn writer_main(
+    settings: &SqliteJournalBuilder,
+    ready: oneshot::Sender<Result<()>>,
+    queue: mpsc::Receiver<Box<dyn Job>>,
+) {
+    let mut conn = match connect(settings) {
+        Ok(conn) => conn,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    if ready.send(Ok(())).is_err() {
+        return; // the opener gave up waiting
+    }
+    // Ends when every sender is gone, that is when the journal is dropped.
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+        run_batch(&mut conn, batch);
+    }
+}
+
+/// Why a batch's transaction failed.
+enum BatchError {
+    /// One request's SQL failed; the others may be fine.
+    Request(rusqlite::Error),
+    /// `BEGIN` or `COMMIT` failed: no request in the batch took effect.
+    Transaction(rusqlite::Error),
+}
+
+/// Runs `jobs` in one transaction and replies to each.
+fn run_batch(conn: &mut Connection, mut jobs: Vec<Box<dyn Job>>) {
+    match execute_batch(conn, &mut jobs) {
+        Ok(()) => finish_all(jobs, None),
+        // The batch was rolled back; run each request alone so that only
+        // the one at fault fails.
+        Err(BatchError::Request(err)) if jobs.len() > 1 => {
+            tracing::debug!(error = %err, requests = jobs.len(), "sqlite batch failed; retrying one by one");
+            for job in jobs {
+                run_batch(conn, vec![job]);
+            }
+        }
+        Err(BatchError::Request(err) | BatchError::Transaction(err)) => {
+            finish_all(jobs, Some(&err))
+        }
+    }
+}
+
+fn execute_batch(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), BatchError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(BatchError::Transaction)?;
+    for job in jobs.iter_mut() {
+        // On error `tx` is dropped, which rolls the whole batch back.
+        job.execute(&tx).map_err(BatchError::Request)?;
+    }
+    tx.commit().map_err(BatchError::Transaction)
+}
+
+fn finish_all(jobs: Vec<Box<dyn Job>>, failed: Option<&rusqlite::Error>) {
+    for job in jobs {
+        job.finish(failed);
+    }
+}
+
+/// Why an operation did not produce its value.
+enum Failure {
+    /// The contract refuses it (a fencing error). Operations check before
+    /// they change anything, so a refusal leaves the transaction untouched.
+    Refused(Error),
+    /// The database failed: the batch's transaction must be rolled back.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(err: rusqlite::Error) -> Self {
+        Failure::Sql(err)
+    }
+}
+
+type OpResult<T> = std::result::Result<T, Failure>;
+
+/// One request waiting in the writer's queue, with its reply channel.
+trait Job: Send {
+    /// Runs the operation inside the batch's transaction and keeps its
+    /// result for [`finish`](Job::finish). May run again if the batch is
+    /// retried. An `Err` means the transaction must be rolled back.
+    fn execute(&mut self, conn: &Connection) -> rusqlite::Result<()>;
+
+    /// Replies with the kept result, or with `failed` if the transaction
+    /// did not commit.
+    fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>);
+}
+
+struct Call<T, F> {
+    op: F,
+    outcome: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for Call<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&Connection) -> OpResult<T> + Send + 'static,
+{
+    fn execute(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let outcome = match (self.op)(conn) {
+            Ok(value) => Ok(value),
+            Err(Failure::Refused(err)) => Err(err),
+            Err(Failure::Sql(err)) => {
+                self.outcome = None;
+                return Err(err);
+            }
+        };
+        self.outcome = Some(outcome);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>) {
+        let result = match (failed, self.outcome) {
+            (Some(err), _) => Err(copy_sql_error(err)),
+            (None, Some(outcome)) => outcome,
+            (None, None) => Err(Error::storage(
+                BACKEND,
+                "request finished without being executed",
+            )),
+        };
+        // The caller may have stopped waiting (its future was dropped).
+        let _ = self.reply.send(result);
+    }
+}
+
+// ---- opening ----
+
+fn connect(settings: &SqliteJournalBuilder) -> Result<Connection> {
+    let mut conn = Connection::open(&settings.path).map_err(sql_error)?;
+    conn.busy_timeout(settings.busy_timeout)
+        .map_err(sql_error)?;
+    // Room for every statement the operations prepare, list_runs' variants included.
+    conn.set_prepared_statement_cache_capacity(32);
+    // Refuse a newer file before changing anything in it (such as its journal mode).
+    let found = schema_version(&conn)?;
+    check_version(found)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(sql_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        let msg = format!(
+            "{} cannot use WAL mode (journal_mode is {mode})",
+            settings.path.display()
+        );
+        return Err(Error::storage(BACKEND, msg));
+    }
+    conn.pragma_update(None, "synchronous", settings.durability.synchronous())
+        .map_err(sql_error)?;
+    if found != SCHEMA_VERSION {
+        create_schema(&mut conn)?;
+    }
+    Ok(conn)
+}
+
+fn schema_version(conn: &Connection) -> Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sql_error)
+}
+
+/// Accepts a new file (0) or the current version.
+fn check_version(found: i64) -> Result<()> {
+    match found {
+        0 | SCHEMA_VERSION => Ok(()),
+        found => Err(Error::SchemaVersion {
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    }
+}
+
+fn create_schema(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_error)?;
+    // Read again under the write lock: another process may have created it meanwhile.
+    let found = schema_version(&tx)?;
+    check_version(found)?;
+    if found == 0 {
+        tx.execute_batch(SCHEMA).map_err(sql_error)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql_error)?;
+    }
+    tx.commit().map_err(sql_error)
+}
+
+// ---- operations (run on the writer thread, inside a transaction) ----
+
+fn open_run(conn: &Connection, new: &NewRun, req: &LeaseRequest) -> OpResult<Opened> {
+    let created = insert_run(conn, new, req.now)?;
+    let mut run = select_run(conn, &new.key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    let lease = if run.state == RunState::Incomplete && !run.is_leased_at(req.now) {
+        Some(take_lease(conn, &mut run, req)?)
+    } else {
+        None
+    };
+    // The steps are only needed by the worker that will execute the run.
+    let steps = match lease {
+        Some(_) => select_steps(conn, &run.key)?,
+        None => Vec::new(),
+    };
+    Ok(Opened {
+        snapshot: RunSnapshot { run, steps },
+        lease,
+        created,
+    })
+}
+
+/// Inserts the run unless its key exists; true if it inserted.
+fn insert_run(conn: &Connection, new: &NewRun, now: Timestamp) -> rusqlite::Result<bool> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO resumable_runs (run_key, workflow, fingerprint, input, state, epoch, wake_at, \
+             executions, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 0, ?6, ?6) \
+             ON CONFLICT (run_key) DO NOTHING",
+        )?
+        .execute(params![
+            new.key,
+            new.workflow,
+            new.fingerprint as i64,
+            new.input,
+            RunState::Incomplete.as_str(),
+            now.0,
+        ])?;
+    Ok(inserted == 1)
+}
+
+/// Leases `run` for `req`, in the database and in `run`.
+fn take_lease(
+    conn: &Connection,
+    run: &mut RunRecord,
+    req: &LeaseRequest,
+) -> rusqlite::Result<Lease> {
+    run.epoch += 1;
+    run.executions = run.executions.saturating_add(1);
+    run.lease_owner = Some(req.owner.clone());
+    run.lease_expires_at = Some(req.until);
+    run.updated_at = req.now;
+    conn.prepare_cached(
+        "UPDATE resumable_runs SET epoch = ?2, executions = ?3, lease_owner = ?4, lease_expires_at = ?5, \
+         updated_at = ?6 WHERE run_key = ?1",
+    )?
+    .execute(params![
+        run.key,
+        run.epoch as i64,
+        run.executions,
+        req.owner,
+        req.until.0,
+        req.now.0
+    ])?;
+    Ok(Lease {
+        run_key: run.key.clone(),
+        owner: req.owner.clone(),
+        epoch: run.epoch,
+        expires_at: req.until,
+    })
+}
+
+fn claim_due(
+    conn: &Connection,
+    req: &LeaseRequest,
+    limit: usize,
+) -> OpResult<Vec<(RunSnapshot, Lease)>> {
+    // Not leased means what `RunRecord::is_leased_at` says: no owner, no
+    // expiry, or an expiry at or before now. The state is a literal so that
+    // the partial index `resumable_runs_due` applies.
+    let keys = conn
+        .prepare_cached(
+            "SELECT run_key FROM resumable_runs \
+             WHERE state = 'incomplete' AND wake_at <= ?1 \
+               AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
+             ORDER BY wake_at, id LIMIT ?2",
+        )?
+        .query_map(params![req.now.0, sql_limit(limit)], |row| {
+            row.get::<_, String>(0)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut claimed = Vec::with_capacity(keys.len());
+    for key in keys {
+        let mut run = select_run(conn, &key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        let lease = take_lease(conn, &mut run, req)?;
+        let steps = select_steps(conn, &key)?;
+        claimed.push((RunSnapshot { run, steps }, lease));
+    }
+    Ok(claimed)
+}
+
+/// Refuses with `LeaseLost` unless `lease` is the run's current epoch and
+/// the run is incomplete.
+fn fence(conn: &Connection, lease: &Lease) -> OpResult<()> {
+    let current: Option<(i64, String)> = conn
+        .prepare_cached("SELECT epoch, state FROM resumable_runs WHERE run_key = ?1")?
+        .query_row([&lease.run_key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    match current {
+        Some((epoch, state))
+            if epoch as u64 == lease.epoch && state == RunState::Incomplete.as_str() =>
+        {
+            Ok(())
+        }
+        _ => Err(Failure::Refused(Error::LeaseLost {
+            run: lease.run_key.clone(),
+            epoch: lease.epoch,
+        })),
+    }
+}
+
+fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
+    fence(conn, lease)?;
+    match write {
+        Write::StepCompleted {
+            step_id,
+            seq,
+            output,
+            attempts,
+            started_at,
+            at,
+        } => {
+            refuse_if_recorded(conn, lease, step_id)?;
+            conn.prepare_cached(
+                "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, epoch, \
+                 started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, \
+                 output = excluded.output, attempts = excluded.attempts, retry_at = NULL, \
+                 epoch = excluded.epoch, started_at = excluded.started_at, updated_at = excluded.updated_at",
+            )?
+            // `last_error` is left as the failures set it: it stays visible.
+            .execute(params![
+                lease.run_key,
+                step_id,
+                *seq as i64,
+                StepState::Completed.as_str(),
+                output,
+                attempts,
+                lease.epoch as i64,
+                started_at.0,
+                at.0,
+            ])?;
+            touch_run(conn, lease, *at)?;
+        }
+        Write::StepFailed {
+            step_id,
+            attempts,
+            error,
+            retry_at,
+            started_at,
+            at,
+        } => {
+            refuse_if_recorded(conn, lease, step_id)?;
+            conn.prepare_cached(
+                "INSERT INTO resumable_steps (run_key, step_id, state, attempts, last_error, retry_at, epoch, \
+                 started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
+                 output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
+                 retry_at = excluded.retry_at, epoch = excluded.epoch, started_at = excluded.started_at, \
+                 updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                lease.run_key,
+                step_id,
+                StepState::Retrying.as_str(),
+                attempts,
+                error,
+                retry_at.map(|t| t.0),
+                lease.epoch as i64,
+                started_at.0,
+                at.0,
+            ])?;
+            touch_run(conn, lease, *at)?;
+        }
+        Write::RunFinished { state, outcome, at } => {
+            conn.prepare_cached(
+                "UPDATE resumable_runs SET state = ?2, outcome = ?3, lease_owner = NULL, \
+                 lease_expires_at = NULL, updated_at = ?4 WHERE run_key = ?1",
+            )?
+            .execute(params![lease.run_key, state.as_str(), outcome, at.0])?;
+        }
+        Write::Release {
+            last_error,
+            wake_at,
+            at,
+        } => {
+            conn.prepare_cached(
+                "UPDATE resumable_runs SET last_error = ?2, wake_at = ?3, lease_owner = NULL, \
+                 lease_expires_at = NULL, updated_at = ?4 WHERE run_key = ?1",
+            )?
+            .execute(params![lease.run_key, last_error, wake_at.0, at.0])?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses with `StepAlreadyRecorded` if the step's output is recorded.
+fn refuse_if_recorded(conn: &Connection, lease: &Lease, step_id: &str) -> OpResult<()> {
+    let state: Option<String> = conn
+        .prepare_cached("SELECT state FROM resumable_steps WHERE run_key = ?1 AND step_id = ?2")?
+        .query_row([&lease.run_key, step_id], |row| row.get(0))
+        .optional()?;
+    if state.as_deref() == Some(StepState::Completed.as_str()) {
+        return Err(Failure::Refused(Error::StepAlreadyRecorded {
+            run: lease.run_key.clone(),
+            step: step_id.to_owned(),
+        }));
+    }
+    Ok(())
+}
+
+fn touch_run(conn: &Connection, lease: &Lease, at: Timestamp) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE resumable_runs SET updated_at = ?2 WHERE run_key = ?1")?
+        .execute(params![lease.run_key, at.0])?;
+    Ok(())
+}
+
+fn renew(conn: &Connection, lease: &Lease, until: Timestamp) -> OpResult<Lease> {
+    fence(conn, lease)?;
+    conn.prepare_cached("UPDATE resumable_runs SET lease_expires_at = ?2 WHERE run_key = ?1")?
+        .execute(params![lease.run_key, until.0])?;
+    Ok(Lease {
+        expires_at: until,
+        ..lease.clone()
+    })
+}
+
+fn load_run(conn: &Connection, key: &str) -> OpResult<Option<RunSnapshot>> {
+    let Some(run) = select_run(conn, key)? else {
+        return Ok(None);
+    };
+    let steps = select_steps(conn, key)?;
+    Ok(Some(RunSnapshot { run, steps }))
+}
+
+fn list_runs(conn: &Connection, filter: &RunFilter) -> OpResult<Vec<RunRecord>> {
+    // Only the filter's conditions go into the SQL, so that a workflow filter
+    // can use the `(workflow, id)` index.
+    let mut sql = format!("SELECT {RUN_COLUMNS} FROM resumable_runs WHERE 1 = 1");
+    let mut args: Vec<&dyn ToSql> = Vec::new();
+    let state = filter.state.map(RunState::as_str);
+    if let Some(state) = &state {
+        sql.push_str(" AND state = ?");
+        args.push(state);
+    }
+    if let Some(workflow) = &filter.workflow {
+        sql.push_str(" AND workflow = ?");
+        args.push(workflow);
+    }
+    let limit = filter.limit.map_or(i64::MAX, sql_limit);
+    sql.push_str(" ORDER BY id LIMIT ?");
+    args.push(&limit);
+    let runs = conn
+        .prepare_cached(&sql)?
+        .query_map(args.as_slice(), run_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(runs)
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn select_run(conn: &Connection, key: &str) -> rusqlite::Result<Option<RunRecord>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM resumable_runs WHERE run_key = ?1"
+    ))?
+    .query_row([key], run_from_row)
+    .optional()
+}
+
+fn select_steps(conn: &Connection, key: &str) -> rusqlite::Result<Vec<StepRecord>> {
+    conn.prepare_cached(&format!(
+        "SELECT {STEP_COLUMNS} FROM resumable_steps WHERE run_key = ?1 ORDER BY rowid"
+    ))?
+    .query_map([key], step_from_row)?
+    .collect()
+}
+
+// u64 values (fingerprint, epoch, seq) are stored as i64 with the same bits.
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        key: row.get(0)?,
+        workflow: row.get(1)?,
+        fingerprint: row.get::<_, i64>(2)? as u64,
+        input: row.get(3)?,
+        state: parsed(row, 4, RunState::parse)?,
+        outcome: row.get(5)?,
+        epoch: row.get::<_, i64>(6)? as u64,
+        lease_owner: row.get(7)?,
+        lease_expires_at: row.get::<_, Option<i64>>(8)?.map(Timestamp),
+        wake_at: Timestamp(row.get(9)?),
+        executions: row.get(10)?,
+        last_error: row.get(11)?,
+        created_at: Timestamp(row.get(12)?),
+        updated_at: Timestamp(row.get(13)?),
+    })
+}
+
+fn step_from_row(row: &Row<'_>) -> rusqlite::Result<StepRecord> {
+    Ok(StepRecord {
+        step_id: row.get(0)?,
+        seq: row.get::<_, Option<i64>>(1)?.map(|s| s as u64),
+        state: parsed(row, 2, StepState::parse)?,
+        output: row.get(3)?,
+        attempts: row.get(4)?,
+        last_error: row.get(5)?,
+        retry_at: row.get::<_, Option<i64>>(6)?.map(Timestamp),
+        epoch: row.get::<_, i64>(7)? as u64,
+        started_at: Timestamp(row.get(8)?),
+        updated_at: Timestamp(row.get(9)?),
+    })
+}
+
+/// A text column parsed with `parse`, such as a state name.
+fn parsed<T>(row: &Row<'_>, idx: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    parse(&text).ok_or_else(|| {
+        let err = format!("unknown state {text:?} in the journal");
+        rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, err.into())
+    })
+}
+
+#[async_trait]
+impl Journal for SqliteJournal {
+    async fn open_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Opened> {
+        self.call(move |conn| open_run(conn, &run, &lease)).await
+    }
+
+    async fn claim_due(
+        &self,
+        lease: LeaseRequest,
+        limit: usize,
+    ) -> Result<Vec<(RunSnapshot, Lease)>> {
+        self.call(move |conn| claim_due(conn, &lease, limit)).await
+    }
+
+    async fn write(&self, lease: &Lease, change: Write) -> Result<()> {
+        let lease = lease.clone();
+        self.call(move |conn| write(conn, &lease, &change)).await
+    }
+
+    async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
+        let lease = lease.clone();
+        self.call(move |conn| renew(conn, &lease, until)).await
+    }
+
+    async fn load_run(&self, key: &str) -> Result<Option<RunSnapshot>> {
+        let key = key.to_owned();
+        self.call(move |conn| load_run(conn, &key)).await
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let filter = filter.clone();
+        self.call(move |conn| list_runs(conn, &filter)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn new_run(key: &str) -> NewRun {
+        NewRun {
+            key: key.to_owned(),
+            workflow: "wf".to_owned(),
+            fingerprint: 1,
+            input: b"input".to_vec(),
+        }
+    }
+
+    fn request(owner: &str, now: i64, until: i64) -> LeaseRequest {
+        LeaseRequest {
+            owner: owner.to_owned(),
+            now: Timestamp(now),
+            until: Timestamp(until),
+        }
+    }
+
+    // The suite is compiled only with the `conformance` feature.
+    #[cfg(feature = "conformance")]
+    async fn conforms(durability: Durability) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::builder(dir.path().join("journal.db"))
+            .durability(durability)
+            .open()
+            .await
+            .unwrap();
+        crate::conformance::run_all(Arc::new(journal)).await;
+    }
+
+    #[cfg(feature = "conformance")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conforms_with_power_loss_durability() {
+        conforms(Durability::PowerLoss).await;
+    }
+
+    #[cfg(feature = "conformance")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conforms_with_process_crash_durability() {
+        conforms(Durability::ProcessCrash).await;
+    }
+
+    #[tokio::test]
+    async fn durability_sets_wal_and_synchronous() {
+        let dir = tempfile::tempdir().unwrap();
+        for (durability, synchronous) in [(Durability::PowerLoss, 2), (Durability::ProcessCrash, 1)]
+        {
+            let path = dir.path().join(format!("{durability:?}.db"));
+            let journal = SqliteJournal::builder(&path)
+                .durability(durability)
+                .open()
+                .await
+                .unwrap();
+            let (mode, sync) = journal
+                .call(|conn| {
+                    let mode: String =
+                        conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+                    let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+                    Ok((mode, sync))
+                })
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+            assert_eq!(sync, synchronous, "{durability:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let journal = SqliteJournal::open(&path).await.unwrap();
+        let opened = journal
+            .open_run(new_run("kept"), request("w", 0, 1_000))
+            .await
+            .unwrap();
+        let lease = opened.lease.unwrap();
+        let step = Write::StepCompleted {
+            step_id: "a#0".into(),
+            seq: 0,
+            output: b"out".to_vec(),
+            attempts: 1,
+            started_at: Timestamp(1),
+            at: Timestamp(2),
+        };
+        journal.write(&lease, step).await.unwrap();
+        journal
+            .open_run(new_run("open"), request("w", 0, 1_000))
+            .await
+            .unwrap();
+        let before = journal.list_runs(&RunFilter::default()).await.unwrap();
+        let kept = journal.load_run("kept").await.unwrap().unwrap();
+        drop(journal);
+
+        let journal = SqliteJournal::open(&path).await.unwrap();
+        assert_eq!(
+            journal.list_runs(&RunFilter::default()).await.unwrap(),
+            before
+        );
+        assert_eq!(journal.load_run("kept").await.unwrap().unwrap(), kept);
+        // The old lease still fences: the run's epoch survived the reopen.
+        journal.renew(&lease, Timestamp(2_000)).await.unwrap();
+        let version: i64 = journal
+            .call(|conn| Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("future.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        match SqliteJournal::open(&path).await {
+            Err(Error::SchemaVersion {
+                found: 99,
+                supported,
+            }) => assert_eq!(supported, SCHEMA_VERSION),
+            other => panic!("expected Error::SchemaVersion, got {other:?}"),
+        }
+        // Refused before anything changed: not even the journal mode.
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+    }
+
+    #[tokio::test]
+    async fn non_database_file_is_a_storage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-db");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let err = SqliteJournal::open(&path).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Storage {
+                    backend: "sqlite",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// Two journals on one file behave like two processes: two connections
+    /// whose IMMEDIATE transactions serialise `claim_due`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_journals_on_one_file_never_claim_the_same_run() {
+        const RUNS: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        let a: Arc<dyn Journal> = Arc::new(SqliteJournal::open(&path).await.unwrap());
+        let b: Arc<dyn Journal> = Arc::new(SqliteJournal::open(&path).await.unwrap());
+        for i in 0..RUNS {
+            // Created with a lease that has already expired at claim time.
+            let journal = if i % 2 == 0 { &a } else { &b };
+            journal
+                .open_run(new_run(&format!("run-{i}")), request("creator", 0, 1))
+                .await
+                .unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..8 {
+            let journal = if w % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = journal
+                        .claim_due(request(&format!("worker-{w}"), 10, 100_000), 4)
+                        .await
+                        .unwrap();
+                    if claimed.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(claimed.into_iter().map(|(_, lease)| lease));
+                }
+            });
+        }
+        let mut seen = HashSet::new();
+        while let Some(leases) = tasks.join_next().await {
+            for lease in leases.unwrap() {
+                assert_eq!(lease.epoch, 2);
+                assert!(
+                    seen.insert(lease.run_key.clone()),
+                    "{} claimed twice",
+                    lease.run_key
+                );
+            }
+        }
+        assert_eq!(seen.len(), RUNS);
+    }
+
+    /// Many concurrent writers share batches; every write must land once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_are_all_committed() {
+        const RUNS: usize = 32;
+        const STEPS: u64 = 25;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(
+            SqliteJournal::open(dir.path().join("stress.db"))
+                .await
+                .unwrap(),
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for r in 0..RUNS {
+            let journal = journal.clone();
+            tasks.spawn(async move {
+                let key = format!("stress-{r}");
+                let opened = journal
+                    .open_run(new_run(&key), request("w", 0, 1_000_000))
+                    .await
+                    .unwrap();
+                let lease = opened.lease.unwrap();
+                for seq in 0..STEPS {
+                    let write = Write::StepCompleted {
+                        step_id: format!("s#{seq}"),
+                        seq,
+                        output: seq.to_le_bytes().to_vec(),
+                        attempts: 1,
+                        started_at: Timestamp(1),
+                        at: Timestamp(2),
+                    };
+                    journal.write(&lease, write).await.unwrap();
+                }
+                key
+            });
+        }
+        while let Some(key) = tasks.join_next().await {
+            let snapshot = journal.load_run(&key.unwrap()).await.unwrap().unwrap();
+            assert_eq!(snapshot.steps.len(), STEPS as usize);
+            for step in &snapshot.steps {
+                assert_eq!(step.output, Some(step.seq.unwrap().to_le_bytes().to_vec()));
+            }
+        }
+    }
+
+    /// A job that fails with an SQL error, for the batch tests.
+    fn failing_job() -> (Box<dyn Job>, oneshot::Receiver<Result<()>>) {
+        job(|conn: &Connection| {
+            conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+            Ok(())
+        })
+    }
+
+    fn job<T: Send + 'static>(
+        op: impl FnMut(&Connection) -> OpResult<T> + Send + 'static,
+    ) -> (Box<dyn Job>, oneshot::Receiver<Result<T>>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Call {
+            op,
+            outcome: None,
+            reply,
+        });
+        (job, answer)
+    }
+
+    fn open_job(key: &'static str, now: i64) -> (Box<dyn Job>, oneshot::Receiver<Result<Opened>>) {
+        job(move |conn| open_run(conn, &new_run(key), &request("w", now, now + 1_000)))
+    }
+
+    #[test]
+    fn an_sql_error_fails_only_its_own_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&SqliteJournal::builder(dir.path().join("batch.db"))).unwrap();
+        let (first, first_answer) = open_job("first", 0);
+        let (bad, bad_answer) = failing_job();
+        let (second, second_answer) = open_job("second", 0);
+        run_batch(&mut conn, vec![first, bad, second]);
+        assert!(first_answer.blocking_recv().unwrap().unwrap().created);
+        assert!(second_answer.blocking_recv().unwrap().unwrap().created);
+        let err = bad_answer.blocking_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Storage {
+                    backend: "sqlite",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let (load, loaded) = job(|conn| load_run(conn, "first"));
+        run_batch(&mut conn, vec![load]);
+        // Once, not twice: the retry re-ran it after the rollback.
+        assert_eq!(
+            loaded.blocking_recv().unwrap().unwrap().unwrap().run.epoch,
+            1
+        );
+    }
+
+    #[test]
+    fn a_refused_write_does_not_affect_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&SqliteJournal::builder(dir.path().join("batch.db"))).unwrap();
+        let (open, opened) = open_job("run", 0);
+        run_batch(&mut conn, vec![open]);
+        let lease = opened.blocking_recv().unwrap().unwrap().lease.unwrap();
+        let stale = Lease {
+            epoch: 7,
+            ..lease.clone()
+        };
+        let release = Write::Release {
+            last_error: Some("stopped".into()),
+            wake_at: Timestamp(50),
+            at: Timestamp(5),
+        };
+        let (refused, refused_answer) = job(move |conn| write(conn, &stale, &release));
+        let (other, other_answer) = open_job("other", 0);
+        let (renewal, renewed) = job(move |conn| renew(conn, &lease, Timestamp(9_000)));
+        run_batch(&mut conn, vec![refused, other, renewal]);
+        assert!(matches!(
+            refused_answer.blocking_recv().unwrap(),
+            Err(Error::LeaseLost { epoch: 7, .. })
+        ));
+        assert!(other_answer.blocking_recv().unwrap().unwrap().created);
+        assert_eq!(
+            renewed.blocking_recv().unwrap().unwrap().expires_at,
+            Timestamp(9_000)
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_journal_ends_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path().join("journal.db"))
+            .await
+            .unwrap();
+        let SqliteJournal {
+            requests,
+            _writer: mut writer,
+            ..
+        } = journal;
+        let thread = writer.0.take().unwrap();
+        drop(requests);
+        for _ in 0..500 {
+            if thread.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            thread.is_finished(),
+            "closing the channel must end the writer thread"
+        );
+        thread.join().unwrap();
+    }
+}
