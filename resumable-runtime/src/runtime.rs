@@ -14,7 +14,7 @@ use crate::codec::{Codec, Envelope};
 use crate::context::{Ctx, RunCtx, panic_message};
 use crate::error::{Error, Result, Slot};
 use crate::journal::{
-    Journal, Lease, LeaseRequest, NewRun, RunFilter, RunRecord, RunSnapshot, RunState, StepState, Timestamp, Write,
+    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState, StepState, Timestamp, Write,
 };
 use crate::retry::RetryPolicy;
 use crate::workflow::{BoxFuture, Invocation, Journaled, WorkflowMeta, WorkflowResult};
@@ -163,10 +163,42 @@ impl Runtime {
         R: WorkflowResult + Journaled,
         C: Codec,
     {
-        let key = key.into();
-        validate_key(&key)?;
         let Invocation { meta, input, start, .. } = invocation;
-        let input = self.inner.envelope.seal::<C, I>(&key, || Slot::Input, &input)?;
+        let opened = self.open::<I, C>(key.into(), &meta, &input).await?;
+        let run = &opened.snapshot.run;
+        match (run.state, opened.lease) {
+            (RunState::Completed | RunState::Failed, _) => self.outcome::<R, C>(run),
+            (RunState::Incomplete, None) => Err(Error::Busy {
+                run: run.key.clone(),
+                owner: run.lease_owner.clone().unwrap_or_default(),
+            }),
+            (RunState::Incomplete, Some(lease)) => self.execute::<I, R, C>(meta, opened.snapshot, lease, start).await,
+        }
+    }
+
+    /// Records a run for a [`Completer`](crate::Completer) to execute, without
+    /// executing it here: the input is journaled and the run is due at once.
+    /// A key that already has a run is left as it is (after the same input
+    /// checks as [`run`](Self::run)).
+    pub async fn submit<I, R, C>(&self, key: impl Into<String>, invocation: Invocation<'_, I, R, C>) -> Result<()>
+    where
+        I: Journaled,
+        R: WorkflowResult + Journaled,
+        C: Codec,
+    {
+        let opened = self.open::<I, C>(key.into(), &invocation.meta, &invocation.input).await?;
+        if let Some(lease) = &opened.lease {
+            let run = &opened.snapshot.run;
+            self.give_back(lease, run.last_error.clone(), Timestamp::now()).await;
+        }
+        Ok(())
+    }
+
+    /// Creates or finds the run, checks it is this workflow with this input,
+    /// and leases it if it is incomplete and free.
+    async fn open<I: Journaled, C: Codec>(&self, key: String, meta: &WorkflowMeta, input: &I) -> Result<Opened> {
+        validate_key(&key)?;
+        let input = self.inner.envelope.seal::<C, I>(&key, || Slot::Input, input)?;
         let new = NewRun {
             key: key.clone(),
             workflow: meta.name.to_owned(),
@@ -176,30 +208,20 @@ impl Runtime {
         let opened = self.inner.journal.open_run(new.clone(), self.lease_request()).await?;
         let run = &opened.snapshot.run;
         let mismatch = if run.workflow != new.workflow {
-            Some(Error::WorkflowMismatch {
-                run: key.clone(),
+            Error::WorkflowMismatch {
+                run: key,
                 journaled: run.workflow.clone(),
                 requested: new.workflow,
-            })
-        } else if run.input != new.input {
-            Some(Error::InputMismatch { run: key.clone() })
-        } else {
-            None
-        };
-        if let Some(err) = mismatch {
-            if let Some(lease) = &opened.lease {
-                self.give_back(lease, run.last_error.clone(), run.wake_at).await;
             }
-            return Err(err);
+        } else if run.input != new.input {
+            Error::InputMismatch { run: key }
+        } else {
+            return Ok(opened);
+        };
+        if let Some(lease) = &opened.lease {
+            self.give_back(lease, run.last_error.clone(), run.wake_at).await;
         }
-        match (run.state, opened.lease) {
-            (RunState::Completed | RunState::Failed, _) => self.outcome::<R, C>(run),
-            (RunState::Incomplete, None) => Err(Error::Busy {
-                run: key,
-                owner: run.lease_owner.clone().unwrap_or_default(),
-            }),
-            (RunState::Incomplete, Some(lease)) => self.execute::<I, R, C>(meta, opened.snapshot, lease, start).await,
-        }
+        Err(mismatch)
     }
 
     /// The stored outcome of a finished run, decoded.
