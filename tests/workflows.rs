@@ -580,3 +580,53 @@ async fn oversized_outputs_are_refused_before_the_journal() {
     let err = rt.run("big", Big.big()).await.unwrap_err();
     assert!(matches!(&err, Error::PayloadTooLarge { slot: Slot::Step(s), limit: 1024, .. } if s == "blob#0"), "{err}");
 }
+
+mod lossy {
+    //! Contract 2: the code after a step sees what the journal holds.
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Cached {
+        pub value: u32,
+        #[serde(skip)]
+        pub cache: Option<u32>,
+    }
+
+    pub struct L;
+
+    impl L {
+        #[resumable]
+        pub async fn lossy(&self) -> Result<(u32, Option<u32>), AppError> {
+            let c = step!("load", {
+                Cached {
+                    value: 1,
+                    cache: Some(99),
+                }
+            });
+            Ok((c.value, c.cache))
+        }
+
+        #[resumable]
+        pub async fn unsupported(&self) -> Result<u32, AppError> {
+            // bincode cannot decode self-describing values such as serde_json::Value.
+            let v = step!("json", { serde_json::json!({ "a": 1 }) });
+            Ok(v["a"].as_u64().unwrap_or_default() as u32)
+        }
+    }
+}
+
+#[tokio::test]
+async fn code_after_a_step_sees_the_decoded_journal_value_on_the_first_run() {
+    let (rt, _) = memory_runtime();
+    assert_eq!(rt.run("l", lossy::L.lossy()).await.unwrap(), Ok((1, None)));
+}
+
+#[tokio::test]
+async fn a_type_that_does_not_survive_the_codec_fails_on_the_first_run() {
+    let (rt, _) = memory_runtime();
+    let err = rt.run("u", lossy::L.unsupported()).await.unwrap_err();
+    assert!(matches!(&err, Error::Decode { slot: Slot::Step(s), .. } if s == "json#0"), "{err}");
+    // Nothing was recorded for the step: its value never reached the journal.
+    let info = rt.run_info("u").await.unwrap().unwrap();
+    assert!(info.steps.is_empty(), "{:?}", info.steps);
+}
