@@ -91,7 +91,9 @@ impl BlobStore {
     async fn put(&self, key: &str, bytes: &[u8], idempotency_key: &str) -> Result<(), UploadError> {
         let err = |e: std::io::Error| UploadError::Blob(e.to_string());
         let path = self.root.join(key);
-        tokio::fs::create_dir_all(path.parent().expect("keys have a directory")).await.map_err(err)?;
+        tokio::fs::create_dir_all(path.parent().expect("keys have a directory"))
+            .await
+            .map_err(err)?;
         tokio::fs::write(&path, bytes).await.map_err(err)?;
         let line = format!("PUT {key} (idempotency key {idempotency_key})\n");
         let log = self.root.join("uploads.log");
@@ -102,7 +104,9 @@ impl BlobStore {
 
     fn uploads_of(&self, key: &str) -> usize {
         let log = std::fs::read_to_string(self.root.join("uploads.log")).unwrap_or_default();
-        log.lines().filter(|l| l.starts_with(&format!("PUT {key} "))).count()
+        log.lines()
+            .filter(|l| l.starts_with(&format!("PUT {key} ")))
+            .count()
     }
 }
 
@@ -114,8 +118,12 @@ struct Db {
 impl Db {
     fn open(path: &Path) -> rusqlite::Result<Db> {
         let conn = rusqlite::Connection::open(path)?;
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS avatars (user INTEGER PRIMARY KEY, blob_key TEXT NOT NULL)")?;
-        Ok(Db { conn: Mutex::new(conn) })
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS avatars (user INTEGER PRIMARY KEY, blob_key TEXT NOT NULL)",
+        )?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
     }
 
     /// Idempotent: writing the same reference twice leaves one row.
@@ -131,8 +139,12 @@ impl Db {
 
     fn avatar(&self, user: u64) -> Option<String> {
         let conn = self.conn.lock().unwrap();
-        conn.query_row("SELECT blob_key FROM avatars WHERE user = ?1", [user as i64], |r| r.get(0))
-            .ok()
+        conn.query_row(
+            "SELECT blob_key FROM avatars WHERE user = ?1",
+            [user as i64],
+            |r| r.get(0),
+        )
+        .ok()
     }
 }
 
@@ -147,7 +159,9 @@ struct App {
 impl App {
     fn open(dir: &Path, crash_at: Option<CrashPoint>) -> App {
         App {
-            blobs: BlobStore { root: dir.join("blobs") },
+            blobs: BlobStore {
+                root: dir.join("blobs"),
+            },
             db: Db::open(&dir.join("app.db")).expect("open the application database"),
             crash_at,
             executed: Mutex::new(Vec::new()),
@@ -176,7 +190,9 @@ impl App {
             let key = format!("avatars/{user}-{:08x}.png", checksum(&image));
             // The idempotency key lets a real blob store deduplicate a PUT
             // that is retried after a crash.
-            self.blobs.put(&key, &image, &step.idempotency_key()).await?;
+            self.blobs
+                .put(&key, &image, &step.idempotency_key())
+                .await?;
             self.crash_if(CrashPoint::AfterUpload);
             key
         });
@@ -195,7 +211,9 @@ impl App {
 }
 
 fn checksum(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn image_of(user: u64) -> Vec<u8> {
@@ -206,17 +224,29 @@ fn image_of(user: u64) -> Vec<u8> {
 const LEASE: Duration = Duration::from_secs(1);
 
 async fn runtime(dir: &Path) -> Runtime {
-    let journal = SqliteJournal::open(dir.join("journal.db")).await.expect("open the journal");
+    let journal = SqliteJournal::open(dir.join("journal.db"))
+        .await
+        .expect("open the journal");
     Runtime::builder(journal).lease_duration(LEASE).build()
 }
 
-async fn upload(dir: &Path, key: &str, user: u64, crash_at: Option<CrashPoint>) -> Result<(), resumable::Error> {
+async fn upload(
+    dir: &Path,
+    key: &str,
+    user: u64,
+    crash_at: Option<CrashPoint>,
+) -> Result<(), resumable::Error> {
     let rt = runtime(dir).await;
     let app = App::open(dir, crash_at);
     let outcome = loop {
-        match rt.run(key, app.upload_profile_image(user, image_of(user))).await {
+        match rt
+            .run(key, app.upload_profile_image(user, image_of(user)))
+            .await
+        {
             Err(resumable::Error::Busy { owner, .. }) => {
-                println!("  run {key} is leased by {owner} (a crashed process?); waiting for its lease to expire");
+                println!(
+                    "  run {key} is leased by {owner} (a crashed process?); waiting for its lease to expire"
+                );
                 tokio::time::sleep(LEASE / 2).await;
             }
             other => break other?,
@@ -230,12 +260,20 @@ async fn upload(dir: &Path, key: &str, user: u64, crash_at: Option<CrashPoint>) 
     if let Some(info) = rt.run_info(key).await? {
         for step in &info.steps {
             let name = step.id.split('#').next().unwrap_or_default();
-            let how = if executed.contains(&name) { "executed in this process" } else { "replayed from the journal" };
+            let how = if executed.contains(&name) {
+                "executed in this process"
+            } else {
+                "replayed from the journal"
+            };
             println!("    {:<18} {how} (attempts: {})", step.id, step.attempts);
         }
     }
     let blob = format!("avatars/{user}-{:08x}.png", checksum(&image_of(user)));
-    println!("  blob uploads of {blob}: {}; database row: {:?}", app.blobs.uploads_of(&blob), app.db.avatar(user));
+    println!(
+        "  blob uploads of {blob}: {}; database row: {:?}",
+        app.blobs.uploads_of(&blob),
+        app.db.avatar(user)
+    );
     Ok(())
 }
 
@@ -246,7 +284,10 @@ async fn complete(dir: &Path) -> Result<(), resumable::Error> {
     // Runs whose crashed owner still holds a lease become due when it expires.
     tokio::time::sleep(LEASE + Duration::from_millis(200)).await;
     let report = completer.run_until_idle().await?;
-    println!("  completer finished {} run(s), {} interrupted", report.finished, report.interrupted);
+    println!(
+        "  completer finished {} run(s), {} interrupted",
+        report.finished, report.interrupted
+    );
     Ok(())
 }
 
@@ -255,7 +296,10 @@ async fn status(dir: &Path, key: &str) -> Result<(), resumable::Error> {
     match rt.run_info(key).await? {
         None => println!("no run {key}"),
         Some(info) => {
-            println!("run {key}: {:?}, executions: {}, last error: {:?}", info.status, info.executions, info.last_error);
+            println!(
+                "run {key}: {:?}, executions: {}, last error: {:?}",
+                info.status, info.executions, info.last_error
+            );
             for s in info.steps {
                 println!("  {:<18} {:?}, attempts: {}", s.id, s.status, s.attempts);
             }
@@ -266,13 +310,29 @@ async fn status(dir: &Path, key: &str) -> Result<(), resumable::Error> {
 
 /// Runs this program again as a child that aborts at `point`.
 fn crashing_child(dir: &Path, key: &str, user: u64, point: CrashPoint) {
-    let point = point.to_possible_value().expect("no skipped variants").get_name().to_owned();
+    let point = point
+        .to_possible_value()
+        .expect("no skipped variants")
+        .get_name()
+        .to_owned();
     let status = Command::new(std::env::current_exe().expect("own path"))
-        .args(["upload", "--key", key, "--user", &user.to_string(), "--crash-at", &point, "--dir"])
+        .args([
+            "upload",
+            "--key",
+            key,
+            "--user",
+            &user.to_string(),
+            "--crash-at",
+            &point,
+            "--dir",
+        ])
         .arg(dir)
         .status()
         .expect("start the child process");
-    println!("  child process ended: {status} (crashed: {})", !status.success());
+    println!(
+        "  child process ended: {status} (crashed: {})",
+        !status.success()
+    );
 }
 
 async fn demo(dir: &Path) -> Result<(), resumable::Error> {
@@ -286,15 +346,21 @@ async fn demo(dir: &Path) -> Result<(), resumable::Error> {
     for (i, point) in points.into_iter().enumerate() {
         let key = format!("upload-{}-{point:?}", 40 + i);
         let user = 40 + i as u64;
-        println!("== crash {point:?}: the first attempt dies, the client retries with the same key");
+        println!(
+            "== crash {point:?}: the first attempt dies, the client retries with the same key"
+        );
         crashing_child(dir, &key, user, point);
         upload(dir, &key, user, None).await?;
         println!();
     }
     println!("== nobody retries: three uploads crash, a completer finishes them");
-    for (i, point) in [CrashPoint::AfterUpload, CrashPoint::BeforeReference, CrashPoint::BeforeResponse]
-        .into_iter()
-        .enumerate()
+    for (i, point) in [
+        CrashPoint::AfterUpload,
+        CrashPoint::BeforeReference,
+        CrashPoint::BeforeResponse,
+    ]
+    .into_iter()
+    .enumerate()
     {
         crashing_child(dir, &format!("orphan-{i}"), 50 + i as u64, point);
     }
@@ -325,7 +391,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     match command {
         Cmd::Demo => demo(&dir).await?,
-        Cmd::Upload { key, user, crash_at } => upload(&dir, &key, user, crash_at).await?,
+        Cmd::Upload {
+            key,
+            user,
+            crash_at,
+        } => upload(&dir, &key, user, crash_at).await?,
         Cmd::Complete => complete(&dir).await?,
         Cmd::Status { key } => status(&dir, &key).await?,
     }

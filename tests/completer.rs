@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::FAST;
-use resumable::{Completer, Error, MemoryJournal, RetryPolicy, RunStatus, Runtime, resumable, step, workflow};
+use resumable::{
+    Completer, Error, MemoryJournal, RetryPolicy, RunStatus, Runtime, resumable, step, workflow,
+};
 
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 #[error("job failed")]
@@ -49,7 +51,11 @@ impl Jobs {
 fn runtime(journal: Arc<MemoryJournal>, backoff: Duration) -> Runtime {
     Runtime::builder(journal)
         .default_retry(FAST)
-        .run_backoff(RetryPolicy::exponential(u32::MAX).initial_delay(backoff).jitter(0.0))
+        .run_backoff(
+            RetryPolicy::exponential(u32::MAX)
+                .initial_delay(backoff)
+                .jitter(0.0),
+        )
         .build()
 }
 
@@ -61,7 +67,10 @@ async fn submitted_runs_are_executed_by_the_completer() {
     for n in 0..5 {
         rt.submit(format!("job-{n}"), jobs.job(n)).await.unwrap();
     }
-    assert_eq!(rt.run_info("job-3").await.unwrap().unwrap().status, RunStatus::Pending);
+    assert_eq!(
+        rt.run_info("job-3").await.unwrap().unwrap().status,
+        RunStatus::Pending
+    );
     let report = Completer::new(&rt)
         .concurrency(2)
         .register(workflow!(Jobs::job), jobs.clone())
@@ -72,7 +81,11 @@ async fn submitted_runs_are_executed_by_the_completer() {
     assert_eq!((report.finished, report.interrupted), (5, 0));
     assert_eq!(jobs.runs.load(Ordering::SeqCst), 5);
     assert_eq!(rt.run("job-3", jobs.job(3)).await.unwrap(), Ok(6));
-    assert_eq!(jobs.runs.load(Ordering::SeqCst), 5, "the outcome comes from the journal");
+    assert_eq!(
+        jobs.runs.load(Ordering::SeqCst),
+        5,
+        "the outcome comes from the journal"
+    );
 }
 
 #[tokio::test]
@@ -87,8 +100,17 @@ async fn failing_runs_are_backed_off_with_their_error_visible_then_resumed() {
     // Backing off: not due yet, so an idle pass leaves it alone.
     let info = rt.run_info("b").await.unwrap().unwrap();
     assert_eq!(info.status, RunStatus::WaitingToRetry);
-    assert!(info.last_error.as_deref().unwrap().contains("bug in the workflow body"));
-    let completer = || Completer::new(&rt).register(workflow!(Jobs::job), jobs.clone()).unwrap();
+    assert!(
+        info.last_error
+            .as_deref()
+            .unwrap()
+            .contains("bug in the workflow body")
+    );
+    let completer = || {
+        Completer::new(&rt)
+            .register(workflow!(Jobs::job), jobs.clone())
+            .unwrap()
+    };
     assert_eq!(completer().run_until_idle().await.unwrap().finished, 0);
 
     // Due again, still broken: interrupted again, and the backoff grows.
@@ -96,7 +118,10 @@ async fn failing_runs_are_backed_off_with_their_error_visible_then_resumed() {
     let report = completer().run_until_idle().await.unwrap();
     assert_eq!((report.finished, report.interrupted), (0, 1));
     let info = rt.run_info("b").await.unwrap().unwrap();
-    assert_eq!((info.status, info.executions), (RunStatus::WaitingToRetry, 2));
+    assert_eq!(
+        (info.status, info.executions),
+        (RunStatus::WaitingToRetry, 2)
+    );
 
     // The fix is deployed: the next due pass completes it, and the step did not run again.
     jobs.broken.store(false, Ordering::SeqCst);
@@ -120,7 +145,11 @@ async fn a_run_of_an_unregistered_workflow_stays_visible() {
     assert_eq!(report.interrupted, 1);
     let info = rt.run_info("o").await.unwrap().unwrap();
     assert_eq!(info.status, RunStatus::WaitingToRetry);
-    assert!(info.last_error.unwrap().contains("workflow 'other', which is not registered"));
+    assert!(
+        info.last_error
+            .unwrap()
+            .contains("workflow 'other', which is not registered")
+    );
 }
 
 #[test]
@@ -132,7 +161,10 @@ fn registering_two_workflows_under_one_name_is_refused() {
         .unwrap()
         .register(workflow!(Jobs::job), jobs)
         .unwrap_err();
-    assert!(matches!(err, Error::DuplicateWorkflow { ref workflow } if workflow == "job"), "{err}");
+    assert!(
+        matches!(err, Error::DuplicateWorkflow { ref workflow } if workflow == "job"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +181,10 @@ async fn shutdown_hands_unfinished_runs_to_the_next_worker() {
         .unwrap()
         .start();
     jobs.started.notified().await;
-    assert_eq!(rt.run_info("h").await.unwrap().unwrap().status, RunStatus::Running);
+    assert_eq!(
+        rt.run_info("h").await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
     handle.shutdown().await.unwrap();
 
     // Given back at once, not left leased until the lease expires.

@@ -22,7 +22,12 @@ struct Counted {
 
 impl Counted {
     fn effect(&self, step: &str) {
-        *self.effects.lock().unwrap().entry(step.to_owned()).or_default() += 1;
+        *self
+            .effects
+            .lock()
+            .unwrap()
+            .entry(step.to_owned())
+            .or_default() += 1;
     }
 
     #[resumable]
@@ -62,9 +67,17 @@ async fn every_write_failure_point_resumes_to_the_same_outcome() {
             assert_eq!(first.unwrap(), Ok(20), "budget {budget}");
             continue;
         }
-        assert!(matches!(first, Err(Error::Storage { .. })), "budget {budget}: {first:?}");
+        assert!(
+            matches!(first, Err(Error::Storage { .. })),
+            "budget {budget}: {first:?}"
+        );
         let journaled: Vec<String> = match store.load_run("p").await.unwrap() {
-            Some(s) => s.steps.into_iter().filter(|s| s.state == StepState::Completed).map(|s| s.step_id).collect(),
+            Some(s) => s
+                .steps
+                .into_iter()
+                .filter(|s| s.state == StepState::Completed)
+                .map(|s| s.step_id)
+                .collect(),
             None => Vec::new(),
         };
 
@@ -79,13 +92,22 @@ async fn every_write_failure_point_resumes_to_the_same_outcome() {
         let effects = app.effects.lock().unwrap();
         for (step, count) in effects.iter() {
             if journaled.contains(step) {
-                assert_eq!(*count, 1, "budget {budget}: journaled step {step} ran again");
+                assert_eq!(
+                    *count, 1,
+                    "budget {budget}: journaled step {step} ran again"
+                );
             } else {
-                assert!(*count <= 2, "budget {budget}: step {step} ran {count} times");
+                assert!(
+                    *count <= 2,
+                    "budget {budget}: step {step} ran {count} times"
+                );
             }
         }
         // Only the step whose journal write failed can have run twice.
-        assert!(effects.values().filter(|c| **c == 2).count() <= 1, "budget {budget}: {effects:?}");
+        assert!(
+            effects.values().filter(|c| **c == 2).count() <= 1,
+            "budget {budget}: {effects:?}"
+        );
         assert_eq!(effects.len(), 5, "budget {budget}: every step ran");
     }
 }

@@ -85,13 +85,20 @@ const EXPECTED: [(u32, [usize; 3]); 7] = [
 
 fn effects(dir: &Path, run: &str) -> [usize; 3] {
     let log = std::fs::read_to_string(dir.join("effects.log")).unwrap_or_default();
-    let count = |what: &str| log.lines().filter(|l| *l == format!("{run} {what}")).count();
+    let count = |what: &str| {
+        log.lines()
+            .filter(|l| *l == format!("{run} {what}"))
+            .count()
+    };
     [count("one"), count("two"), count("three")]
 }
 
 async fn sqlite_runtime(dir: &Path) -> Runtime {
     let journal = SqliteJournal::open(dir.join("journal.db")).await.unwrap();
-    Runtime::builder(journal).lease_duration(LEASE).default_retry(common::FAST).build()
+    Runtime::builder(journal)
+        .lease_duration(LEASE)
+        .default_retry(common::FAST)
+        .build()
 }
 
 /// Not a test: the child process of the crash tests (run with `--ignored`).
@@ -102,14 +109,23 @@ async fn crash_child() {
     let key = std::env::var(CHILD_KEY).unwrap();
     let point: u32 = std::env::var(CHILD_POINT).unwrap().parse().unwrap();
     let rt = sqlite_runtime(&dir).await;
-    let shop = Shop { dir: dir.clone(), crash_at: Some(point) };
+    let shop = Shop {
+        dir: dir.clone(),
+        crash_at: Some(point),
+    };
     let _ = rt.run(key, shop.order(7)).await;
     unreachable!("the child must have aborted at point {point}");
 }
 
 fn crash_in_child(dir: &Path, key: &str, point: u32) {
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR, dir)
         .env(CHILD_KEY, key)
         .env(CHILD_POINT, point.to_string())
@@ -118,7 +134,11 @@ fn crash_in_child(dir: &Path, key: &str, point: u32) {
         .unwrap()
         .status;
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(6), "the child should die of SIGABRT at point {point}, got {status}");
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "the child should die of SIGABRT at point {point}, got {status}"
+    );
 }
 
 /// Resumes like a client that retries until the dead worker's lease expires.
@@ -138,9 +158,20 @@ async fn a_client_retry_completes_the_run_after_a_crash_at_every_point() {
         let key = format!("order-{point}");
         crash_in_child(dir.path(), &key, point);
         let rt = sqlite_runtime(dir.path()).await;
-        let shop = Shop { dir: dir.path().to_owned(), crash_at: None };
-        assert_eq!(resume(&rt, &shop, &key).await, Ok("7-1-2-3".to_string()), "crash point {point}");
-        assert_eq!(effects(dir.path(), &key), expected, "side effects after a crash at point {point}");
+        let shop = Shop {
+            dir: dir.path().to_owned(),
+            crash_at: None,
+        };
+        assert_eq!(
+            resume(&rt, &shop, &key).await,
+            Ok("7-1-2-3".to_string()),
+            "crash point {point}"
+        );
+        assert_eq!(
+            effects(dir.path(), &key),
+            expected,
+            "side effects after a crash at point {point}"
+        );
         // And it stays done.
         assert_eq!(resume(&rt, &shop, &key).await, Ok("7-1-2-3".to_string()));
         assert_eq!(effects(dir.path(), &key), expected);
@@ -158,7 +189,10 @@ async fn the_completer_finishes_runs_left_by_killed_processes() {
     }
     let rt = sqlite_runtime(dir.path()).await;
     tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
-    let shop = Shop { dir: dir.path().to_owned(), crash_at: None };
+    let shop = Shop {
+        dir: dir.path().to_owned(),
+        crash_at: None,
+    };
     let report = Completer::new(&rt)
         .register(workflow!(Shop::order), shop)
         .unwrap()
@@ -168,7 +202,11 @@ async fn the_completer_finishes_runs_left_by_killed_processes() {
     assert_eq!(report.finished, EXPECTED.len() as u64);
     for (point, expected) in EXPECTED {
         let key = format!("orphan-{point}");
-        assert_eq!(rt.run_info(&key).await.unwrap().unwrap().status, RunStatus::Completed, "{key}");
+        assert_eq!(
+            rt.run_info(&key).await.unwrap().unwrap().status,
+            RunStatus::Completed,
+            "{key}"
+        );
         assert_eq!(effects(dir.path(), &key), expected, "{key}");
     }
 }
@@ -190,7 +228,12 @@ impl Guard {
             if *n > 1 {
                 self.overlaps.fetch_add(1, Ordering::SeqCst);
             }
-            *self.bodies.lock().unwrap().entry(run.to_owned()).or_default() += 1;
+            *self
+                .bodies
+                .lock()
+                .unwrap()
+                .entry(run.to_owned())
+                .or_default() += 1;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
         *self.active.lock().unwrap().get_mut(run).unwrap() -= 1;
@@ -217,7 +260,10 @@ async fn two_completers_on_one_file_never_run_one_run_at_once() {
     let guard = Arc::new(Guard::default());
     let submitter = sqlite_runtime(dir.path()).await;
     for i in 0..RUNS {
-        submitter.submit(format!("run-{i}"), guard.guarded(i)).await.unwrap();
+        submitter
+            .submit(format!("run-{i}"), guard.guarded(i))
+            .await
+            .unwrap();
     }
     let completers = (0..2).map(|_| {
         let dir = dir.path().to_owned();
@@ -239,11 +285,22 @@ async fn two_completers_on_one_file_never_run_one_run_at_once() {
         finished += completer.await.unwrap().finished;
     }
     assert_eq!(finished, u64::from(RUNS));
-    assert_eq!(guard.overlaps.load(Ordering::SeqCst), 0, "a run was executed by two workers at once");
+    assert_eq!(
+        guard.overlaps.load(Ordering::SeqCst),
+        0,
+        "a run was executed by two workers at once"
+    );
     let bodies = guard.bodies.lock().unwrap();
     for i in 0..RUNS {
-        assert_eq!(bodies.get(&format!("run-{i}")), Some(&2), "each step body ran once");
-        let out = submitter.run(format!("run-{i}"), guard.guarded(i)).await.unwrap();
+        assert_eq!(
+            bodies.get(&format!("run-{i}")),
+            Some(&2),
+            "each step body ran once"
+        );
+        let out = submitter
+            .run(format!("run-{i}"), guard.guarded(i))
+            .await
+            .unwrap();
         assert_eq!(out, Ok(i + 1));
     }
 }
@@ -264,7 +321,10 @@ async fn a_corrupted_record_in_the_file_is_a_typed_error() {
     assert_eq!(changed, 1);
     drop(conn);
     let rt = sqlite_runtime(dir.path()).await;
-    let shop = Shop { dir: dir.path().to_owned(), crash_at: None };
+    let shop = Shop {
+        dir: dir.path().to_owned(),
+        crash_at: None,
+    };
     let err = loop {
         match rt.run(key, shop.order(7)).await {
             Err(Error::Busy { .. }) => tokio::time::sleep(LEASE / 3).await,
@@ -273,9 +333,16 @@ async fn a_corrupted_record_in_the_file_is_a_typed_error() {
     };
     match &err {
         Error::Corrupted { run, slot, .. } => {
-            assert_eq!((run.as_str(), slot), (key, &resumable::Slot::Step("two#0".into())));
+            assert_eq!(
+                (run.as_str(), slot),
+                (key, &resumable::Slot::Step("two#0".into()))
+            );
         }
         other => panic!("expected Corrupted, got {other}"),
     }
-    assert_eq!(effects(dir.path(), key), [1, 1, 0], "nothing after the damaged record ran");
+    assert_eq!(
+        effects(dir.path(), key),
+        [1, 1, 0],
+        "nothing after the damaged record ran"
+    );
 }

@@ -24,10 +24,18 @@ impl Visit for Fields<'_> {
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, _: &tracing::span::Id, _: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: Context<'_, S>,
+    ) {
         let mut fields = BTreeMap::new();
         attrs.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().push((attrs.metadata().name().to_owned(), fields));
+        self.0
+            .lock()
+            .unwrap()
+            .push((attrs.metadata().name().to_owned(), fields));
     }
 }
 
@@ -56,7 +64,9 @@ fn field<'a>(span: &'a (String, BTreeMap<String, String>), name: &str) -> &'a st
 #[tokio::test]
 async fn runs_and_steps_have_spans_that_say_replayed_or_executed() {
     let spans: Spans = Arc::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(Capture(spans.clone())));
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(Capture(spans.clone())),
+    );
     let (rt, _) = memory_runtime();
     let app = App(true.into());
     rt.run("t-1", app.traced()).await.unwrap_err();
@@ -67,16 +77,28 @@ async fn runs_and_steps_have_spans_that_say_replayed_or_executed() {
     let runs: Vec<_> = spans.iter().filter(|s| s.0 == "run").collect();
     assert_eq!(runs.len(), 2);
     for run in &runs {
-        assert_eq!((field(run, "run"), field(run, "workflow")), ("t-1", "\"traced\""));
+        assert_eq!(
+            (field(run, "run"), field(run, "workflow")),
+            ("t-1", "\"traced\"")
+        );
     }
     let steps: Vec<(&str, &str, &str)> = spans
         .iter()
         .filter(|s| s.0 == "step")
-        .inspect(|s| assert_eq!((field(s, "run"), field(s, "workflow")), ("t-1", "\"traced\"")))
+        .inspect(|s| {
+            assert_eq!(
+                (field(s, "run"), field(s, "workflow")),
+                ("t-1", "\"traced\"")
+            )
+        })
         .map(|s| (field(s, "step"), field(s, "attempt"), field(s, "replayed")))
         .collect();
     assert_eq!(
         steps,
-        [("first#0", "1", "false"), ("first#0", "1", "true"), ("second#0", "1", "false")]
+        [
+            ("first#0", "1", "false"),
+            ("first#0", "1", "true"),
+            ("second#0", "1", "false")
+        ]
     );
 }

@@ -57,7 +57,10 @@ fn fingerprints_are_stable_and_follow_the_step_structure() {
     let (v1, v2, v3) = (workflow!(W::v1), workflow!(W::v2), workflow!(W::v3));
     // Pinned: a fingerprint that changed between releases would strand every
     // incomplete run. If this fails, the fingerprint computation changed.
-    assert_eq!(format!("{:016x}", v1.meta().fingerprint), "398fc6e935b9737d");
+    assert_eq!(
+        format!("{:016x}", v1.meta().fingerprint),
+        "398fc6e935b9737d"
+    );
     assert_ne!(v1.meta().fingerprint, v2.meta().fingerprint);
     assert_eq!(v2.meta().fingerprint, v3.meta().fingerprint);
     assert!(v3.meta().accepts(v1.meta().fingerprint) && !v2.meta().accepts(v1.meta().fingerprint));
@@ -70,14 +73,23 @@ async fn a_changed_workflow_refuses_old_runs_unless_declared_compatible() {
 
     let err = rt.run("r", W(false).v2()).await.unwrap_err();
     match &err {
-        Error::VersionMismatch { run, workflow, journaled, current } => {
+        Error::VersionMismatch {
+            run,
+            workflow,
+            journaled,
+            current,
+        } => {
             assert_eq!((run.as_str(), workflow.as_str()), ("r", "versioned"));
             assert_eq!(*journaled, workflow!(W::v1).meta().fingerprint);
             assert_eq!(*current, workflow!(W::v2).meta().fingerprint);
         }
         other => panic!("expected VersionMismatch, got {other}"),
     }
-    assert!(err.to_string().contains("compatible = [\"398fc6e935b9737d\"]"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("compatible = [\"398fc6e935b9737d\"]"),
+        "{err}"
+    );
 
     assert_eq!(rt.run("r", W(false).v3()).await.unwrap(), Ok(3));
 }

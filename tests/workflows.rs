@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use common::{FAST, TamperingJournal, memory_runtime, runtime};
 use resumable::journal::RunSnapshot;
 use resumable::{
-    Classify, Error, MemoryJournal, RetryPolicy, RunStatus, Slot, StepStatus, resumable, step, workflow,
+    Classify, Error, MemoryJournal, RetryPolicy, RunStatus, Slot, StepStatus, resumable, step,
+    workflow,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +42,12 @@ impl Effects {
         self.log.lock().unwrap().push(what.into());
     }
     fn count(&self, what: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|w| *w == what).count()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| *w == what)
+            .count()
     }
     fn total(&self) -> usize {
         self.log.lock().unwrap().len()
@@ -152,7 +158,10 @@ impl Effects {
     async fn concurrent(&self) -> Result<(u32, u32), AppError> {
         let (a, b) = tokio::try_join!(
             async {
-                let one = step!("a1", { self.did("a1"); 1 });
+                let one = step!("a1", {
+                    self.did("a1");
+                    1
+                });
                 let two = step!("a2", {
                     self.did("a2");
                     if self.crash_after_first.load(Ordering::SeqCst) {
@@ -164,8 +173,14 @@ impl Effects {
                 Ok::<_, AppError>(two)
             },
             async {
-                let one = step!("b1", { self.did("b1"); 10 });
-                let two = step!("b2", { self.did("b2"); one + 10 });
+                let one = step!("b1", {
+                    self.did("b1");
+                    10
+                });
+                let two = step!("b2", {
+                    self.did("b2");
+                    one + 10
+                });
                 Ok::<_, AppError>(two)
             }
         )?;
@@ -198,27 +213,44 @@ async fn replay_returns_journaled_values_without_running_bodies() {
 
     let info = rt.run_info("order-1").await.unwrap().unwrap();
     assert_ne!(info.status, RunStatus::Completed);
-    assert!(info.last_error.as_deref().unwrap().contains("simulated crash"));
+    assert!(
+        info.last_error
+            .as_deref()
+            .unwrap()
+            .contains("simulated crash")
+    );
 
     fx.crash_after_first.store(false, Ordering::SeqCst);
     let out = rt.run("order-1", fx.three_steps(1)).await.unwrap();
     assert_eq!(out, Ok("r1-c-s".to_string()));
-    assert_eq!((fx.count("reserve"), fx.count("charge"), fx.count("ship")), (1, 1, 1));
+    assert_eq!(
+        (fx.count("reserve"), fx.count("charge"), fx.count("ship")),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test]
 async fn finished_runs_return_their_outcome_without_running_code() {
     let (rt, _) = memory_runtime();
     let fx = Effects::default();
-    assert_eq!(rt.run("o", fx.three_steps(5)).await.unwrap(), Ok("r5-c-s".into()));
+    assert_eq!(
+        rt.run("o", fx.three_steps(5)).await.unwrap(),
+        Ok("r5-c-s".into())
+    );
     let before = fx.total();
     for _ in 0..3 {
-        assert_eq!(rt.run("o", fx.three_steps(5)).await.unwrap(), Ok("r5-c-s".into()));
+        assert_eq!(
+            rt.run("o", fx.three_steps(5)).await.unwrap(),
+            Ok("r5-c-s".into())
+        );
     }
     assert_eq!(fx.total(), before);
     let info = rt.run_info("o").await.unwrap().unwrap();
     assert_eq!(info.status, RunStatus::Completed);
-    assert_eq!(info.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["reserve#0", "charge#0", "ship#0"]);
+    assert_eq!(
+        info.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["reserve#0", "charge#0", "ship#0"]
+    );
 }
 
 #[tokio::test]
@@ -227,10 +259,16 @@ async fn same_key_with_other_input_is_an_input_mismatch() {
     let fx = Effects::default();
     rt.run("o", fx.three_steps(1)).await.unwrap().unwrap();
     let err = rt.run("o", fx.three_steps(2)).await.unwrap_err();
-    assert!(matches!(&err, Error::InputMismatch { run } if run == "o"), "{err}");
+    assert!(
+        matches!(&err, Error::InputMismatch { run } if run == "o"),
+        "{err}"
+    );
     // Another workflow under the same key is refused as well.
     let err = rt.run("o", fx.flaky()).await.unwrap_err();
-    assert!(matches!(&err, Error::WorkflowMismatch { journaled, .. } if journaled == "three_steps"), "{err}");
+    assert!(
+        matches!(&err, Error::WorkflowMismatch { journaled, .. } if journaled == "three_steps"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -251,11 +289,20 @@ async fn exhausted_retries_fail_the_run_for_good() {
     let (rt, _) = memory_runtime();
     let fx = Effects::default();
     fx.fail_first.store(100, Ordering::SeqCst);
-    assert_eq!(rt.run("f", fx.flaky()).await.unwrap(), Err(AppError::Unavailable));
+    assert_eq!(
+        rt.run("f", fx.flaky()).await.unwrap(),
+        Err(AppError::Unavailable)
+    );
     assert_eq!(fx.count("attempt"), FAST.max_attempts as usize);
-    assert_eq!(rt.run("f", fx.flaky()).await.unwrap(), Err(AppError::Unavailable));
+    assert_eq!(
+        rt.run("f", fx.flaky()).await.unwrap(),
+        Err(AppError::Unavailable)
+    );
     assert_eq!(fx.count("attempt"), FAST.max_attempts as usize);
-    assert_eq!(rt.run_info("f").await.unwrap().unwrap().status, RunStatus::Failed);
+    assert_eq!(
+        rt.run_info("f").await.unwrap().unwrap().status,
+        RunStatus::Failed
+    );
 }
 
 #[tokio::test]
@@ -263,13 +310,22 @@ async fn terminal_errors_are_not_retried_and_are_stable() {
     let (rt, _) = memory_runtime();
     let fx = Effects::default();
     let expected = Err(AppError::Invalid("empty".into()));
-    assert_eq!(rt.run("v", fx.invalid(String::new())).await.unwrap(), expected);
+    assert_eq!(
+        rt.run("v", fx.invalid(String::new())).await.unwrap(),
+        expected
+    );
     assert_eq!(fx.count("validate"), 1);
-    assert_eq!(rt.run("v", fx.invalid(String::new())).await.unwrap(), expected);
+    assert_eq!(
+        rt.run("v", fx.invalid(String::new())).await.unwrap(),
+        expected
+    );
     assert_eq!(fx.count("validate"), 1);
     let info = rt.run_info("v").await.unwrap().unwrap();
     assert_eq!(info.status, RunStatus::Failed);
-    assert_eq!(info.step("validate#0").unwrap().last_error.as_deref(), Some("invalid: empty"));
+    assert_eq!(
+        info.step("validate#0").unwrap().last_error.as_deref(),
+        Some("invalid: empty")
+    );
 }
 
 #[tokio::test]
@@ -280,7 +336,11 @@ async fn a_panicking_step_is_a_failed_attempt() {
     assert_eq!(rt.run("p", fx.panicky()).await.unwrap(), Ok(7));
     assert_eq!(fx.count("attempt"), 2);
     let step = rt.run_info("p").await.unwrap().unwrap().steps.remove(0);
-    assert!(step.last_error.unwrap().contains("step blew up on attempt 1"));
+    assert!(
+        step.last_error
+            .unwrap()
+            .contains("step blew up on attempt 1")
+    );
 }
 
 #[tokio::test]
@@ -289,9 +349,15 @@ async fn a_step_that_always_panics_leaves_the_run_resumable() {
     let fx = Effects::default();
     fx.panic_first.store(u32::MAX, Ordering::SeqCst);
     let err = rt.run("p", fx.panicky()).await.unwrap_err();
-    assert!(matches!(&err, Error::StepPanicked { step, attempts: 2, .. } if step == "panicky#0"), "{err}");
+    assert!(
+        matches!(&err, Error::StepPanicked { step, attempts: 2, .. } if step == "panicky#0"),
+        "{err}"
+    );
     let info = rt.run_info("p").await.unwrap().unwrap();
-    assert!(matches!(info.status, RunStatus::WaitingToRetry | RunStatus::Pending));
+    assert!(matches!(
+        info.status,
+        RunStatus::WaitingToRetry | RunStatus::Pending
+    ));
     assert!(info.last_error.unwrap().contains("panicked"));
     // The fix is deployed: the run resumes and completes.
     fx.panic_first.store(0, Ordering::SeqCst);
@@ -303,7 +369,9 @@ async fn loops_and_branches_replay_by_name_and_occurrence() {
     let (rt, _) = memory_runtime();
     let fx = Effects::default();
     fx.crash_after_first.store(true, Ordering::SeqCst);
-    rt.run("b", fx.branching(vec![0, 1, 3, 5])).await.unwrap_err();
+    rt.run("b", fx.branching(vec![0, 1, 3, 5]))
+        .await
+        .unwrap_err();
     fx.crash_after_first.store(false, Ordering::SeqCst);
     let out = rt.run("b", fx.branching(vec![0, 1, 3, 5])).await.unwrap();
     assert_eq!(out, Ok(2 + 1006 + 1010));
@@ -311,10 +379,20 @@ async fn loops_and_branches_replay_by_name_and_occurrence() {
         assert_eq!(fx.count(&format!("double {item}")), 1);
     }
     assert_eq!(fx.count("finish"), 1);
-    let ids: Vec<String> = rt.run_info("b").await.unwrap().unwrap().steps.into_iter().map(|s| s.id).collect();
+    let ids: Vec<String> = rt
+        .run_info("b")
+        .await
+        .unwrap()
+        .unwrap()
+        .steps
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(
         ids,
-        ["double#0", "zero#0", "double#1", "double#2", "big#0", "double#3", "big#1", "finish#0"]
+        [
+            "double#0", "zero#0", "double#1", "double#2", "big#0", "double#3", "big#1", "finish#0"
+        ]
     );
 }
 
@@ -325,19 +403,38 @@ async fn changed_control_flow_is_a_nondeterminism_error_and_leaves_the_journal_a
     fx.left_branch.store(true, Ordering::SeqCst);
     fx.crash_after_first.store(true, Ordering::SeqCst);
     rt.run("n", fx.nondeterministic()).await.unwrap_err();
-    let before = resumable::Journal::load_run(&*journal, "n").await.unwrap().unwrap().steps;
+    let before = resumable::Journal::load_run(&*journal, "n")
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
 
     fx.left_branch.store(false, Ordering::SeqCst);
     let err = rt.run("n", fx.nondeterministic()).await.unwrap_err();
     match &err {
-        Error::NonDeterminism { run, expected, found, location } => {
-            assert_eq!((run.as_str(), expected.as_str(), found.as_str()), ("n", "left#0", "right#0"));
-            assert!(location.file.ends_with("workflows.rs") && location.line > 0, "{location}");
+        Error::NonDeterminism {
+            run,
+            expected,
+            found,
+            location,
+        } => {
+            assert_eq!(
+                (run.as_str(), expected.as_str(), found.as_str()),
+                ("n", "left#0", "right#0")
+            );
+            assert!(
+                location.file.ends_with("workflows.rs") && location.line > 0,
+                "{location}"
+            );
         }
         other => panic!("expected NonDeterminism, got {other}"),
     }
     assert_eq!(fx.count("right"), 0, "the new branch must not run");
-    let mut after = resumable::Journal::load_run(&*journal, "n").await.unwrap().unwrap().steps;
+    let mut after = resumable::Journal::load_run(&*journal, "n")
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
     let mut before = before;
     before.sort_by(|a, b| a.step_id.cmp(&b.step_id));
     after.sort_by(|a, b| a.step_id.cmp(&b.step_id));
@@ -348,7 +445,10 @@ async fn changed_control_flow_is_a_nondeterminism_error_and_leaves_the_journal_a
     fx.crash_after_first.store(false, Ordering::SeqCst);
     rt.run("n", fx.nondeterministic()).await.unwrap().unwrap();
     // "after" panicked on each of its attempts, then ran once more to completion.
-    assert_eq!((fx.count("left"), fx.count("after")), (1, FAST.max_attempts as usize + 1));
+    assert_eq!(
+        (fx.count("left"), fx.count("after")),
+        (1, FAST.max_attempts as usize + 1)
+    );
 }
 
 #[tokio::test]
@@ -395,7 +495,10 @@ async fn a_run_executing_elsewhere_is_busy() {
     .unwrap();
     assert!(lease.lease.is_some());
     let err = runtime(journal).run("busy", fx.flaky()).await.unwrap_err();
-    assert!(matches!(&err, Error::Busy { owner, .. } if owner == "someone-else"), "{err}");
+    assert!(
+        matches!(&err, Error::Busy { owner, .. } if owner == "someone-else"),
+        "{err}"
+    );
     drop(holder);
 }
 
@@ -413,7 +516,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -445,14 +552,22 @@ async fn a_worker_that_lost_its_lease_stops_at_its_next_write() {
             Ok(())
         }
     }
-    let slow = Slow { steal: &steal, stolen: &stolen, fx: &fx };
+    let slow = Slow {
+        steal: &steal,
+        stolen: &stolen,
+        fx: &fx,
+    };
     let thief = async {
         steal.notified().await;
         // Another worker takes the run as if the lease had expired.
         let far = resumable::journal::Timestamp::now().after(std::time::Duration::from_secs(3600));
         let claimed = resumable::Journal::claim_due(
             &*journal,
-            resumable::journal::LeaseRequest { owner: "thief".into(), now: far, until: far.after(std::time::Duration::from_secs(60)) },
+            resumable::journal::LeaseRequest {
+                owner: "thief".into(),
+                now: far,
+                until: far.after(std::time::Duration::from_secs(60)),
+            },
             10,
         )
         .await
@@ -464,17 +579,30 @@ async fn a_worker_that_lost_its_lease_stops_at_its_next_write() {
     let err = result.unwrap_err();
     assert!(matches!(err, Error::LeaseLost { epoch: 1, .. }), "{err}");
     assert_eq!(fx.count("never"), 0);
-    let steps = resumable::Journal::load_run(&*journal, "lease").await.unwrap().unwrap().steps;
-    assert_eq!(steps.iter().map(|s| s.step_id.as_str()).collect::<Vec<_>>(), ["first#0"]);
+    let steps = resumable::Journal::load_run(&*journal, "lease")
+        .await
+        .unwrap()
+        .unwrap()
+        .steps;
+    assert_eq!(
+        steps.iter().map(|s| s.step_id.as_str()).collect::<Vec<_>>(),
+        ["first#0"]
+    );
 }
 
 #[tokio::test]
 async fn invalid_run_keys_are_refused() {
     let (rt, _) = memory_runtime();
     let fx = Effects::default();
-    assert!(matches!(rt.run("", fx.flaky()).await, Err(Error::InvalidRunKey { .. })));
+    assert!(matches!(
+        rt.run("", fx.flaky()).await,
+        Err(Error::InvalidRunKey { .. })
+    ));
     let long = "k".repeat(resumable::MAX_RUN_KEY + 1);
-    assert!(matches!(rt.run(long, fx.flaky()).await, Err(Error::InvalidRunKey { .. })));
+    assert!(matches!(
+        rt.run(long, fx.flaky()).await,
+        Err(Error::InvalidRunKey { .. })
+    ));
 }
 
 fn corrupt_reserve(snapshot: &mut RunSnapshot) {
@@ -496,7 +624,10 @@ fn truncate_reserve(snapshot: &mut RunSnapshot) {
 }
 
 async fn interrupted_after_reserve(tamper: fn(&mut RunSnapshot)) -> Error {
-    let journal = TamperingJournal { inner: MemoryJournal::new(), tamper };
+    let journal = TamperingJournal {
+        inner: MemoryJournal::new(),
+        tamper,
+    };
     let rt = runtime(journal);
     let fx = Effects::default();
     fx.crash_after_first.store(true, Ordering::SeqCst);
@@ -515,7 +646,10 @@ async fn corrupted_and_truncated_records_are_typed_errors_naming_run_and_step() 
             }
             other => panic!("expected Corrupted, got {other}"),
         }
-        assert!(err.to_string().contains("step 'reserve#0' of run 't'"), "{err}");
+        assert!(
+            err.to_string().contains("step 'reserve#0' of run 't'"),
+            "{err}"
+        );
     }
 }
 
@@ -554,13 +688,19 @@ mod changed_types {
 #[tokio::test]
 async fn a_payload_of_the_wrong_type_is_a_decode_error() {
     use changed_types::V;
-    assert_eq!(workflow!(V::v1).meta().fingerprint, workflow!(V::v2).meta().fingerprint);
+    assert_eq!(
+        workflow!(V::v1).meta().fingerprint,
+        workflow!(V::v2).meta().fingerprint
+    );
     let (rt, _) = memory_runtime();
     rt.run("w", V.v1(true)).await.unwrap_err();
     let err = rt.run("w", V.v2(true)).await.unwrap_err();
     match &err {
         Error::Decode { run, slot, ty, .. } => {
-            assert_eq!((run.as_str(), slot, *ty), ("w", &Slot::Step("count#0".into()), "alloc::string::String"));
+            assert_eq!(
+                (run.as_str(), slot, *ty),
+                ("w", &Slot::Step("count#0".into()), "alloc::string::String")
+            );
         }
         other => panic!("expected Decode, got {other}"),
     }
@@ -576,9 +716,14 @@ async fn oversized_outputs_are_refused_before_the_journal() {
             Ok(v.len())
         }
     }
-    let rt = resumable::Runtime::builder(MemoryJournal::new()).max_payload(1024).build();
+    let rt = resumable::Runtime::builder(MemoryJournal::new())
+        .max_payload(1024)
+        .build();
     let err = rt.run("big", Big.big()).await.unwrap_err();
-    assert!(matches!(&err, Error::PayloadTooLarge { slot: Slot::Step(s), limit: 1024, .. } if s == "blob#0"), "{err}");
+    assert!(
+        matches!(&err, Error::PayloadTooLarge { slot: Slot::Step(s), limit: 1024, .. } if s == "blob#0"),
+        "{err}"
+    );
 }
 
 mod lossy {
@@ -625,7 +770,10 @@ async fn code_after_a_step_sees_the_decoded_journal_value_on_the_first_run() {
 async fn a_type_that_does_not_survive_the_codec_fails_on_the_first_run() {
     let (rt, _) = memory_runtime();
     let err = rt.run("u", lossy::L.unsupported()).await.unwrap_err();
-    assert!(matches!(&err, Error::Decode { slot: Slot::Step(s), .. } if s == "json#0"), "{err}");
+    assert!(
+        matches!(&err, Error::Decode { slot: Slot::Step(s), .. } if s == "json#0"),
+        "{err}"
+    );
     // Nothing was recorded for the step: its value never reached the journal.
     let info = rt.run_info("u").await.unwrap().unwrap();
     assert!(info.steps.is_empty(), "{:?}", info.steps);

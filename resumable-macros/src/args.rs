@@ -74,7 +74,8 @@ impl Parse for Arg {
 impl Args {
     pub fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
         let mut args = Args::default();
-        let parsed = syn::parse::Parser::parse2(Punctuated::<Arg, Token![,]>::parse_terminated, tokens);
+        let parsed =
+            syn::parse::Parser::parse2(Punctuated::<Arg, Token![,]>::parse_terminated, tokens);
         let list = match parsed {
             Ok(list) => list,
             Err(e) => {

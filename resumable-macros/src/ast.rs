@@ -91,7 +91,9 @@ impl Function {
         for input in item.sig.inputs.iter_mut() {
             match input {
                 FnArg::Receiver(recv) => {
-                    let shared_ref = recv.reference.is_some() && recv.mutability.is_none() && recv.colon_token.is_none();
+                    let shared_ref = recv.reference.is_some()
+                        && recv.mutability.is_none()
+                        && recv.colon_token.is_none();
                     if !shared_ref {
                         errors.spanned(
                             &*recv,
@@ -106,7 +108,9 @@ impl Function {
                     typed.attrs.retain(|a| !a.path().is_ident("dep"));
                     let dep = typed.attrs.len() != before;
                     let name = match &*typed.pat {
-                        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
+                        Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
+                            p.ident.clone()
+                        }
                         other => {
                             errors.spanned(
                                 other,
@@ -150,8 +154,8 @@ impl Function {
 /// cannot be told apart here; the `WorkflowResult` bound catches those).
 fn obviously_not_result(ty: &Type) -> bool {
     const NOT_RESULT: &[&str] = &[
-        "bool", "char", "str", "String", "Vec", "Option", "Box", "u8", "u16", "u32", "u64", "u128", "usize", "i8",
-        "i16", "i32", "i64", "i128", "isize", "f32", "f64",
+        "bool", "char", "str", "String", "Vec", "Option", "Box", "u8", "u16", "u32", "u64", "u128",
+        "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32", "f64",
     ];
     match ty {
         Type::Path(p) => p

@@ -33,7 +33,10 @@ pub fn resumable(args: TokenStream, item: TokenStream) -> TokenStream {
             return quote!(#errors #item);
         }
     };
-    let krate = args.krate.clone().unwrap_or_else(|| syn::parse_quote!(::resumable));
+    let krate = args
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::resumable));
     match Function::parse(item_fn.clone(), &mut errors) {
         Some(function) => {
             let expanded = expand(&args, krate, function, &mut errors);
@@ -67,7 +70,10 @@ pub fn resumable(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenStream {
-    let codec: Type = args.codec.clone().unwrap_or_else(|| syn::parse_quote!(#krate::Bincode));
+    let codec: Type = args
+        .codec
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(#krate::Bincode));
     let ret = f.ret.clone();
     let expander = Expander {
         krate: krate.clone(),
@@ -82,12 +88,19 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
     };
 
     let ident = &f.item.sig.ident;
-    let name = args.name.as_ref().map_or_else(|| ident.to_string(), |l| l.value());
+    let name = args
+        .name
+        .as_ref()
+        .map_or_else(|| ident.to_string(), |l| l.value());
     let input_tys: Vec<&Type> = f.inputs().map(|a| &a.ty).collect();
     let input_names: Vec<&Ident> = f.inputs().map(|a| &a.name).collect();
     let shape_hash = fnv1a64(&format!(
         "workflow={name};input=({});output={};steps=[{shape}]",
-        input_tys.iter().map(|t| canonical(t.to_token_stream())).collect::<Vec<_>>().join(","),
+        input_tys
+            .iter()
+            .map(|t| canonical(t.to_token_stream()))
+            .collect::<Vec<_>>()
+            .join(","),
         canonical(ret.to_token_stream()),
     ));
 
@@ -123,7 +136,8 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
     let input_checks = input_tys
         .iter()
         .map(|ty| quote_spanned!(ty.span()=> let _ = #krate::__private::assert_journaled::<#ty>;));
-    let ret_check = quote_spanned!(ret.span()=> let _ = #krate::__private::assert_workflow_result::<#ret>;);
+    let ret_check =
+        quote_spanned!(ret.span()=> let _ = #krate::__private::assert_workflow_result::<#ret>;);
     let outer = quote! {
         #(#attrs)*
         #vis fn #ident<#lt>(#receiver #(#outer_params),*) -> #krate::Invocation<#lt, #input_ty, #ret, #codec> {
@@ -268,7 +282,8 @@ fn respan_location(tokens: TokenStream, span: Span) -> TokenStream {
                 TokenTree::Punct(p)
             }
             TokenTree::Group(g) => {
-                let mut group = proc_macro2::Group::new(g.delimiter(), respan_location(g.stream(), span));
+                let mut group =
+                    proc_macro2::Group::new(g.delimiter(), respan_location(g.stream(), span));
                 if g.delimiter() == Delimiter::Parenthesis && g.stream().is_empty() {
                     group.set_span(span);
                 } else {
@@ -310,7 +325,11 @@ impl Expander {
     ///         the retry policy, journaling its output before yielding it;
     ///         a failed step's error propagates with `?`.
     pub fn step(&self, call: &StepCall) -> Expr {
-        let Expander { krate: k, codec, ret } = self;
+        let Expander {
+            krate: k,
+            codec,
+            ret,
+        } = self;
         let span = call.span;
         let name = &call.name;
         let body = &call.body;
@@ -405,9 +424,16 @@ pub fn workflow_ref(input: TokenStream) -> TokenStream {
         return quote!(::core::compile_error!("workflow! needs a path"));
     };
     if !last.arguments.is_none() {
-        return syn::Error::new_spanned(&last.arguments, "workflows are not generic: remove the type arguments")
-            .to_compile_error();
+        return syn::Error::new_spanned(
+            &last.arguments,
+            "workflows are not generic: remove the type arguments",
+        )
+        .to_compile_error();
     }
-    last.ident = format_ident!("__resumable_workflow_{}", last.ident, span = last.ident.span());
+    last.ident = format_ident!(
+        "__resumable_workflow_{}",
+        last.ident,
+        span = last.ident.span()
+    );
     quote!(#path())
 }

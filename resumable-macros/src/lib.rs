@@ -2,9 +2,9 @@
 //! `step!` and `workflow!`. Use them through the `resumable` crate.
 //!
 //! The attribute does its work in three passes, each its own module:
-//! [`args`] parses the attribute, [`ast`] parses and validates the function,
-//! [`steps`] finds and checks every `step!` and computes the step structure,
-//! and [`expand`] writes the code.
+//! `args` parses the attribute, `ast` parses and validates the function,
+//! `steps` finds and checks every `step!` and computes the step structure,
+//! and `expand` writes the code.
 
 mod args;
 mod ast;
@@ -15,14 +15,89 @@ mod steps;
 
 use proc_macro::TokenStream;
 
-/// Turns an `async fn` into a durable workflow. See the `resumable` crate.
+/// Turns an `async fn` into a durable workflow.
+///
+/// The function (a free function or a `&self` method) must return
+/// `Result<T, E>`. Its arguments other than the receiver are the run's
+/// journaled **input**; the receiver and arguments marked `#[dep]` are
+/// **dependencies**, supplied again by whoever resumes the run. Inside it,
+/// each `step!("name", { ... })` is a recovery point whose output is
+/// journaled before the code after it sees it.
+///
+/// Calling the function runs nothing: it returns an `Invocation` that
+/// `Runtime::run` executes under a run key.
+///
+/// ```
+/// use resumable::{resumable, step, MemoryJournal, Runtime};
+///
+/// #[resumable(name = "greet")]
+/// async fn greet(name: String) -> Result<String, String> {
+///     let greeting = step!("compose", { format!("hello {name}") });
+///     Ok(greeting)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rt = Runtime::new(MemoryJournal::new());
+/// let out = rt.run("greet-1", greet("Ada".into())).await.unwrap();
+/// assert_eq!(out, Ok("hello Ada".to_string()));
+/// # }
+/// ```
+///
+/// # Arguments
+///
+/// - `name = "..."`: the workflow's stable name (default: the function's),
+///   stored with each run; keep it when renaming the function.
+/// - `retry = <RetryPolicy>`: the default retry policy of its steps.
+/// - `codec = <Type>`: a `Codec` instead of `Bincode`.
+/// - `compatible = ["<fingerprint>", ...]`: fingerprints of earlier versions
+///   whose runs this code can resume (the version mismatch error prints them).
+/// - `crate = <path>`: where the `resumable` crate is, if renamed.
+///
+/// # Equivalent code without `#[resumable]`
+///
+/// For `async fn greet(&self, name: String) -> Result<String, E>` the macro
+/// writes, roughly:
+///
+/// ```text
+/// fn greet<'r>(&'r self, name: String) -> Invocation<'r, (String,), Result<String, E>, Bincode> {
+///     // journals `(name,)`, then runs the body below with the decoded input
+///     invocation(META, (name,), move |ctx, (name,)| Box::pin(Self::__resumable_body_greet(self, ctx, name)))
+/// }
+///
+/// async fn __resumable_body_greet(&self, ctx: Ctx, name: String) -> Result<String, E> {
+///     // each step!("compose", { body }) becomes:
+///     let greeting = {
+///         let mut step = Step::new(&ctx, &SITE /* "compose", file:line */, None); // id "compose#<n>"
+///         loop {
+///             if let Replayed(v) = step.prepare().await { break Ok(v) }      // journaled: decode, skip body
+///             let result = step.attempt(async { Ok::<_, E>({ body }) }).await; // panics caught
+///             match step.settle(result, is_terminal(&result)).await {          // journal, then decode
+///                 Done(v) => break Ok(v),
+///                 Retry => {}                                                  // after the backoff
+///                 Failed(e) => break Err(e),
+///             }
+///         }
+///     }?;
+///     Ok(greeting)
+/// }
+///
+/// // For a Completer: `workflow!(Self::greet)` calls this.
+/// fn __resumable_workflow_greet() -> Workflow<Self, (String,), Result<String, E>, Bincode> { /* ... */ }
+/// ```
 #[proc_macro_attribute]
 pub fn resumable(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::resumable(args.into(), item.into()).into()
 }
 
-/// A journaled recovery point. Only meaningful inside a `#[resumable]`
-/// function, which rewrites it; anywhere else it is a compile error.
+/// A journaled recovery point: `step!("name", { body })`,
+/// `step!("name", |step| { body })` (the closure form hands the body a
+/// `StepContext` with its idempotency key), optionally with
+/// `retry = <RetryPolicy>` before the body.
+///
+/// Only meaningful inside a `#[resumable]` function, which rewrites it;
+/// anywhere else it is a compile error. The body may `.await` and use `?`
+/// (its error type is the workflow's); its value must be serializable.
 #[proc_macro]
 pub fn step(input: TokenStream) -> TokenStream {
     // `#[resumable]` leaves `path!(@used)` behind so that the user's
@@ -40,6 +115,19 @@ pub fn step(input: TokenStream) -> TokenStream {
 
 /// The resumable form of a `#[resumable]` function, for registering with a
 /// completer: `workflow!(App::upload_profile_image)` or `workflow!(transfer)`.
+///
+/// ```
+/// use resumable::{resumable, workflow, Completer, MemoryJournal, Runtime};
+///
+/// #[resumable]
+/// async fn noop() -> Result<(), String> {
+///     Ok(())
+/// }
+///
+/// let rt = Runtime::new(MemoryJournal::new());
+/// let completer = Completer::new(&rt).register(workflow!(noop), ()).unwrap();
+/// assert_eq!(workflow!(noop).meta().name, "noop");
+/// ```
 #[proc_macro]
 pub fn workflow(input: TokenStream) -> TokenStream {
     expand::workflow_ref(input.into()).into()

@@ -49,9 +49,12 @@ impl Parse for StepCall {
                 ));
             }
         };
-        input
-            .parse::<Token![,]>()
-            .map_err(|e| syn::Error::new(e.span(), format!("expected `,` after the step name; {STEP_FORM}")))?;
+        input.parse::<Token![,]>().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!("expected `,` after the step name; {STEP_FORM}"),
+            )
+        })?;
         let mut retry = None;
         while input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
             let key: Ident = input.parse()?;
@@ -62,7 +65,9 @@ impl Parse for StepCall {
                 other => {
                     return Err(syn::Error::new_spanned(
                         key,
-                        format!("unknown step option `{other}`; the valid option is `retry = <RetryPolicy>`"),
+                        format!(
+                            "unknown step option `{other}`; the valid option is `retry = <RetryPolicy>`"
+                        ),
                     ));
                 }
             }
@@ -71,7 +76,9 @@ impl Parse for StepCall {
         let body: Expr = input.parse()?;
         let _ = input.parse::<Option<Token![,]>>()?;
         if !input.is_empty() {
-            return Err(input.error(format!("unexpected tokens after the step body; {STEP_FORM}")));
+            return Err(input.error(format!(
+                "unexpected tokens after the step body; {STEP_FORM}"
+            )));
         }
         match body {
             Expr::Block(_) => Ok(StepCall {
@@ -82,17 +89,23 @@ impl Parse for StepCall {
                 body,
                 span,
             }),
-            Expr::Closure(c) if c.inputs.len() == 1 && c.asyncness.is_none() && c.capture.is_none() => Ok(StepCall {
-                path: syn::parse_quote!(step),
-                name,
-                retry,
-                context: c.inputs.into_iter().next(),
-                body: *c.body,
-                span,
-            }),
+            Expr::Closure(c)
+                if c.inputs.len() == 1 && c.asyncness.is_none() && c.capture.is_none() =>
+            {
+                Ok(StepCall {
+                    path: syn::parse_quote!(step),
+                    name,
+                    retry,
+                    context: c.inputs.into_iter().next(),
+                    body: *c.body,
+                    span,
+                })
+            }
             other => Err(syn::Error::new_spanned(
                 other,
-                format!("a step body must be a block `{{ ... }}` or a one-argument closure `|step| {{ ... }}`; {STEP_FORM}"),
+                format!(
+                    "a step body must be a block `{{ ... }}` or a one-argument closure `|step| {{ ... }}`; {STEP_FORM}"
+                ),
             )),
         }
     }
@@ -211,7 +224,8 @@ impl<'a> StepRewriter<'a> {
             journaled = false;
         }
         if name.is_empty() {
-            self.errors.spanned(&call.name, "a step name must not be empty");
+            self.errors
+                .spanned(&call.name, "a step name must not be empty");
         } else if name.contains('#') {
             self.errors.spanned(
                 &call.name,
@@ -224,7 +238,10 @@ impl<'a> StepRewriter<'a> {
                     "step name \"{name}\" is used twice in this workflow: give each `step!` its own name (a step that runs repeatedly, in a loop, is already told apart as {name}#0, {name}#1, ...)"
                 ),
             );
-            err.combine(syn::Error::new(*first, format!("\"{name}\" is first used here")));
+            err.combine(syn::Error::new(
+                *first,
+                format!("\"{name}\" is first used here"),
+            ));
             self.errors.push(err);
         } else {
             self.names.insert(name, call.name.span());
@@ -264,7 +281,12 @@ impl<'a> StepRewriter<'a> {
                 mac.tokens = exprs.into_token_stream();
             }
             Err(_) => {
-                let name = mac.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default();
+                let name = mac
+                    .path
+                    .segments
+                    .last()
+                    .map(|s| s.ident.to_string())
+                    .unwrap_or_default();
                 self.errors.spanned(
                     &mac.path,
                     format!(
@@ -385,7 +407,9 @@ impl AssignsOutside {
 
 fn place_root(place: &Expr) -> Option<String> {
     match place {
-        Expr::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 => Some(p.path.segments[0].ident.to_string()),
+        Expr::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 => {
+            Some(p.path.segments[0].ident.to_string())
+        }
         Expr::Field(f) => place_root(&f.base),
         Expr::Index(i) => place_root(&i.expr),
         Expr::Paren(p) => place_root(&p.expr),

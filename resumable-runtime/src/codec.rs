@@ -115,7 +115,10 @@ impl Envelope {
         if record.len() < HEADER {
             return Err(corrupted(
                 slot(),
-                format!("record is {} bytes, shorter than its {HEADER}-byte header", record.len()),
+                format!(
+                    "record is {} bytes, shorter than its {HEADER}-byte header",
+                    record.len()
+                ),
             ));
         }
         if record[0] != RECORD_VERSION {
@@ -159,7 +162,9 @@ mod tests {
     const ENVELOPE: Envelope = Envelope { max_payload: 1024 };
 
     fn seal(value: &impl Serialize) -> Vec<u8> {
-        ENVELOPE.seal::<Bincode, _>("r", || Slot::Input, value).unwrap()
+        ENVELOPE
+            .seal::<Bincode, _>("r", || Slot::Input, value)
+            .unwrap()
     }
 
     fn open<T: DeserializeOwned>(record: &[u8]) -> Result<T, Error> {
@@ -169,14 +174,20 @@ mod tests {
     #[test]
     fn round_trips() {
         let record = seal(&("a".to_string(), 42u64));
-        assert_eq!(open::<(String, u64)>(&record).unwrap(), ("a".to_string(), 42));
+        assert_eq!(
+            open::<(String, u64)>(&record).unwrap(),
+            ("a".to_string(), 42)
+        );
     }
 
     #[test]
     fn truncated_record_is_corrupted() {
         let record = seal(&"hello".to_string());
         let err = open::<String>(&record[..3]).unwrap_err();
-        assert!(matches!(err, Error::Corrupted { ref slot, .. } if *slot == Slot::Step("s#0".into())), "{err}");
+        assert!(
+            matches!(err, Error::Corrupted { ref slot, .. } if *slot == Slot::Step("s#0".into())),
+            "{err}"
+        );
         let err = open::<String>(&record[..record.len() - 1]).unwrap_err();
         assert!(matches!(err, Error::Corrupted { .. }), "{err}");
     }
@@ -218,10 +229,17 @@ mod tests {
     #[test]
     fn oversized_payloads_are_refused_both_ways() {
         let big = vec![0u8; 2048];
-        let err = ENVELOPE.seal::<Bincode, _>("r", || Slot::Outcome, &big).unwrap_err();
+        let err = ENVELOPE
+            .seal::<Bincode, _>("r", || Slot::Outcome, &big)
+            .unwrap_err();
         assert!(matches!(err, Error::PayloadTooLarge { size, limit: 1024, .. } if size > 1024));
-        let large = Envelope { max_payload: 4096 }.seal::<Bincode, _>("r", || Slot::Outcome, &big).unwrap();
-        assert!(matches!(open::<Vec<u8>>(&large), Err(Error::PayloadTooLarge { .. })));
+        let large = Envelope { max_payload: 4096 }
+            .seal::<Bincode, _>("r", || Slot::Outcome, &big)
+            .unwrap();
+        assert!(matches!(
+            open::<Vec<u8>>(&large),
+            Err(Error::PayloadTooLarge { .. })
+        ));
     }
 
     #[test]

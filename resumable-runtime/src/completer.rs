@@ -58,7 +58,12 @@ pub struct CompleterReport {
 }
 
 trait Resume: Send + Sync {
-    fn resume(&self, rt: Runtime, snapshot: RunSnapshot, lease: Lease) -> BoxFuture<'static, Result<()>>;
+    fn resume(
+        &self,
+        rt: Runtime,
+        snapshot: RunSnapshot,
+        lease: Lease,
+    ) -> BoxFuture<'static, Result<()>>;
 }
 
 struct Registered<D, I, R, C> {
@@ -73,12 +78,19 @@ where
     R: WorkflowResult + Journaled,
     C: Codec,
 {
-    fn resume(&self, rt: Runtime, snapshot: RunSnapshot, lease: Lease) -> BoxFuture<'static, Result<()>> {
+    fn resume(
+        &self,
+        rt: Runtime,
+        snapshot: RunSnapshot,
+        lease: Lease,
+    ) -> BoxFuture<'static, Result<()>> {
         let deps = self.deps.clone();
         let workflow = self.workflow;
         Box::pin(async move {
             let start = |ctx, input| (workflow.start)(&*deps, ctx, input);
-            rt.execute::<I, R, C>(workflow.meta, snapshot, lease, start).await.map(drop)
+            rt.execute::<I, R, C>(workflow.meta, snapshot, lease, start)
+                .await
+                .map(drop)
         })
     }
 }
@@ -104,7 +116,11 @@ impl Completer {
     /// Registers a workflow (from `workflow!(path::to::function)`) with the
     /// dependencies its runs are resumed with: the receiver of a method,
     /// or its `#[dep]` arguments.
-    pub fn register<D, I, R, C>(mut self, workflow: Workflow<D, I, R, C>, deps: impl Into<Arc<D>>) -> Result<Self>
+    pub fn register<D, I, R, C>(
+        mut self,
+        workflow: Workflow<D, I, R, C>,
+        deps: impl Into<Arc<D>>,
+    ) -> Result<Self>
     where
         D: Send + Sync + 'static,
         I: Journaled,
@@ -149,7 +165,11 @@ impl Completer {
         let stop = Arc::new(Notify::new());
         let counters = Arc::new(Counters::default());
         let task = tokio::spawn(self.work(Some(stop.clone()), counters.clone()));
-        CompleterHandle { stop, task, counters }
+        CompleterHandle {
+            stop,
+            task,
+            counters,
+        }
     }
 
     /// Completes every run that is due now (and those that become due while
@@ -187,12 +207,19 @@ impl Completer {
                     Ok(runs) => {
                         claimed = runs.len();
                         for (snapshot, lease) in runs {
-                            let permit = slots.clone().acquire_owned().await.expect("semaphore is never closed");
+                            let permit = slots
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .expect("semaphore is never closed");
                             let rt = rt.clone();
                             let registry = registry.clone();
                             let leases = leases.clone();
                             let counters = counters.clone();
-                            leases.lock().unwrap().insert(lease.run_key.clone(), lease.clone());
+                            leases
+                                .lock()
+                                .unwrap()
+                                .insert(lease.run_key.clone(), lease.clone());
                             tasks.spawn(async move {
                                 let key = lease.run_key.clone();
                                 let outcome = resume(&rt, &registry, snapshot, lease).await;
@@ -226,14 +253,22 @@ impl Completer {
             }
         }
         // Graceful shutdown: let executing runs finish, then interrupt and give back the rest.
-        let drained = tokio::time::timeout(shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
             let left: Vec<Lease> = leases.lock().unwrap().drain().map(|(_, l)| l).collect();
             for lease in left {
                 let write = Write::Release {
-                    last_error: Some(Error::Shutdown { run: lease.run_key.clone() }.to_string()),
+                    last_error: Some(
+                        Error::Shutdown {
+                            run: lease.run_key.clone(),
+                        }
+                        .to_string(),
+                    ),
                     wake_at: Timestamp::now(),
                     at: Timestamp::now(),
                 };
@@ -260,7 +295,8 @@ async fn resume(
                 workflow: snapshot.run.workflow.clone(),
             };
             tracing::warn!(error = %err, "cannot resume run");
-            rt.give_back_after_error(&lease, &err, snapshot.run.executions).await;
+            rt.give_back_after_error(&lease, &err, snapshot.run.executions)
+                .await;
             Err(err)
         }
     }

@@ -36,7 +36,10 @@ pub(crate) enum Decision {
     /// The journal has its output.
     Replay(StepRecord),
     /// It must run; earlier failed attempts and the first start time, if any.
-    Execute { attempts: u32, started_at: Timestamp },
+    Execute {
+        attempts: u32,
+        started_at: Timestamp,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -95,7 +98,9 @@ impl RunCtx {
     }
 
     fn state(&self) -> MutexGuard<'_, ReplayState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn lease(&self) -> Lease {
@@ -163,7 +168,10 @@ impl RunCtx {
             .retrying
             .remove(id)
             .map_or((0, Timestamp::now()), |r| (r.attempts, r.started_at));
-        Poll::Ready(Decision::Execute { attempts, started_at })
+        Poll::Ready(Decision::Execute {
+            attempts,
+            started_at,
+        })
     }
 
     /// A step that was executing has finished or was dropped.

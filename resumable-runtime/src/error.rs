@@ -107,7 +107,9 @@ pub enum Error {
 
     /// This worker's lease on the run was taken over (or the run finished
     /// elsewhere); its write was rejected and it stopped.
-    #[error("lease on run '{run}' lost: epoch {epoch} is no longer current, another worker owns the run")]
+    #[error(
+        "lease on run '{run}' lost: epoch {epoch} is no longer current, another worker owns the run"
+    )]
     LeaseLost {
         /// The run key.
         run: String,
@@ -292,7 +294,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Storage { .. } | Error::Busy { .. } | Error::LeaseLost { .. } | Error::Shutdown { .. }
+            Error::Storage { .. }
+                | Error::Busy { .. }
+                | Error::LeaseLost { .. }
+                | Error::Shutdown { .. }
         )
     }
 }

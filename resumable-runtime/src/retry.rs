@@ -149,7 +149,10 @@ mod tests {
         let p = RetryPolicy::exponential(5).jitter(0.5);
         for unit in [0.0, 0.25, 0.999] {
             let d = p.delay_before(1, unit);
-            assert!(d <= Duration::from_millis(100) && d >= Duration::from_millis(50), "{d:?}");
+            assert!(
+                d <= Duration::from_millis(100) && d >= Duration::from_millis(50),
+                "{d:?}"
+            );
         }
     }
 

@@ -14,7 +14,8 @@ use crate::codec::{Codec, Envelope};
 use crate::context::{Ctx, RunCtx, panic_message};
 use crate::error::{Error, Result, Slot};
 use crate::journal::{
-    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState, StepState, Timestamp, Write,
+    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState,
+    StepState, Timestamp, Write,
 };
 use crate::retry::RetryPolicy;
 use crate::workflow::{BoxFuture, Invocation, Journaled, WorkflowMeta, WorkflowResult};
@@ -157,13 +158,19 @@ impl Runtime {
     ///
     /// The outer `Result` is the machinery's (journal, leases, determinism);
     /// the inner one is the workflow's own outcome.
-    pub async fn run<I, R, C>(&self, key: impl Into<String>, invocation: Invocation<'_, I, R, C>) -> Result<R>
+    pub async fn run<I, R, C>(
+        &self,
+        key: impl Into<String>,
+        invocation: Invocation<'_, I, R, C>,
+    ) -> Result<R>
     where
         I: Journaled,
         R: WorkflowResult + Journaled,
         C: Codec,
     {
-        let Invocation { meta, input, start, .. } = invocation;
+        let Invocation {
+            meta, input, start, ..
+        } = invocation;
         let opened = self.open::<I, C>(key.into(), &meta, &input).await?;
         let run = &opened.snapshot.run;
         match (run.state, opened.lease) {
@@ -172,7 +179,10 @@ impl Runtime {
                 run: run.key.clone(),
                 owner: run.lease_owner.clone().unwrap_or_default(),
             }),
-            (RunState::Incomplete, Some(lease)) => self.execute::<I, R, C>(meta, opened.snapshot, lease, start).await,
+            (RunState::Incomplete, Some(lease)) => {
+                self.execute::<I, R, C>(meta, opened.snapshot, lease, start)
+                    .await
+            }
         }
     }
 
@@ -180,32 +190,51 @@ impl Runtime {
     /// executing it here: the input is journaled and the run is due at once.
     /// A key that already has a run is left as it is (after the same input
     /// checks as [`run`](Self::run)).
-    pub async fn submit<I, R, C>(&self, key: impl Into<String>, invocation: Invocation<'_, I, R, C>) -> Result<()>
+    pub async fn submit<I, R, C>(
+        &self,
+        key: impl Into<String>,
+        invocation: Invocation<'_, I, R, C>,
+    ) -> Result<()>
     where
         I: Journaled,
         R: WorkflowResult + Journaled,
         C: Codec,
     {
-        let opened = self.open::<I, C>(key.into(), &invocation.meta, &invocation.input).await?;
+        let opened = self
+            .open::<I, C>(key.into(), &invocation.meta, &invocation.input)
+            .await?;
         if let Some(lease) = &opened.lease {
             let run = &opened.snapshot.run;
-            self.give_back(lease, run.last_error.clone(), Timestamp::now()).await;
+            self.give_back(lease, run.last_error.clone(), Timestamp::now())
+                .await;
         }
         Ok(())
     }
 
     /// Creates or finds the run, checks it is this workflow with this input,
     /// and leases it if it is incomplete and free.
-    async fn open<I: Journaled, C: Codec>(&self, key: String, meta: &WorkflowMeta, input: &I) -> Result<Opened> {
+    async fn open<I: Journaled, C: Codec>(
+        &self,
+        key: String,
+        meta: &WorkflowMeta,
+        input: &I,
+    ) -> Result<Opened> {
         validate_key(&key)?;
-        let input = self.inner.envelope.seal::<C, I>(&key, || Slot::Input, input)?;
+        let input = self
+            .inner
+            .envelope
+            .seal::<C, I>(&key, || Slot::Input, input)?;
         let new = NewRun {
             key: key.clone(),
             workflow: meta.name.to_owned(),
             fingerprint: meta.fingerprint,
             input,
         };
-        let opened = self.inner.journal.open_run(new.clone(), self.lease_request()).await?;
+        let opened = self
+            .inner
+            .journal
+            .open_run(new.clone(), self.lease_request())
+            .await?;
         let run = &opened.snapshot.run;
         let mismatch = if run.workflow != new.workflow {
             Error::WorkflowMismatch {
@@ -219,7 +248,8 @@ impl Runtime {
             return Ok(opened);
         };
         if let Some(lease) = &opened.lease {
-            self.give_back(lease, run.last_error.clone(), run.wake_at).await;
+            self.give_back(lease, run.last_error.clone(), run.wake_at)
+                .await;
         }
         Err(mismatch)
     }
@@ -227,7 +257,9 @@ impl Runtime {
     /// The stored outcome of a finished run, decoded.
     fn outcome<R: Journaled, C: Codec>(&self, run: &RunRecord) -> Result<R> {
         let bytes = run.outcome.as_deref().unwrap_or_default();
-        self.inner.envelope.open::<C, R>(&run.key, || Slot::Outcome, bytes)
+        self.inner
+            .envelope
+            .open::<C, R>(&run.key, || Slot::Outcome, bytes)
     }
 
     /// Executes a leased, incomplete run to its outcome (or to an error, in
@@ -262,7 +294,10 @@ impl Runtime {
                 });
             }
             // Contract 2 holds for the input too: the body sees the journaled bytes.
-            let input = self.inner.envelope.open::<C, I>(&key, || Slot::Input, &snapshot.run.input)?;
+            let input =
+                self.inner
+                    .envelope
+                    .open::<C, I>(&key, || Slot::Input, &snapshot.run.input)?;
             let run = Arc::new(RunCtx::new(
                 &mut snapshot,
                 lease.clone(),
@@ -282,9 +317,19 @@ impl Runtime {
                     location: meta.location,
                 });
             }
-            let state = if result.is_ok() { RunState::Completed } else { RunState::Failed };
-            let outcome = self.inner.envelope.seal::<C, R>(&key, || Slot::Outcome, &result)?;
-            let decoded = self.inner.envelope.open::<C, R>(&key, || Slot::Outcome, &outcome)?;
+            let state = if result.is_ok() {
+                RunState::Completed
+            } else {
+                RunState::Failed
+            };
+            let outcome = self
+                .inner
+                .envelope
+                .seal::<C, R>(&key, || Slot::Outcome, &result)?;
+            let decoded = self
+                .inner
+                .envelope
+                .open::<C, R>(&key, || Slot::Outcome, &outcome)?;
             let write = Write::RunFinished {
                 state,
                 outcome,
@@ -298,7 +343,8 @@ impl Runtime {
         .await;
         if let Err(err) = &result {
             span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
-            self.give_back_after_error(&lease, err, snapshot.run.executions).await;
+            self.give_back_after_error(&lease, err, snapshot.run.executions)
+                .await;
         }
         result
     }
@@ -310,7 +356,8 @@ impl Runtime {
             return;
         }
         let delay = self.inner.run_backoff.jittered_delay(executions.max(1));
-        self.give_back(lease, Some(err.to_string()), Timestamp::now().after(delay)).await;
+        self.give_back(lease, Some(err.to_string()), Timestamp::now().after(delay))
+            .await;
     }
 
     /// Releases a lease, best effort: if this fails the lease simply expires.
@@ -331,7 +378,12 @@ impl Runtime {
 
     /// A run's status and steps, if the key exists.
     pub async fn run_info(&self, key: &str) -> Result<Option<RunInfo>> {
-        Ok(self.inner.journal.load_run(key).await?.map(RunInfo::from_snapshot))
+        Ok(self
+            .inner
+            .journal
+            .load_run(key)
+            .await?
+            .map(RunInfo::from_snapshot))
     }
 
     /// Runs matching `filter` (without their steps; see [`run_info`](Self::run_info)).
@@ -339,7 +391,12 @@ impl Runtime {
         let runs = self.inner.journal.list_runs(filter).await?;
         Ok(runs
             .into_iter()
-            .map(|run| RunInfo::from_snapshot(RunSnapshot { run, steps: Vec::new() }))
+            .map(|run| {
+                RunInfo::from_snapshot(RunSnapshot {
+                    run,
+                    steps: Vec::new(),
+                })
+            })
             .collect())
     }
 }
@@ -398,13 +455,19 @@ impl Heartbeat {
             loop {
                 tokio::time::sleep(duration / 3).await;
                 let lease = run.lease();
-                match run.journal.renew(&lease, Timestamp::now().after(duration)).await {
+                match run
+                    .journal
+                    .renew(&lease, Timestamp::now().after(duration))
+                    .await
+                {
                     Ok(renewed) => run.set_lease(renewed),
                     Err(err @ Error::LeaseLost { .. }) => {
                         run.abort(err);
                         return;
                     }
-                    Err(err) => tracing::warn!(run = %lease.run_key, error = %err, "lease renewal failed; retrying"),
+                    Err(err) => {
+                        tracing::warn!(run = %lease.run_key, error = %err, "lease renewal failed; retrying")
+                    }
                 }
             }
         }))
@@ -495,7 +558,9 @@ impl RunInfo {
         let status = match run.state {
             RunState::Completed => RunStatus::Completed,
             RunState::Failed => RunStatus::Failed,
-            RunState::Incomplete if run.is_leased_at(now) && step_waiting => RunStatus::WaitingToRetry,
+            RunState::Incomplete if run.is_leased_at(now) && step_waiting => {
+                RunStatus::WaitingToRetry
+            }
             RunState::Incomplete if run.is_leased_at(now) => RunStatus::Running,
             RunState::Incomplete if run.wake_at > now => RunStatus::WaitingToRetry,
             RunState::Incomplete => RunStatus::Pending,
@@ -507,7 +572,9 @@ impl RunInfo {
             status,
             executions: run.executions,
             last_error: run.last_error,
-            lease_owner: run.lease_owner.filter(|_| run.lease_expires_at.is_some_and(|t| t > now)),
+            lease_owner: run
+                .lease_owner
+                .filter(|_| run.lease_expires_at.is_some_and(|t| t > now)),
             created_at: run.created_at.to_system_time(),
             updated_at: run.updated_at.to_system_time(),
             steps: steps

@@ -125,7 +125,8 @@ impl<'c> Step<'c> {
         if self.phase == Phase::Executing {
             return Prepared::Attempt;
         }
-        let decision = std::future::poll_fn(|cx| self.run.decide(&self.id, self.site.location, cx)).await;
+        let decision =
+            std::future::poll_fn(|cx| self.run.decide(&self.id, self.site.location, cx)).await;
         match decision {
             Decision::Replay(record) => {
                 self.phase = Phase::Finished;
@@ -140,14 +141,19 @@ impl<'c> Step<'c> {
                 let output = record.output.as_deref().unwrap_or_default();
                 let decoded = span.in_scope(|| {
                     tracing::debug!("replayed from the journal");
-                    self.run.envelope.open::<C, T>(&self.run.run_key, || self.slot(), output)
+                    self.run
+                        .envelope
+                        .open::<C, T>(&self.run.run_key, || self.slot(), output)
                 });
                 match decoded {
                     Ok(value) => Prepared::Replayed(value),
                     Err(err) => self.abort(err).await,
                 }
             }
-            Decision::Execute { attempts, started_at } => {
+            Decision::Execute {
+                attempts,
+                started_at,
+            } => {
                 self.phase = Phase::Executing;
                 self.attempts = attempts;
                 self.started_at = started_at;
@@ -187,7 +193,11 @@ impl<'c> Step<'c> {
 
     /// Journals a success, or records a failure and decides whether to retry.
     /// `terminal` says the error's type classified it as not worth retrying.
-    pub async fn settle<C, T, E>(&mut self, result: Result<Result<T, E>, String>, terminal: bool) -> Settled<T, E>
+    pub async fn settle<C, T, E>(
+        &mut self,
+        result: Result<Result<T, E>, String>,
+        terminal: bool,
+    ) -> Settled<T, E>
     where
         C: Codec,
         T: Journaled,
@@ -215,7 +225,8 @@ impl<'c> Step<'c> {
                     self.retry_later(format!("panicked: {panic}")).await;
                     Settled::Retry
                 } else {
-                    self.record_failure(format!("panicked: {panic}"), None).await;
+                    self.record_failure(format!("panicked: {panic}"), None)
+                        .await;
                     let err = Error::StepPanicked {
                         run: self.run.run_key.clone(),
                         step: self.id.to_string(),
@@ -230,13 +241,19 @@ impl<'c> Step<'c> {
 
     async fn record<C: Codec, T: Journaled, E>(&mut self, value: T) -> Settled<T, E> {
         let run = self.run;
-        let bytes = match run.envelope.seal::<C, T>(&run.run_key, || self.slot(), &value) {
+        let bytes = match run
+            .envelope
+            .seal::<C, T>(&run.run_key, || self.slot(), &value)
+        {
             Ok(bytes) => bytes,
             Err(err) => return self.abort(err).await,
         };
         drop(value);
         // Contract 2: the code after the step sees what the journal holds.
-        let decoded = match run.envelope.open::<C, T>(&run.run_key, || self.slot(), &bytes) {
+        let decoded = match run
+            .envelope
+            .open::<C, T>(&run.run_key, || self.slot(), &bytes)
+        {
             Ok(v) => v,
             Err(err) => return self.abort(err).await,
         };
@@ -257,7 +274,8 @@ impl<'c> Step<'c> {
 
     async fn retry_later(&mut self, message: String) {
         let delay = self.policy.jittered_delay(self.attempts);
-        self.record_failure(message, Some(Timestamp::now().after(delay))).await;
+        self.record_failure(message, Some(Timestamp::now().after(delay)))
+            .await;
         tokio::time::sleep(delay).await;
     }
 

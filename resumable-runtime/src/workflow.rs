@@ -107,7 +107,9 @@ impl<I, R, C> Invocation<'_, I, R, C> {
 
 impl<I, R, C> fmt::Debug for Invocation<'_, I, R, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Invocation").field("workflow", &self.meta.name).finish_non_exhaustive()
+        f.debug_struct("Invocation")
+            .field("workflow", &self.meta.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,7 +131,9 @@ impl<D, I, R, C> Copy for Workflow<D, I, R, C> {}
 
 impl<D, I, R, C> fmt::Debug for Workflow<D, I, R, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Workflow").field("meta", &self.meta).finish()
+        f.debug_struct("Workflow")
+            .field("meta", &self.meta)
+            .finish()
     }
 }
 

@@ -52,7 +52,11 @@ impl<J: Journal> Journal for FaultyJournal<J> {
         self.spend()?;
         self.inner.open_run(run, lease).await
     }
-    async fn claim_due(&self, lease: LeaseRequest, limit: usize) -> resumable::Result<Vec<(RunSnapshot, Lease)>> {
+    async fn claim_due(
+        &self,
+        lease: LeaseRequest,
+        limit: usize,
+    ) -> resumable::Result<Vec<(RunSnapshot, Lease)>> {
         self.inner.claim_due(lease, limit).await
     }
     async fn write(&self, lease: &Lease, write: Write) -> resumable::Result<()> {
@@ -84,7 +88,11 @@ impl<J: Journal> Journal for TamperingJournal<J> {
         (self.tamper)(&mut opened.snapshot);
         Ok(opened)
     }
-    async fn claim_due(&self, lease: LeaseRequest, limit: usize) -> resumable::Result<Vec<(RunSnapshot, Lease)>> {
+    async fn claim_due(
+        &self,
+        lease: LeaseRequest,
+        limit: usize,
+    ) -> resumable::Result<Vec<(RunSnapshot, Lease)>> {
         self.inner.claim_due(lease, limit).await
     }
     async fn write(&self, lease: &Lease, write: Write) -> resumable::Result<()> {

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState, StepRecord,
-    StepState, Timestamp, Write,
+    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState,
+    StepRecord, StepState, Timestamp, Write,
 };
 use crate::error::{Error, Result};
 
@@ -63,9 +63,16 @@ impl MemoryJournal {
         Self::default()
     }
 
-    fn fenced<'a>(runs: &'a mut HashMap<String, StoredRun>, lease: &Lease) -> Result<&'a mut StoredRun> {
+    fn fenced<'a>(
+        runs: &'a mut HashMap<String, StoredRun>,
+        lease: &Lease,
+    ) -> Result<&'a mut StoredRun> {
         match runs.get_mut(&lease.run_key) {
-            Some(run) if run.record.epoch == lease.epoch && run.record.state == RunState::Incomplete => Ok(run),
+            Some(run)
+                if run.record.epoch == lease.epoch && run.record.state == RunState::Incomplete =>
+            {
+                Ok(run)
+            }
             _ => Err(Error::LeaseLost {
                 run: lease.run_key.clone(),
                 epoch: lease.epoch,
@@ -116,7 +123,11 @@ impl Journal for MemoryJournal {
         })
     }
 
-    async fn claim_due(&self, req: LeaseRequest, limit: usize) -> Result<Vec<(RunSnapshot, Lease)>> {
+    async fn claim_due(
+        &self,
+        req: LeaseRequest,
+        limit: usize,
+    ) -> Result<Vec<(RunSnapshot, Lease)>> {
         let mut runs = self.runs.lock().unwrap();
         let mut due: Vec<&mut StoredRun> = runs
             .values_mut()
@@ -149,7 +160,11 @@ impl Journal for MemoryJournal {
                 started_at,
                 at,
             } => {
-                if run.steps.get(&step_id).is_some_and(|s| s.state == StepState::Completed) {
+                if run
+                    .steps
+                    .get(&step_id)
+                    .is_some_and(|s| s.state == StepState::Completed)
+                {
                     return Err(Error::StepAlreadyRecorded {
                         run: lease.run_key.clone(),
                         step: step_id,
@@ -181,7 +196,11 @@ impl Journal for MemoryJournal {
                 started_at,
                 at,
             } => {
-                if run.steps.get(&step_id).is_some_and(|s| s.state == StepState::Completed) {
+                if run
+                    .steps
+                    .get(&step_id)
+                    .is_some_and(|s| s.state == StepState::Completed)
+                {
                     return Err(Error::StepAlreadyRecorded {
                         run: lease.run_key.clone(),
                         step: step_id,
@@ -247,7 +266,12 @@ impl Journal for MemoryJournal {
         let mut found: Vec<&StoredRun> = runs
             .values()
             .filter(|r| filter.state.is_none_or(|s| r.record.state == s))
-            .filter(|r| filter.workflow.as_ref().is_none_or(|w| &r.record.workflow == w))
+            .filter(|r| {
+                filter
+                    .workflow
+                    .as_ref()
+                    .is_none_or(|w| &r.record.workflow == w)
+            })
             .collect();
         found.sort_by_key(|r| r.order);
         Ok(found

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::error::Result;
 #[allow(unused_imports)] // for doc links
 use crate::error::Error;
+use crate::error::Result;
 
 pub mod memory;
 #[cfg(feature = "sqlite")]
@@ -35,7 +35,10 @@ impl Timestamp {
 
     /// This time plus `d`.
     pub fn after(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+        )
     }
 
     /// As a [`SystemTime`].
@@ -322,7 +325,11 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// whose `wake_at` has passed, earliest `wake_at` first, as `open_run`
     /// does. Concurrent callers, in this process or others, never get the
     /// same run.
-    async fn claim_due(&self, lease: LeaseRequest, limit: usize) -> Result<Vec<(RunSnapshot, Lease)>>;
+    async fn claim_due(
+        &self,
+        lease: LeaseRequest,
+        limit: usize,
+    ) -> Result<Vec<(RunSnapshot, Lease)>>;
 
     /// Applies `write` atomically if `lease.epoch` is the run's current epoch
     /// and the run is incomplete; otherwise [`Error::LeaseLost`]. Durable when
@@ -344,7 +351,11 @@ impl<J: Journal + ?Sized> Journal for std::sync::Arc<J> {
     async fn open_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Opened> {
         (**self).open_run(run, lease).await
     }
-    async fn claim_due(&self, lease: LeaseRequest, limit: usize) -> Result<Vec<(RunSnapshot, Lease)>> {
+    async fn claim_due(
+        &self,
+        lease: LeaseRequest,
+        limit: usize,
+    ) -> Result<Vec<(RunSnapshot, Lease)>> {
         (**self).claim_due(lease, limit).await
     }
     async fn write(&self, lease: &Lease, write: Write) -> Result<()> {
