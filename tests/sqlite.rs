@@ -290,7 +290,7 @@ async fn two_completers_on_one_file_never_run_one_run_at_once() {
         0,
         "a run was executed by two workers at once"
     );
-    let bodies = guard.bodies.lock().unwrap();
+    let bodies = guard.bodies.lock().unwrap().clone();
     for i in 0..RUNS {
         assert_eq!(
             bodies.get(&format!("run-{i}")),
