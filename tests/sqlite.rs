@@ -346,3 +346,44 @@ async fn a_corrupted_record_in_the_file_is_a_typed_error() {
         "nothing after the damaged record ran"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(
+        SqliteJournal::open(dir.path().join("journal.db"))
+            .await
+            .unwrap(),
+    );
+    let rt = Runtime::new(journal.clone());
+    let shop = Arc::new(Shop {
+        dir: dir.path().to_owned(),
+        crash_at: None,
+    });
+    let before = journal.stats();
+    let runs: Vec<_> = (0..64)
+        .map(|i| {
+            let (rt, shop) = (rt.clone(), shop.clone());
+            tokio::spawn(async move {
+                rt.run(format!("g-{i}"), shop.order(i))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap();
+    }
+    let stats = journal.stats();
+    let (commits, requests) = (
+        stats.commits - before.commits,
+        stats.requests - before.requests,
+    );
+    // open + 3 steps + outcome per run, all committed, in fewer transactions.
+    assert!(requests >= 64 * 5, "{requests} requests");
+    assert!(
+        commits < requests,
+        "no commit was shared: {commits} commits for {requests} requests"
+    );
+}

@@ -778,3 +778,52 @@ async fn a_type_that_does_not_survive_the_codec_fails_on_the_first_run() {
     let info = rt.run_info("u").await.unwrap().unwrap();
     assert!(info.steps.is_empty(), "{:?}", info.steps);
 }
+
+mod json {
+    //! The codec is pluggable: the same workflow journaled as JSON.
+    use super::*;
+    use resumable::{BoxError, Codec};
+
+    pub struct Json;
+
+    impl Codec for Json {
+        const NAME: &'static str = "json";
+        fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, BoxError> {
+            Ok(serde_json::to_vec(value)?)
+        }
+        fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BoxError> {
+            Ok(serde_json::from_slice(bytes)?)
+        }
+    }
+
+    pub struct J;
+
+    impl J {
+        #[resumable(codec = Json)]
+        pub async fn as_json(&self, n: u32) -> Result<serde_json::Value, AppError> {
+            let v = step!("value", { serde_json::json!({ "n": n }) });
+            Ok(v)
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_workflow_can_use_another_codec() {
+    let (rt, journal) = memory_runtime();
+    let out = rt.run("j", json::J.as_json(5)).await.unwrap();
+    assert_eq!(out, Ok(serde_json::json!({ "n": 5 })));
+    let snapshot = resumable::Journal::load_run(&*journal, "j")
+        .await
+        .unwrap()
+        .unwrap();
+    let output = snapshot.steps[0].output.as_ref().unwrap();
+    assert_eq!(
+        &output[5..],
+        br#"{"n":5}"#,
+        "the payload after the 5-byte header is JSON"
+    );
+    assert_eq!(
+        rt.run("j", json::J.as_json(5)).await.unwrap(),
+        Ok(serde_json::json!({ "n": 5 }))
+    );
+}

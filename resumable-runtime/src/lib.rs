@@ -26,7 +26,7 @@ pub use error::{BoxError, Error, Location, Result, Slot};
 pub use journal::memory::MemoryJournal;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use journal::sqlite::{Durability, SqliteJournal};
+pub use journal::sqlite::{Durability, SqliteJournal, SqliteStats};
 pub use journal::{Journal, RunFilter, RunState};
 pub use retry::{Classify, RetryPolicy};
 pub use runtime::{MAX_RUN_KEY, RunInfo, RunStatus, Runtime, RuntimeBuilder, StepInfo, StepStatus};

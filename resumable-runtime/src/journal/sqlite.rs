@@ -8,7 +8,8 @@
 //! the file: their transactions run one after another.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -143,6 +144,7 @@ pub struct SqliteJournal {
     // Declared before `_writer`: fields drop in declaration order, so the
     // channel closes (ending the thread's loop) before the thread is joined.
     requests: mpsc::Sender<Box<dyn Job>>,
+    stats: Arc<Counters>,
     // Only held for its drop, which joins the thread.
     _writer: WriterThread,
 }
@@ -204,6 +206,16 @@ impl SqliteJournal {
         self.durability
     }
 
+    /// How many requests this journal has committed, in how many
+    /// transactions: with group commit, concurrent runs share commits (and,
+    /// with [`Durability::PowerLoss`], fsyncs).
+    pub fn stats(&self) -> SqliteStats {
+        SqliteStats {
+            commits: self.stats.commits.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+        }
+    }
+
     /// Runs `op` on the writer thread, inside the next batch's transaction.
     async fn call<T, F>(&self, op: F) -> Result<T>
     where
@@ -242,9 +254,11 @@ impl SqliteJournalBuilder {
         let (ready, opened) = oneshot::channel();
         let (requests, queue) = mpsc::channel();
         let settings = self.clone();
+        let stats = Arc::new(Counters::default());
+        let counters = stats.clone();
         let thread = std::thread::Builder::new()
             .name("resumable-sqlite".into())
-            .spawn(move || writer_main(&settings, ready, queue))
+            .spawn(move || writer_main(&settings, ready, queue, &counters))
             .map_err(|e| Error::storage(BACKEND, e))?;
         // Built before awaiting so that, if this future is dropped, the
         // journal's own drop order closes the channel before joining.
@@ -252,11 +266,27 @@ impl SqliteJournalBuilder {
             path: self.path,
             durability: self.durability,
             requests,
+            stats,
             _writer: WriterThread(Some(thread)),
         };
         opened.await.map_err(|_| writer_stopped())??;
         Ok(journal)
     }
+}
+
+/// Counts of a [`SqliteJournal`]'s committed work, from [`SqliteJournal::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SqliteStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Requests (reads and writes) those transactions carried.
+    pub requests: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    requests: AtomicU64,
 }
 
 /// Joins the writer thread when dropped.
@@ -298,6 +328,7 @@ fn writer_main(
     settings: &SqliteJournalBuilder,
     ready: oneshot::Sender<Result<()>>,
     queue: mpsc::Receiver<Box<dyn Job>>,
+    counters: &Counters,
 ) {
     let mut conn = match connect(settings) {
         Ok(conn) => conn,
@@ -313,7 +344,7 @@ fn writer_main(
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-        run_batch(&mut conn, batch);
+        run_batch(&mut conn, batch, counters);
     }
 }
 
@@ -326,15 +357,21 @@ enum BatchError {
 }
 
 /// Runs `jobs` in one transaction and replies to each.
-fn run_batch(conn: &mut Connection, mut jobs: Vec<Box<dyn Job>>) {
+fn run_batch(conn: &mut Connection, mut jobs: Vec<Box<dyn Job>>, counters: &Counters) {
     match execute_batch(conn, &mut jobs) {
-        Ok(()) => finish_all(jobs, None),
+        Ok(()) => {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters
+                .requests
+                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            finish_all(jobs, None)
+        }
         // The batch was rolled back; run each request alone so that only
         // the one at fault fails.
         Err(BatchError::Request(err)) if jobs.len() > 1 => {
             tracing::debug!(error = %err, requests = jobs.len(), "sqlite batch failed; retrying one by one");
             for job in jobs {
-                run_batch(conn, vec![job]);
+                run_batch(conn, vec![job], counters);
             }
         }
         Err(BatchError::Request(err) | BatchError::Transaction(err)) => {
@@ -1135,7 +1172,7 @@ mod tests {
         let (first, first_answer) = open_job("first", 0);
         let (bad, bad_answer) = failing_job();
         let (second, second_answer) = open_job("second", 0);
-        run_batch(&mut conn, vec![first, bad, second]);
+        run_batch(&mut conn, vec![first, bad, second], &Counters::default());
         assert!(first_answer.blocking_recv().unwrap().unwrap().created);
         assert!(second_answer.blocking_recv().unwrap().unwrap().created);
         let err = bad_answer.blocking_recv().unwrap().unwrap_err();
@@ -1150,7 +1187,7 @@ mod tests {
             "{err:?}"
         );
         let (load, loaded) = job(|conn| load_run(conn, "first"));
-        run_batch(&mut conn, vec![load]);
+        run_batch(&mut conn, vec![load], &Counters::default());
         // Once, not twice: the retry re-ran it after the rollback.
         assert_eq!(
             loaded.blocking_recv().unwrap().unwrap().unwrap().run.epoch,
@@ -1163,7 +1200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = connect(&SqliteJournal::builder(dir.path().join("batch.db"))).unwrap();
         let (open, opened) = open_job("run", 0);
-        run_batch(&mut conn, vec![open]);
+        run_batch(&mut conn, vec![open], &Counters::default());
         let lease = opened.blocking_recv().unwrap().unwrap().lease.unwrap();
         let stale = Lease {
             epoch: 7,
@@ -1177,7 +1214,11 @@ mod tests {
         let (refused, refused_answer) = job(move |conn| write(conn, &stale, &release));
         let (other, other_answer) = open_job("other", 0);
         let (renewal, renewed) = job(move |conn| renew(conn, &lease, Timestamp(9_000)));
-        run_batch(&mut conn, vec![refused, other, renewal]);
+        run_batch(
+            &mut conn,
+            vec![refused, other, renewal],
+            &Counters::default(),
+        );
         assert!(matches!(
             refused_answer.blocking_recv().unwrap(),
             Err(Error::LeaseLost { epoch: 7, .. })
