@@ -162,12 +162,19 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
     // Once an error is reported, what it leaves behind (an unreachable tail,
     // an unused variable) is noise.
     let quiet = (!errors.is_empty()).then(|| quote!(#[allow(unreachable_code, unused_variables)]));
+    let errors = quote_spanned! {ret.span()=>
+        let __resumable_errors = &#krate::__private::error_codec::<
+            #codec,
+            <#ret as #krate::__private::WorkflowResult>::Err,
+        >();
+    };
     let body = quote! {
         #[doc(hidden)]
         #[allow(clippy::too_many_arguments, clippy::needless_question_mark, unused_braces)]
         #quiet
         async fn #body_fn(#self_param __resumable_ctx_owned: #krate::__private::Ctx, #(#body_params),*) -> #ret {
             let #ctx: &#krate::__private::Ctx = &__resumable_ctx_owned;
+            #errors
             #block
         }
     };
@@ -196,13 +203,17 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
     // Input:  the same function.
     // Output: fn __resumable_workflow_upload() -> Workflow<Deps, (u64,), Result<T, E>, Codec>, where
     //         Deps holds what is not journaled (the receiver, then `#[dep]`s), for the completer.
-    let mut deps: Vec<(Type, bool)> = Vec::new(); // (stored type, passed by reference)
+    // (stored type, passed by reference)
+    let mut deps: Vec<(Type, bool)> = Vec::new();
     if f.method {
         deps.push((syn::parse_quote!(Self), true));
     }
     for a in f.deps() {
         match &a.ty {
-            Type::Reference(r) => deps.push(((*r.elem).clone(), true)),
+            // `&'static T` is a value like any other: stored and copied.
+            Type::Reference(r) if r.lifetime.as_ref().is_none_or(|l| l.ident == "_") => {
+                deps.push(((*r.elem).clone(), true))
+            }
             ty => deps.push((ty.clone(), false)),
         }
     }
@@ -215,7 +226,7 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
         }
     };
     let dep_access = |i: usize| -> TokenStream {
-        let (_, by_ref) = &deps[i];
+        let (ty, by_ref) = &deps[i];
         let access = if deps.len() == 1 {
             quote!(__resumable_deps)
         } else {
@@ -225,7 +236,8 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
         if *by_ref {
             access
         } else {
-            quote!(::core::clone::Clone::clone(#access))
+            // Spanned on the type: a dependency that cannot be cloned is reported there.
+            quote_spanned!(ty.span()=> #krate::__private::clone_dependency::<#ty>(#access))
         }
     };
     let mut next_dep = 0;
@@ -335,10 +347,10 @@ impl Expander {
         let body = &call.body;
         let retry = option(call.retry.as_ref());
         let ctx = Ident::new("__resumable_ctx", Span::call_site());
-        let bind = call
-            .context
-            .as_ref()
-            .map(|pat| quote!(let #pat: #k::__private::StepContext = __resumable_step.context();));
+        let bind = call.context.as_ref().map(|pat| match pat {
+            syn::Pat::Type(_) => quote!(let #pat = __resumable_step.context();),
+            _ => quote!(let #pat: #k::__private::StepContext = __resumable_step.context();),
+        });
         let site = respan_location(
             quote! {
                 static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
@@ -359,12 +371,14 @@ impl Expander {
             ({
                 #path!(@used);
                 #site
-                let mut __resumable_step = #k::__private::Step::new(#ctx, &__RESUMABLE_SITE, #retry);
+                let mut __resumable_step =
+                    #k::__private::Step::new(#ctx, &__RESUMABLE_SITE, #retry, __resumable_errors);
                 loop {
-                    if let #k::__private::Prepared::Replayed(__resumable_value) =
-                        __resumable_step.prepare::<#codec, _>().await
+                    if let #k::__private::Prepared::Replayed(__resumable_recorded) = __resumable_step
+                        .prepare::<#codec, _>()
+                        .await
                     {
-                        break ::core::result::Result::Ok(__resumable_value);
+                        break __resumable_recorded;
                     }
                     #bind
                     let __resumable_result = __resumable_step
@@ -380,7 +394,7 @@ impl Expander {
                         }
                         _ => false,
                     };
-                    match __resumable_step.settle::<#codec, _, _>(__resumable_result, __resumable_terminal).await {
+                    match __resumable_step.settle::<#codec, _>(__resumable_result, __resumable_terminal).await {
                         #k::__private::Settled::Done(__resumable_value) => {
                             break ::core::result::Result::Ok(__resumable_value)
                         }
@@ -392,6 +406,33 @@ impl Expander {
                 }
             })?
         }
+    }
+
+    /// Input:  async { ..steps.. }   (a block that may run concurrently with others)
+    /// Output: { let scope = ctx.child(); async { let ctx = &scope; ..steps.. } }
+    ///         so its steps are numbered in a scope fixed when the block is
+    ///         created, not by when they run.
+    pub fn scoped(&self, block: &syn::ExprAsync) -> Expr {
+        let k = &self.krate;
+        let ctx = Ident::new("__resumable_ctx", Span::call_site());
+        let attrs = &block.attrs;
+        let capture = &block.capture;
+        let stmts = &block.block.stmts;
+        syn::parse_quote! {
+            {
+                let __resumable_scope = #k::__private::Ctx::child(#ctx);
+                #(#attrs)*
+                async #capture {
+                    let __resumable_scope = __resumable_scope;
+                    let #ctx: &#k::__private::Ctx = &__resumable_scope;
+                    #(#stmts)*
+                }
+            }
+        }
+    }
+
+    pub fn krate(&self) -> &Path {
+        &self.krate
     }
 
     /// The step reduced to its body, where it cannot be journaled (the

@@ -111,10 +111,24 @@ impl Parse for StepCall {
     }
 }
 
-pub fn is_step(mac: &Macro) -> bool {
+/// `step!`, `resumable::step!`, or `<crate = path>::step!`.
+pub fn is_step(mac: &Macro, krate: &syn::Path) -> bool {
     let segments = &mac.path.segments;
-    segments.last().is_some_and(|s| s.ident == "step")
-        && (segments.len() == 1 || (segments.len() == 2 && segments[0].ident == "resumable"))
+    let Some(last) = segments.last() else {
+        return false;
+    };
+    if last.ident != "step" {
+        return false;
+    }
+    let prefix: Vec<String> = segments
+        .iter()
+        .rev()
+        .skip(1)
+        .rev()
+        .map(|s| s.ident.to_string())
+        .collect();
+    let krate: Vec<String> = krate.segments.iter().map(|s| s.ident.to_string()).collect();
+    prefix.is_empty() || prefix == ["resumable"] || prefix == krate
 }
 
 /// The workflow's step structure: step names nested in the loops, branches and
@@ -157,6 +171,8 @@ pub struct StepRewriter<'a> {
     in_step: bool,
     /// Fatal errors elsewhere: only strip the steps, so the body still type-checks.
     fallback: bool,
+    /// Steps seen so far.
+    steps: usize,
 }
 
 impl<'a> StepRewriter<'a> {
@@ -171,6 +187,7 @@ impl<'a> StepRewriter<'a> {
             closures: 0,
             in_step: false,
             fallback,
+            steps: 0,
         }
     }
 
@@ -196,6 +213,7 @@ impl<'a> StepRewriter<'a> {
         call.span = mac.path.span();
         call.path = mac.path.clone();
         let journaled = self.check(&call);
+        self.steps += 1;
         let was_in_step = std::mem::replace(&mut self.in_step, true);
         self.visit_expr_mut(&mut call.body);
         self.in_step = was_in_step;
@@ -259,10 +277,12 @@ impl<'a> StepRewriter<'a> {
         }
         let mut returns = Returns::default();
         returns.visit_expr(&call.body);
+        // Left as plain code, the body's `return`/`break` compiles: no knock-on errors.
+        journaled &= returns.found.is_empty();
         for span in returns.found {
             self.errors.at(
                 span,
-                "`return` inside a step would return from the step's body, not from the workflow: make the step's value say what happened, or use `?` to fail the step",
+                "`return` (or `break`/`continue` to a loop outside the step) would leave the step's body, not the workflow's code: make the step's value say what happened, or use `?` to fail the step",
             );
         }
         journaled
@@ -318,7 +338,9 @@ fn mentions_step(tokens: TokenStream) -> bool {
 impl VisitMut for StepRewriter<'_> {
     fn visit_expr_mut(&mut self, expr: &mut Expr) {
         match expr {
-            Expr::Macro(m) if is_step(&m.mac) => *expr = self.rewrite_step(&m.mac),
+            Expr::Macro(m) if is_step(&m.mac, self.expander.krate()) => {
+                *expr = self.rewrite_step(&m.mac)
+            }
             Expr::Macro(m) => self.rewrite_other_macro(&mut m.mac),
             Expr::Closure(c) if c.asyncness.is_none() => {
                 self.closures += 1;
@@ -332,8 +354,12 @@ impl VisitMut for StepRewriter<'_> {
             }
             Expr::Async(a) => {
                 let outer = std::mem::replace(&mut self.closures, 0);
+                let before = self.steps;
                 self.grouped("async", |v| syn::visit_mut::visit_expr_async_mut(v, a));
                 self.closures = outer;
+                if self.steps > before && !self.fallback {
+                    *expr = self.expander.scoped(a);
+                }
             }
             Expr::ForLoop(l) => {
                 self.visit_expr_mut(&mut l.expr);
@@ -360,13 +386,28 @@ impl VisitMut for StepRewriter<'_> {
 
     fn visit_stmt_mut(&mut self, stmt: &mut Stmt) {
         match stmt {
-            Stmt::Macro(m) if is_step(&m.mac) => {
+            Stmt::Macro(m) if is_step(&m.mac, self.expander.krate()) => {
                 let expr = self.rewrite_step(&m.mac);
                 *stmt = Stmt::Expr(expr, m.semi_token);
             }
             Stmt::Macro(m) => self.rewrite_other_macro(&mut m.mac),
             _ => syn::visit_mut::visit_stmt_mut(self, stmt),
         }
+    }
+
+    fn visit_block_mut(&mut self, block: &mut syn::Block) {
+        // `step! { .. }` mid-block is a statement; once rewritten into an
+        // expression it needs its semicolon.
+        let last = block.stmts.len().saturating_sub(1);
+        for (i, stmt) in block.stmts.iter_mut().enumerate() {
+            if let Stmt::Macro(m) = stmt
+                && i < last
+                && m.semi_token.is_none()
+            {
+                m.semi_token = Some(Default::default());
+            }
+        }
+        syn::visit_mut::visit_block_mut(self, block);
     }
 
     // Steps in a nested `fn` belong to no workflow; `step!` reports that itself.
@@ -445,15 +486,35 @@ impl Visit<'_> for AssignsOutside {
     }
 }
 
-/// `return` expressions that would leave the step body (not those of nested closures or async blocks).
+/// `return`, and `break`/`continue` to a label outside the step: each would
+/// leave the step body (not those of nested closures or async blocks).
 #[derive(Default)]
 struct Returns {
     found: Vec<Span>,
+    labels: Vec<String>,
 }
 
 impl Visit<'_> for Returns {
     fn visit_expr_return(&mut self, r: &syn::ExprReturn) {
         self.found.push(r.return_token.span);
+    }
+    fn visit_label(&mut self, l: &syn::Label) {
+        self.labels.push(l.name.ident.to_string());
+    }
+    fn visit_expr_break(&mut self, b: &syn::ExprBreak) {
+        if let Some(label) = &b.label
+            && !self.labels.contains(&label.ident.to_string())
+        {
+            self.found.push(b.break_token.span);
+        }
+        syn::visit::visit_expr_break(self, b);
+    }
+    fn visit_expr_continue(&mut self, c: &syn::ExprContinue) {
+        if let Some(label) = &c.label
+            && !self.labels.contains(&label.ident.to_string())
+        {
+            self.found.push(c.continue_token.span);
+        }
     }
     fn visit_expr_closure(&mut self, _: &syn::ExprClosure) {}
     fn visit_expr_async(&mut self, _: &syn::ExprAsync) {}

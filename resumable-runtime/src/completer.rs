@@ -264,7 +264,7 @@ impl Completer {
             for lease in left {
                 let write = Write::Release {
                     last_error: Some(
-                        Error::Shutdown {
+                        Error::Interrupted {
                             run: lease.run_key.clone(),
                         }
                         .to_string(),

@@ -56,6 +56,7 @@ pub async fn run_all(journal: Arc<dyn Journal>) {
     finished_run_stays_finished(j).await;
     stale_epoch_is_fenced(j).await;
     step_is_recorded_once(j).await;
+    failed_step_is_recorded(j).await;
     step_failures_stay_visible(j).await;
     release_gives_run_back(j).await;
     renew_extends_lease(j).await;
@@ -508,9 +509,9 @@ pub async fn stale_epoch_is_fenced(journal: &dyn Journal) {
         .unwrap_or_else(|e| panic!("a write under the current epoch failed: {e}"));
 }
 
-/// A step recorded once is never overwritten: a second `StepCompleted` (under
+/// A step recorded once is never overwritten: a second `StepRecorded` (under
 /// the same or a later lease) fails with [`Error::StepAlreadyRecorded`], as
-/// does a `StepFailed` for it, and the first output stays.
+/// does a `AttemptFailed` for it, and the first output stays.
 pub async fn step_is_recorded_once(journal: &dyn Journal) {
     let key = unique("once");
     let t = Timestamp::now();
@@ -530,12 +531,15 @@ pub async fn step_is_recorded_once(journal: &dyn Journal) {
                 step_completed("charge#0", 1, b"second".to_vec(), at(t, 2_000)),
             )
             .await;
-        let what = format!("a second StepCompleted (epoch {})", lease.epoch);
+        let what = format!("a second StepRecorded (epoch {})", lease.epoch);
         expect_already_recorded(second, &lease.run_key, "charge#0", &what);
         let failed = journal
             .write(&lease, step_failed("charge#0", 2, "late", at(t, 2_000)))
             .await;
-        let what = format!("a StepFailed for a completed step (epoch {})", lease.epoch);
+        let what = format!(
+            "an AttemptFailed for a completed step (epoch {})",
+            lease.epoch
+        );
         expect_already_recorded(failed, &lease.run_key, "charge#0", &what);
     };
     refuse_both(lease1).await;
@@ -556,8 +560,76 @@ pub async fn step_is_recorded_once(journal: &dyn Journal) {
     );
 }
 
-/// `StepFailed` records a retrying step with its attempts, error and
-/// `retry_at`; a later failure updates them; a `StepCompleted` then marks it
+/// A step that failed for good is recorded like an output: `StepRecorded`
+/// with [`StepState::Failed`] keeps the sealed error as its output and the
+/// message as its last error, and later writes for it are refused.
+pub async fn failed_step_is_recorded(journal: &dyn Journal) {
+    let key = unique("failed-step");
+    let t = Timestamp::now();
+    let (_, lease) = open_leased(journal, new_run(&key, b"input"), t, at(t, 60_000)).await;
+    journal
+        .write(&lease, step_failed("pay#0", 1, "card declined", at(t, 1)))
+        .await
+        .unwrap_or_else(|e| panic!("recording a failed attempt failed: {e}"));
+    let write = Write::StepRecorded {
+        step_id: "pay#0".into(),
+        seq: 0,
+        state: StepState::Failed,
+        output: b"sealed error".to_vec(),
+        error: Some("card declined for good".into()),
+        attempts: 2,
+        started_at: t,
+        at: at(t, 2),
+    };
+    journal
+        .write(&lease, write)
+        .await
+        .unwrap_or_else(|e| panic!("recording a failed step failed: {e}"));
+    let snapshot = load(journal, &key).await;
+    let step = find_step(&snapshot.steps, "pay#0").expect("the failed step must be stored");
+    assert_eq!(
+        (
+            step.state,
+            step.output.as_deref(),
+            step.last_error.as_deref(),
+            step.attempts,
+            step.seq
+        ),
+        (
+            StepState::Failed,
+            Some(&b"sealed error"[..]),
+            Some("card declined for good"),
+            2,
+            Some(0)
+        ),
+        "a failed step keeps its sealed error, message, attempts and seq"
+    );
+    let again = journal
+        .write(
+            &lease,
+            step_completed("pay#0", 1, b"late".to_vec(), at(t, 3)),
+        )
+        .await;
+    expect_already_recorded(
+        again,
+        &key,
+        "pay#0",
+        "a StepRecorded after the step failed for good",
+    );
+    let retry = journal
+        .write(&lease, step_failed("pay#0", 3, "late", at(t, 3)))
+        .await;
+    expect_already_recorded(
+        retry,
+        &key,
+        "pay#0",
+        "an AttemptFailed after the step failed for good",
+    );
+    finish(journal, &lease, at(t, 4), &key).await;
+}
+
+/// `AttemptFailed` records a retrying step with its attempts, error and
+/// `retry_at`; a later failure updates them; a `StepRecorded` then marks it
 /// completed with its output and attempts, keeps the last error visible, and
 /// clears `retry_at`.
 pub async fn step_failures_stay_visible(journal: &dyn Journal) {
@@ -570,7 +642,7 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
         (2, "connection reset", at(t, 300)),
     ];
     for (attempts, error, retry_at) in failures {
-        let write = Write::StepFailed {
+        let write = Write::AttemptFailed {
             step_id: "send#0".into(),
             attempts,
             error: error.into(),
@@ -583,7 +655,8 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
             .await
             .unwrap_or_else(|e| panic!("recording a step failure failed: {e}"));
         let snapshot = load(journal, &key).await;
-        let step = find_step(&snapshot.steps, "send#0").expect("StepFailed must record the step");
+        let step =
+            find_step(&snapshot.steps, "send#0").expect("AttemptFailed must record the step");
         let expected = StepRecord {
             step_id: "send#0".into(),
             seq: None,
@@ -598,14 +671,16 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
         };
         assert_eq!(
             step, &expected,
-            "StepFailed (attempt {attempts}) must be visible as a retrying step"
+            "AttemptFailed (attempt {attempts}) must be visible as a retrying step"
         );
     }
 
-    let write = Write::StepCompleted {
+    let write = Write::StepRecorded {
         step_id: "send#0".into(),
         seq: 0,
+        state: StepState::Completed,
         output: b"sent".to_vec(),
+        error: None,
         attempts: 3,
         started_at: started,
         at: at(t, 400),
@@ -615,7 +690,7 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
         .await
         .unwrap_or_else(|e| panic!("completing a step after failures failed: {e}"));
     let snapshot = load(journal, &key).await;
-    let step = find_step(&snapshot.steps, "send#0").expect("StepCompleted must keep the step");
+    let step = find_step(&snapshot.steps, "send#0").expect("StepRecorded must keep the step");
     let expected = StepRecord {
         step_id: "send#0".into(),
         seq: Some(0),
@@ -630,7 +705,7 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
     };
     assert_eq!(
         step, &expected,
-        "StepCompleted after failures must mark the step completed, keep its last error and clear retry_at"
+        "StepRecorded after failures must mark the step completed, keep its last error and clear retry_at"
     );
     assert_eq!(
         snapshot.steps.len(),
@@ -1346,10 +1421,12 @@ fn new_run(key: &str, input: &[u8]) -> NewRun {
 }
 
 fn step_completed(step_id: &str, seq: u64, output: Vec<u8>, when: Timestamp) -> Write {
-    Write::StepCompleted {
+    Write::StepRecorded {
         step_id: step_id.to_owned(),
         seq,
+        state: StepState::Completed,
         output,
+        error: None,
         attempts: 1,
         started_at: when,
         at: when,
@@ -1357,7 +1434,7 @@ fn step_completed(step_id: &str, seq: u64, output: Vec<u8>, when: Timestamp) -> 
 }
 
 fn step_failed(step_id: &str, attempts: u32, error: &str, when: Timestamp) -> Write {
-    Write::StepFailed {
+    Write::AttemptFailed {
         step_id: step_id.to_owned(),
         attempts,
         error: error.to_owned(),

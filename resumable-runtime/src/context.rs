@@ -2,6 +2,7 @@
 //! code has asked for, and how an infrastructure failure stops the workflow.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -14,9 +15,67 @@ use crate::retry::RetryPolicy;
 
 /// A handle on the executing run, given to the workflow body by `#[resumable]`.
 /// Cheap to clone; not meant to be used directly.
+///
+/// It also names the *scope* the code runs in: the workflow body, or one of
+/// the `async` blocks in it that contain steps. Step ids count occurrences
+/// per scope, and a block's scope is numbered when the block is created, so
+/// ids do not depend on the order in which concurrent blocks run.
 #[derive(Clone, Debug)]
 pub struct Ctx {
     pub(crate) run: Arc<RunCtx>,
+    scope: Arc<Scope>,
+}
+
+#[derive(Debug, Default)]
+struct Scope {
+    /// Empty for the workflow body, else `2` or `2.1` (child 1 of child 2).
+    path: String,
+    children: AtomicU32,
+    occurrences: Mutex<HashMap<&'static str, u32>>,
+}
+
+impl Ctx {
+    pub(crate) fn root(run: Arc<RunCtx>) -> Self {
+        Ctx {
+            run,
+            scope: Arc::default(),
+        }
+    }
+
+    /// The context of an `async` block created in this scope (used by generated code).
+    pub fn child(&self) -> Ctx {
+        let n = self.scope.children.fetch_add(1, Ordering::Relaxed);
+        let path = if self.scope.path.is_empty() {
+            n.to_string()
+        } else {
+            format!("{}.{n}", self.scope.path)
+        };
+        Ctx {
+            run: self.run.clone(),
+            scope: Arc::new(Scope {
+                path,
+                ..Scope::default()
+            }),
+        }
+    }
+
+    /// The id of the next call of step `name` in this scope: `name#3` in the
+    /// workflow body, `name@2.1#0` in a concurrent block.
+    pub(crate) fn next_step_id(&self, name: &'static str) -> String {
+        let mut occurrences = self
+            .scope
+            .occurrences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = occurrences.entry(name).or_insert(0);
+        let occurrence = *n;
+        *n = n.saturating_add(1);
+        if self.scope.path.is_empty() {
+            format!("{name}#{occurrence}")
+        } else {
+            format!("{name}@{}#{occurrence}", self.scope.path)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -33,22 +92,23 @@ pub(crate) struct RunCtx {
 
 /// What a step learns when it first asks the run about itself.
 pub(crate) enum Decision {
-    /// The journal has its output.
+    /// The journal has its result.
     Replay(StepRecord),
-    /// It must run; earlier failed attempts and the first start time, if any.
+    /// It must run; earlier failed attempts, the first start time, and when
+    /// the next attempt is due, from the journal.
     Execute {
         attempts: u32,
         started_at: Timestamp,
+        retry_at: Option<Timestamp>,
     },
 }
 
 #[derive(Debug, Default)]
 struct ReplayState {
-    /// Completed steps the code has not asked for yet.
+    /// Recorded steps the code has not asked for yet.
     recorded: HashMap<String, StepRecord>,
-    /// Steps with failed attempts and no output.
+    /// Steps with failed attempts and nothing recorded.
     retrying: HashMap<String, StepRecord>,
-    occurrences: HashMap<&'static str, u32>,
     next_seq: u64,
     issued: u64,
     executing: usize,
@@ -76,8 +136,9 @@ impl RunCtx {
         let mut state = ReplayState::default();
         for step in snapshot.steps.drain(..) {
             match step.state {
-                StepState::Completed => {
-                    state.next_seq = state.next_seq.max(step.seq.unwrap_or(0) + 1);
+                StepState::Completed | StepState::Failed => {
+                    let after = step.seq.unwrap_or(0).saturating_add(1);
+                    state.next_seq = state.next_seq.max(after);
                     state.recorded.insert(step.step_id.clone(), step);
                 }
                 StepState::Retrying => {
@@ -111,19 +172,11 @@ impl RunCtx {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
     }
 
-    /// Gives the next occurrence index of step `name` (0 for its first call).
-    pub fn next_occurrence(&self, name: &'static str) -> u32 {
-        let mut st = self.state();
-        let n = st.occurrences.entry(name).or_insert(0);
-        let occurrence = *n;
-        *n += 1;
-        occurrence
-    }
-
     pub fn next_seq(&self) -> u64 {
         let mut st = self.state();
-        st.next_seq += 1;
-        st.next_seq - 1
+        let seq = st.next_seq;
+        st.next_seq = seq.saturating_add(1);
+        seq
     }
 
     /// Decides whether step `id` replays or runs.
@@ -135,6 +188,10 @@ impl RunCtx {
     /// [`Error::NonDeterminism`] instead of running a step out of order.
     pub fn decide(&self, id: &str, location: Location, cx: &mut Context<'_>) -> Poll<Decision> {
         let mut st = self.state();
+        if st.abort.is_some() {
+            // The run is stopping: start nothing more.
+            return Poll::Pending;
+        }
         if let Some(record) = st.recorded.remove(id) {
             st.gated.remove(id);
             if st.recorded.is_empty() {
@@ -164,14 +221,19 @@ impl RunCtx {
         }
         st.gated.remove(id);
         st.executing += 1;
-        let (attempts, started_at) = st
-            .retrying
-            .remove(id)
-            .map_or((0, Timestamp::now()), |r| (r.attempts, r.started_at));
-        Poll::Ready(Decision::Execute {
-            attempts,
-            started_at,
-        })
+        let decision = match st.retrying.remove(id) {
+            Some(r) => Decision::Execute {
+                attempts: r.attempts,
+                started_at: r.started_at,
+                retry_at: r.retry_at,
+            },
+            None => Decision::Execute {
+                attempts: 0,
+                started_at: Timestamp::now(),
+                retry_at: None,
+            },
+        };
+        Poll::Ready(decision)
     }
 
     /// A step that was executing has finished or was dropped.
@@ -199,23 +261,25 @@ impl RunCtx {
         self.driver.register(waker);
     }
 
-    /// The error that must stop the workflow now, if any: an abort, or a stall
-    /// in which every live step waits for recorded steps nobody asks for.
-    pub fn stop_reason(&self) -> Option<Error> {
-        let mut st = self.state();
-        if let Some(err) = st.abort.take() {
-            return Some(err);
+    /// The error a step stopped the run with, if any.
+    pub fn take_abort(&self) -> Option<Error> {
+        self.state().abort.take()
+    }
+
+    /// If the replay is stalled — no step is executing, and every step that
+    /// waits does so for recorded steps nobody asks for — the error saying so.
+    pub fn stall(&self) -> Option<Error> {
+        let st = self.state();
+        if st.executing > 0 || st.gated.is_empty() || st.recorded.is_empty() {
+            return None;
         }
-        if st.executing == 0 && !st.gated.is_empty() && !st.recorded.is_empty() {
-            let (found, gated) = st.gated.iter().min_by_key(|(_, g)| g.issued)?;
-            return Some(Error::NonDeterminism {
-                run: self.run_key.clone(),
-                expected: earliest(&st.recorded),
-                found: found.clone(),
-                location: gated.location,
-            });
-        }
-        None
+        let (found, gated) = st.gated.iter().min_by_key(|(_, g)| g.issued)?;
+        Some(Error::NonDeterminism {
+            run: self.run_key.clone(),
+            expected: earliest(&st.recorded),
+            found: found.clone(),
+            location: gated.location,
+        })
     }
 
     /// At the end of the workflow: the first recorded step never asked for, if any.

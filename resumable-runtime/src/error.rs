@@ -271,10 +271,10 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// The runtime or completer was shut down while the run was executing;
-    /// the run is left for the next worker.
-    #[error("run '{run}' was interrupted by shutdown; the next worker resumes it")]
-    Shutdown {
+    /// The run's execution was dropped before it finished (the caller stopped
+    /// waiting, or a completer shut down); the run is left for the next worker.
+    #[error("run '{run}' was interrupted before it finished; the next worker resumes it")]
+    Interrupted {
         /// The run key.
         run: String,
     },
@@ -297,7 +297,7 @@ impl Error {
             Error::Storage { .. }
                 | Error::Busy { .. }
                 | Error::LeaseLost { .. }
-                | Error::Shutdown { .. }
+                | Error::Interrupted { .. }
         )
     }
 }

@@ -41,10 +41,12 @@ pub use workflow::{
 pub mod __private {
     pub use crate::context::Ctx;
     pub use crate::error::Location;
-    pub use crate::step::{Prepared, Settled, Step, StepContext, StepSite};
+    pub use crate::step::{
+        ErrorCodec, Prepared, Settled, Step, StepContext, StepSite, error_codec,
+    };
     pub use crate::workflow::{
         BoxFuture, Classifier, ViaClassify, ViaDefault, WorkflowMeta, WorkflowResult,
-        assert_journaled, assert_workflow_result, invocation, workflow,
+        assert_journaled, assert_workflow_result, clone_dependency, invocation, workflow,
     };
     pub use std::boxed::Box;
 

@@ -93,7 +93,7 @@ impl RetryPolicy {
         let base = self.initial_delay.as_secs_f64() * self.multiplier.max(1.0).powi(exponent);
         let capped = base.min(self.max_delay.as_secs_f64());
         let jittered = capped * (1.0 - self.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0));
-        Duration::from_secs_f64(jittered.max(0.0))
+        Duration::try_from_secs_f64(jittered.max(0.0)).unwrap_or(self.max_delay)
     }
 
     /// [`delay_before`](Self::delay_before) with a fresh random unit.

@@ -5,7 +5,10 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
 use std::time::{Duration, SystemTime};
 
 use tracing::Instrument;
@@ -44,6 +47,7 @@ struct Inner {
     envelope: Envelope,
     default_retry: RetryPolicy,
     run_backoff: RetryPolicy,
+    stall_timeout: Duration,
 }
 
 /// Settings for a [`Runtime`].
@@ -55,6 +59,7 @@ pub struct RuntimeBuilder {
     max_payload: usize,
     default_retry: RetryPolicy,
     run_backoff: RetryPolicy,
+    stall_timeout: Duration,
 }
 
 impl RuntimeBuilder {
@@ -93,6 +98,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long a replay may make no progress while a step the journal did
+    /// not record waits for recorded steps, before it is reported as
+    /// [`Error::NonDeterminism`] (default 1 s). Only code that awaits
+    /// something other than steps concurrently with a replay (a sleep in one
+    /// branch of a `join!`) needs more.
+    pub fn stall_timeout(mut self, d: Duration) -> Self {
+        self.stall_timeout = d;
+        self
+    }
+
     /// The runtime.
     pub fn build(self) -> Runtime {
         Runtime {
@@ -105,6 +120,7 @@ impl RuntimeBuilder {
                 },
                 default_retry: self.default_retry,
                 run_backoff: self.run_backoff,
+                stall_timeout: self.stall_timeout,
             }),
         }
     }
@@ -135,6 +151,7 @@ impl Runtime {
                 .initial_delay(Duration::from_secs(1))
                 .max_delay(Duration::from_secs(300))
                 .jitter(0.2),
+            stall_timeout: Duration::from_secs(1),
         }
     }
 
@@ -284,6 +301,10 @@ impl Runtime {
             epoch = lease.epoch,
             execution = snapshot.run.executions,
         );
+        let guard = GiveBackOnDrop {
+            rt: Some(self.clone()),
+            lease: lease.clone(),
+        };
         let result = async {
             if !meta.accepts(snapshot.run.fingerprint) {
                 return Err(Error::VersionMismatch {
@@ -307,8 +328,8 @@ impl Runtime {
                 meta.name,
             ));
             let _heartbeat = Heartbeat::start(run.clone(), self.inner.lease_duration);
-            let body = start(Ctx { run: run.clone() }, input);
-            let result = Drive { body, run: &run }.await?;
+            let body = start(Ctx::root(run.clone()), input);
+            let result = Drive::new(body, &run, self.inner.stall_timeout).await?;
             if let Some(expected) = run.unreplayed() {
                 return Err(Error::NonDeterminism {
                     run: key.clone(),
@@ -341,6 +362,7 @@ impl Runtime {
         }
         .instrument(span.clone())
         .await;
+        guard.disarm();
         if let Err(err) = &result {
             span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
             self.give_back_after_error(&lease, err, snapshot.run.executions)
@@ -420,33 +442,103 @@ fn validate_key(key: &str) -> Result<()> {
 struct Drive<'a, 'r, R> {
     body: BoxFuture<'a, R>,
     run: &'r RunCtx,
+    /// The waker the body is polled with: notes whether the body was woken.
+    body_waker: Arc<BodyWaker>,
+    waker: Waker,
+    stall_timeout: Duration,
+    stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Default)]
+struct BodyWaker {
+    woken: AtomicBool,
+    driver: AtomicWaker,
+}
+
+impl Wake for BodyWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.driver.wake();
+    }
+}
+
+impl<'a, 'r, R> Drive<'a, 'r, R> {
+    fn new(body: BoxFuture<'a, R>, run: &'r RunCtx, stall_timeout: Duration) -> Self {
+        let body_waker = Arc::new(BodyWaker::default());
+        Drive {
+            body,
+            run,
+            waker: Waker::from(body_waker.clone()),
+            body_waker,
+            stall_timeout,
+            stalled_since: None,
+        }
+    }
 }
 
 impl<R> Future for Drive<'_, '_, R> {
     type Output = Result<R>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.run.register_driver(cx.waker());
-        if let Some(err) = self.run.stop_reason() {
+        let this = &mut *self;
+        this.run.register_driver(cx.waker());
+        this.body_waker.driver.register(cx.waker());
+        if let Some(err) = this.run.take_abort() {
             return Poll::Ready(Err(err));
         }
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| self.body.as_mut().poll(cx)));
+        this.body_waker.woken.store(false, Ordering::Release);
+        let mut body_cx = Context::from_waker(&this.waker);
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| this.body.as_mut().poll(&mut body_cx)));
+        // A step's abort wins over whatever the body did in the same poll:
+        // an infrastructure error is never hidden behind an outcome.
+        if let Some(err) = this.run.take_abort() {
+            return Poll::Ready(Err(err));
+        }
         match polled {
             Err(payload) => Poll::Ready(Err(Error::WorkflowPanicked {
-                run: self.run.run_key.clone(),
+                run: this.run.run_key.clone(),
                 message: panic_message(&*payload),
             })),
             Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
-            Ok(Poll::Pending) => match self.run.stop_reason() {
-                Some(err) => Poll::Ready(Err(err)),
-                None => Poll::Pending,
-            },
+            Ok(Poll::Pending) => this.check_stall(cx),
         }
     }
 }
 
-/// Renews the run's lease every third of its duration until dropped; a lost
-/// lease aborts the run.
+impl<R> Drive<'_, '_, R> {
+    /// On replay, a step the journal did not record waits until every
+    /// recorded step is replayed. If nothing is executing, the body was not
+    /// woken, and that stays so for the stall timeout, no recorded step is
+    /// coming: the code took another path than the one journaled.
+    fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        let Some(err) = self.run.stall() else {
+            self.stalled_since = None;
+            return Poll::Pending;
+        };
+        if self.body_waker.woken.load(Ordering::Acquire) {
+            // Woken while being polled: it will be polled again at once.
+            self.stalled_since = None;
+            return Poll::Pending;
+        }
+        let timeout = self.stall_timeout;
+        let timer = self
+            .stalled_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(err)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Renews the run's lease every third of its duration until dropped. A lost
+/// lease aborts the run; so does a lease that expired while the journal could
+/// not be reached, since another worker may take the run from then on.
 struct Heartbeat(tokio::task::JoinHandle<()>);
 
 impl Heartbeat {
@@ -455,15 +547,18 @@ impl Heartbeat {
             loop {
                 tokio::time::sleep(duration / 3).await;
                 let lease = run.lease();
-                match run
+                let renewed = run
                     .journal
                     .renew(&lease, Timestamp::now().after(duration))
-                    .await
-                {
+                    .await;
+                match renewed {
                     Ok(renewed) => run.set_lease(renewed),
-                    Err(err @ Error::LeaseLost { .. }) => {
-                        run.abort(err);
-                        return;
+                    Err(err @ Error::LeaseLost { .. }) => return run.abort(err),
+                    Err(_) if lease.expires_at <= Timestamp::now() => {
+                        return run.abort(Error::LeaseLost {
+                            run: lease.run_key.clone(),
+                            epoch: lease.epoch,
+                        });
                     }
                     Err(err) => {
                         tracing::warn!(run = %lease.run_key, error = %err, "lease renewal failed; retrying")
@@ -477,6 +572,36 @@ impl Heartbeat {
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Gives the run back if its execution is dropped before it finished (the
+/// caller stopped waiting, or a completer was shut down), so the next worker
+/// need not wait for the lease to expire.
+struct GiveBackOnDrop {
+    rt: Option<Runtime>,
+    lease: Lease,
+}
+
+impl GiveBackOnDrop {
+    fn disarm(mut self) {
+        self.rt = None;
+    }
+}
+
+impl Drop for GiveBackOnDrop {
+    fn drop(&mut self) {
+        let (Some(rt), Ok(handle)) = (self.rt.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let lease = self.lease.clone();
+        handle.spawn(async move {
+            let reason = Error::Interrupted {
+                run: lease.run_key.clone(),
+            };
+            rt.give_back(&lease, Some(reason.to_string()), Timestamp::now())
+                .await;
+        });
     }
 }
 
@@ -502,6 +627,9 @@ pub enum RunStatus {
 pub enum StepStatus {
     /// Its output is journaled; it never runs again.
     Completed,
+    /// It failed for good (terminal, or out of attempts); the error is
+    /// journaled and it never runs again.
+    Failed,
     /// An attempt failed; no output yet.
     Retrying,
 }
@@ -583,6 +711,7 @@ impl RunInfo {
                     id: s.step_id,
                     status: match s.state {
                         StepState::Completed => StepStatus::Completed,
+                        StepState::Failed => StepStatus::Failed,
                         StepState::Retrying => StepStatus::Retrying,
                     },
                     attempts: s.attempts,

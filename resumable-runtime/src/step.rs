@@ -6,7 +6,6 @@
 //! Infrastructure failures never reach user code: the step aborts the run
 //! through its [`Ctx`] and never completes, and the driver returns the error.
 
-use std::fmt::Display;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -15,11 +14,12 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::codec::Codec;
+use crate::codec::Envelope;
 use crate::context::{Ctx, Decision, RunCtx, panic_message};
 use crate::error::{Error, Location, Slot};
-use crate::journal::{Timestamp, Write};
+use crate::journal::{StepState, Timestamp, Write};
 use crate::retry::RetryPolicy;
-use crate::workflow::Journaled;
+use crate::workflow::{Journaled, WorkflowError};
 
 /// Where a step is written, and its name.
 #[derive(Debug, Clone, Copy)]
@@ -65,9 +65,9 @@ impl StepContext {
 
 /// Whether a step replays or runs its body.
 #[doc(hidden)]
-pub enum Prepared<T> {
-    /// The journaled output, decoded.
-    Replayed(T),
+pub enum Prepared<T, E> {
+    /// The journaled output (or final error), decoded.
+    Replayed(Result<T, E>),
     /// Run the body (again).
     Attempt,
 }
@@ -79,14 +79,44 @@ pub enum Settled<T, E> {
     Done(T),
     /// Failed; the policy allows another attempt, after the delay already waited.
     Retry,
-    /// Failed for good: terminal, or out of attempts.
+    /// Failed for good (terminal, or out of attempts); the error is journaled
+    /// and this is it, decoded from the journal bytes.
     Failed(E),
+}
+
+/// How a workflow's error type is journaled and shown. Built once per
+/// workflow body, where the type's bounds are checked, so that an error type
+/// that cannot be journaled is reported once, at the signature, rather than
+/// at every step.
+#[doc(hidden)]
+pub struct ErrorCodec<E> {
+    seal_and_open: SealAndOpen<E>,
+    open: Open<E>,
+    message: fn(&E) -> String,
+}
+
+type SealAndOpen<E> = fn(&Envelope, &str, &dyn Fn() -> Slot, &E) -> Result<(Vec<u8>, E), Error>;
+type Open<E> = fn(&Envelope, &str, &dyn Fn() -> Slot, &[u8]) -> Result<E, Error>;
+
+/// The [`ErrorCodec`] of error type `E` under codec `C`; used by generated code.
+#[doc(hidden)]
+pub fn error_codec<C: Codec, E: WorkflowError>() -> ErrorCodec<E> {
+    ErrorCodec {
+        seal_and_open: |envelope, run, slot, err| {
+            let bytes = envelope.seal::<C, E>(run, slot, err)?;
+            let decoded = envelope.open::<C, E>(run, slot, &bytes)?;
+            Ok((bytes, decoded))
+        },
+        open: |envelope, run, slot, bytes| envelope.open::<C, E>(run, slot, bytes),
+        message: |err| err.to_string(),
+    }
 }
 
 /// One execution of a `step!` call site.
 #[doc(hidden)]
-pub struct Step<'c> {
+pub struct Step<'c, E> {
     run: &'c RunCtx,
+    errors: &'c ErrorCodec<E>,
     site: &'static StepSite,
     id: Arc<str>,
     policy: RetryPolicy,
@@ -103,15 +133,20 @@ enum Phase {
     Finished,
 }
 
-impl<'c> Step<'c> {
+impl<'c, E> Step<'c, E> {
     /// Allocates the step's id (`name#occurrence`) at the point the code reaches it.
-    pub fn new(ctx: &'c Ctx, site: &'static StepSite, policy: Option<RetryPolicy>) -> Self {
+    pub fn new(
+        ctx: &'c Ctx,
+        site: &'static StepSite,
+        policy: Option<RetryPolicy>,
+        errors: &'c ErrorCodec<E>,
+    ) -> Self {
         let run = &*ctx.run;
-        let occurrence = run.next_occurrence(site.name);
         Step {
             run,
+            errors,
             site,
-            id: format!("{}#{occurrence}", site.name).into(),
+            id: ctx.next_step_id(site.name).into(),
             policy: policy.unwrap_or(run.retry),
             attempts: 0,
             started_at: Timestamp(0),
@@ -121,7 +156,7 @@ impl<'c> Step<'c> {
     }
 
     /// Replays the step or lets its body run.
-    pub async fn prepare<C: Codec, T: Journaled>(&mut self) -> Prepared<T> {
+    pub async fn prepare<C: Codec, T: Journaled>(&mut self) -> Prepared<T, E> {
         if self.phase == Phase::Executing {
             return Prepared::Attempt;
         }
@@ -138,12 +173,9 @@ impl<'c> Step<'c> {
                     attempt = record.attempts,
                     replayed = true,
                 );
-                let output = record.output.as_deref().unwrap_or_default();
                 let decoded = span.in_scope(|| {
                     tracing::debug!("replayed from the journal");
-                    self.run
-                        .envelope
-                        .open::<C, T>(&self.run.run_key, || self.slot(), output)
+                    self.decode_record::<C, T>(&record)
                 });
                 match decoded {
                     Ok(value) => Prepared::Replayed(value),
@@ -153,12 +185,36 @@ impl<'c> Step<'c> {
             Decision::Execute {
                 attempts,
                 started_at,
+                retry_at,
             } => {
                 self.phase = Phase::Executing;
                 self.attempts = attempts;
                 self.started_at = started_at;
+                // A retry that was due later when the last worker stopped still waits.
+                if let Some(due) = retry_at {
+                    let wait = due.0.saturating_sub(Timestamp::now().0);
+                    if wait > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+                    }
+                }
                 Prepared::Attempt
             }
+        }
+    }
+
+    fn decode_record<C: Codec, T: Journaled>(
+        &self,
+        record: &crate::journal::StepRecord,
+    ) -> Result<Result<T, E>, Error> {
+        let bytes = record.output.as_deref().unwrap_or_default();
+        let envelope = &self.run.envelope;
+        match record.state {
+            StepState::Failed => {
+                (self.errors.open)(envelope, &self.run.run_key, &|| self.slot(), bytes).map(Err)
+            }
+            _ => envelope
+                .open::<C, T>(&self.run.run_key, || self.slot(), bytes)
+                .map(Ok),
         }
     }
 
@@ -167,12 +223,12 @@ impl<'c> Step<'c> {
         StepContext {
             run_key: self.run.run_key.as_str().into(),
             step_id: self.id.clone(),
-            attempt: self.attempts + 1,
+            attempt: self.attempts.saturating_add(1),
         }
     }
 
     /// Runs one attempt of the body, catching a panic as a failed attempt.
-    pub async fn attempt<F, T, E>(&mut self, body: F) -> Result<Result<T, E>, String>
+    pub async fn attempt<F, T>(&mut self, body: F) -> Result<Result<T, E>, String>
     where
         F: Future<Output = Result<T, E>>,
     {
@@ -181,7 +237,7 @@ impl<'c> Step<'c> {
             run = %self.run.run_key,
             workflow = self.run.workflow,
             step = %self.id,
-            attempt = self.attempts + 1,
+            attempt = self.attempts.saturating_add(1),
             replayed = false,
         );
         AssertUnwindSafe(body)
@@ -193,27 +249,53 @@ impl<'c> Step<'c> {
 
     /// Journals a success, or records a failure and decides whether to retry.
     /// `terminal` says the error's type classified it as not worth retrying.
-    pub async fn settle<C, T, E>(
+    pub async fn settle<C: Codec, T: Journaled>(
         &mut self,
         result: Result<Result<T, E>, String>,
         terminal: bool,
-    ) -> Settled<T, E>
-    where
-        C: Codec,
-        T: Journaled,
-        E: Display,
-    {
-        self.attempts += 1;
+    ) -> Settled<T, E> {
+        self.attempts = self.attempts.saturating_add(1);
         let span = self.span.clone();
         match result {
-            Ok(Ok(value)) => self.record::<C, T, E>(value).instrument(span).await,
+            Ok(Ok(value)) => {
+                let run = self.run;
+                let sealed = run
+                    .envelope
+                    .seal::<C, T>(&run.run_key, || self.slot(), &value)
+                    .and_then(|bytes| {
+                        // Contract 2: the code after the step sees what the journal holds.
+                        let decoded =
+                            run.envelope
+                                .open::<C, T>(&run.run_key, || self.slot(), &bytes)?;
+                        Ok((bytes, decoded))
+                    });
+                let (bytes, decoded) = match sealed {
+                    Ok(sealed) => sealed,
+                    Err(err) => return self.abort(err).await,
+                };
+                drop(value);
+                self.record(StepState::Completed, bytes, None)
+                    .instrument(span)
+                    .await;
+                Settled::Done(decoded)
+            }
             Ok(Err(err)) => {
-                let message = err.to_string();
+                let message = (self.errors.message)(&err);
                 span.in_scope(|| tracing::warn!(error = %message, terminal, "step attempt failed"));
                 if terminal || !self.policy.allows_retry(self.attempts) {
-                    self.record_failure(message, None).await;
-                    self.finish();
-                    Settled::Failed(err)
+                    let run = self.run;
+                    let sealed = (self.errors.seal_and_open)(
+                        &run.envelope,
+                        &run.run_key,
+                        &|| self.slot(),
+                        &err,
+                    );
+                    let (bytes, decoded) = match sealed {
+                        Ok(sealed) => sealed,
+                        Err(e) => return self.abort(e).await,
+                    };
+                    self.record(StepState::Failed, bytes, Some(message)).await;
+                    Settled::Failed(decoded)
                 } else {
                     self.retry_later(message).await;
                     Settled::Retry
@@ -239,28 +321,15 @@ impl<'c> Step<'c> {
         }
     }
 
-    async fn record<C: Codec, T: Journaled, E>(&mut self, value: T) -> Settled<T, E> {
+    /// Journals the step's sealed result (its output, or its final error).
+    async fn record(&mut self, state: StepState, bytes: Vec<u8>, error: Option<String>) {
         let run = self.run;
-        let bytes = match run
-            .envelope
-            .seal::<C, T>(&run.run_key, || self.slot(), &value)
-        {
-            Ok(bytes) => bytes,
-            Err(err) => return self.abort(err).await,
-        };
-        drop(value);
-        // Contract 2: the code after the step sees what the journal holds.
-        let decoded = match run
-            .envelope
-            .open::<C, T>(&run.run_key, || self.slot(), &bytes)
-        {
-            Ok(v) => v,
-            Err(err) => return self.abort(err).await,
-        };
-        let write = Write::StepCompleted {
+        let write = Write::StepRecorded {
             step_id: self.id.to_string(),
             seq: run.next_seq(),
+            state,
             output: bytes,
+            error,
             attempts: self.attempts,
             started_at: self.started_at,
             at: Timestamp::now(),
@@ -269,7 +338,6 @@ impl<'c> Step<'c> {
             return self.abort(err).await;
         }
         self.finish();
-        Settled::Done(decoded)
     }
 
     async fn retry_later(&mut self, message: String) {
@@ -280,7 +348,7 @@ impl<'c> Step<'c> {
     }
 
     async fn record_failure(&mut self, error: String, retry_at: Option<Timestamp>) {
-        let write = Write::StepFailed {
+        let write = Write::AttemptFailed {
             step_id: self.id.to_string(),
             attempts: self.attempts,
             error,
@@ -312,7 +380,7 @@ impl<'c> Step<'c> {
     }
 }
 
-impl Drop for Step<'_> {
+impl<E> Drop for Step<'_, E> {
     fn drop(&mut self) {
         match self.phase {
             Phase::Executing => self.run.step_done(),

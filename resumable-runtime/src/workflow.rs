@@ -214,9 +214,25 @@ impl<E> ViaDefault for &Classifier<'_, E> {
 #[doc(hidden)]
 pub fn assert_journaled<T: Journaled>() {}
 #[doc(hidden)]
+/// (The error type is checked where the body builds its `ErrorCodec`.)
 pub fn assert_workflow_result<R: WorkflowResult>()
 where
     R::Ok: Journaled,
-    R::Err: WorkflowError,
 {
+}
+
+/// A dependency taken by value: each resumed run gets its own clone.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "dependency `{Self}` is taken by value, so it must be `Clone + Send + Sync + 'static`",
+    label = "a completer gives each run it resumes its own copy of this dependency",
+    note = "take it by reference (`&{Self}`), or wrap it in an `Arc`"
+)]
+pub trait OwnedDependency: Clone + Send + Sync + 'static {}
+impl<T: Clone + Send + Sync + 'static> OwnedDependency for T {}
+
+/// A run's own copy of a dependency taken by value.
+#[doc(hidden)]
+pub fn clone_dependency<T: OwnedDependency>(dependency: &T) -> T {
+    dependency.clone()
 }

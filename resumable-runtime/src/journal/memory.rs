@@ -81,6 +81,20 @@ impl MemoryJournal {
     }
 }
 
+fn refuse_if_recorded(run: &StoredRun, lease: &Lease, step_id: &str) -> Result<()> {
+    if run
+        .steps
+        .get(step_id)
+        .is_some_and(|s| s.state.is_recorded())
+    {
+        return Err(Error::StepAlreadyRecorded {
+            run: lease.run_key.clone(),
+            step: step_id.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Journal for MemoryJournal {
     async fn open_run(&self, new: NewRun, req: LeaseRequest) -> Result<Opened> {
@@ -152,31 +166,25 @@ impl Journal for MemoryJournal {
         let mut runs = self.runs.lock().unwrap();
         let run = Self::fenced(&mut runs, lease)?;
         match write {
-            Write::StepCompleted {
+            Write::StepRecorded {
                 step_id,
                 seq,
+                state,
                 output,
+                error,
                 attempts,
                 started_at,
                 at,
             } => {
-                if run
-                    .steps
-                    .get(&step_id)
-                    .is_some_and(|s| s.state == StepState::Completed)
-                {
-                    return Err(Error::StepAlreadyRecorded {
-                        run: lease.run_key.clone(),
-                        step: step_id,
-                    });
-                }
-                let last_error = run.steps.get(&step_id).and_then(|s| s.last_error.clone());
+                refuse_if_recorded(run, lease, &step_id)?;
+                let last_error =
+                    error.or_else(|| run.steps.get(&step_id).and_then(|s| s.last_error.clone()));
                 run.steps.insert(
                     step_id.clone(),
                     StepRecord {
                         step_id,
                         seq: Some(seq),
-                        state: StepState::Completed,
+                        state,
                         output: Some(output),
                         attempts,
                         last_error,
@@ -188,7 +196,7 @@ impl Journal for MemoryJournal {
                 );
                 run.record.updated_at = at;
             }
-            Write::StepFailed {
+            Write::AttemptFailed {
                 step_id,
                 attempts,
                 error,
@@ -196,16 +204,7 @@ impl Journal for MemoryJournal {
                 started_at,
                 at,
             } => {
-                if run
-                    .steps
-                    .get(&step_id)
-                    .is_some_and(|s| s.state == StepState::Completed)
-                {
-                    return Err(Error::StepAlreadyRecorded {
-                        run: lease.run_key.clone(),
-                        step: step_id,
-                    });
-                }
+                refuse_if_recorded(run, lease, &step_id)?;
                 run.steps.insert(
                     step_id.clone(),
                     StepRecord {

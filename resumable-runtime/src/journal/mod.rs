@@ -169,12 +169,15 @@ impl RunRecord {
     }
 }
 
-/// Whether a step's output is recorded.
+/// Where a step is: recorded (it never runs again) or retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StepState {
-    /// Output recorded; the step never runs again.
+    /// Output recorded; the step never runs again and replays as that output.
     Completed,
-    /// At least one attempt failed and no output is recorded yet.
+    /// Failed for good (a terminal error, or out of attempts); the error is
+    /// recorded as its output, and the step replays as that error.
+    Failed,
+    /// At least one attempt failed and nothing is recorded yet.
     Retrying,
 }
 
@@ -183,6 +186,7 @@ impl StepState {
     pub fn as_str(self) -> &'static str {
         match self {
             StepState::Completed => "completed",
+            StepState::Failed => "failed",
             StepState::Retrying => "retrying",
         }
     }
@@ -191,9 +195,15 @@ impl StepState {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "completed" => StepState::Completed,
+            "failed" => StepState::Failed,
             "retrying" => StepState::Retrying,
             _ => return None,
         })
+    }
+
+    /// Whether the step's result is recorded: it never runs again.
+    pub fn is_recorded(self) -> bool {
+        matches!(self, StepState::Completed | StepState::Failed)
     }
 }
 
@@ -202,11 +212,11 @@ impl StepState {
 pub struct StepRecord {
     /// `name#occurrence`.
     pub step_id: String,
-    /// Completion order within the run (0-based), for completed steps.
+    /// Recording order within the run (0-based), for recorded steps.
     pub seq: Option<u64>,
     /// Recorded or retrying.
     pub state: StepState,
-    /// The sealed output, once completed.
+    /// The sealed output (or, for a failed step, the sealed error), once recorded.
     pub output: Option<Vec<u8>>,
     /// Attempts made so far.
     pub attempts: u32,
@@ -245,15 +255,19 @@ pub struct Opened {
 /// A change to a run, made under a lease.
 #[derive(Debug, Clone)]
 pub enum Write {
-    /// A step's output. Refused with [`Error::StepAlreadyRecorded`] if the step
-    /// is already completed.
-    StepCompleted {
+    /// A step's result: its output, or its final error. Refused with
+    /// [`Error::StepAlreadyRecorded`] if the step's result is already recorded.
+    StepRecorded {
         /// `name#occurrence`.
         step_id: String,
-        /// Completion order within the run.
+        /// Recording order within the run.
         seq: u64,
-        /// The sealed output.
+        /// [`StepState::Completed`] or [`StepState::Failed`].
+        state: StepState,
+        /// The sealed output or error.
         output: Vec<u8>,
+        /// For a failed step, its error's message, kept as the last error.
+        error: Option<String>,
         /// Attempts it took.
         attempts: u32,
         /// When its first attempt started.
@@ -261,15 +275,15 @@ pub enum Write {
         /// Now.
         at: Timestamp,
     },
-    /// A failed attempt of a step, kept visible while the step retries.
-    StepFailed {
+    /// A failed attempt of a step that will be retried, kept visible.
+    AttemptFailed {
         /// `name#occurrence`.
         step_id: String,
         /// Attempts made so far.
         attempts: u32,
         /// The attempt's error.
         error: String,
-        /// When the next attempt is due, if any.
+        /// When the next attempt is due.
         retry_at: Option<Timestamp>,
         /// When its first attempt started.
         started_at: Timestamp,

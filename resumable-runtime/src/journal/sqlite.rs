@@ -648,10 +648,12 @@ fn fence(conn: &Connection, lease: &Lease) -> OpResult<()> {
 fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
     fence(conn, lease)?;
     match write {
-        Write::StepCompleted {
+        Write::StepRecorded {
             step_id,
             seq,
+            state,
             output,
+            error,
             attempts,
             started_at,
             at,
@@ -659,26 +661,28 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
             refuse_if_recorded(conn, lease, step_id)?;
             conn.prepare_cached(
                 "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, epoch, \
-                 started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 started_at, updated_at, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                  ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, \
                  output = excluded.output, attempts = excluded.attempts, retry_at = NULL, \
-                 epoch = excluded.epoch, started_at = excluded.started_at, updated_at = excluded.updated_at",
+                 last_error = COALESCE(?10, last_error), epoch = excluded.epoch, \
+                 started_at = excluded.started_at, updated_at = excluded.updated_at",
             )?
-            // `last_error` is left as the failures set it: it stays visible.
+            // Without a final error, `last_error` stays as the failed attempts set it.
             .execute(params![
                 lease.run_key,
                 step_id,
                 *seq as i64,
-                StepState::Completed.as_str(),
+                state.as_str(),
                 output,
                 attempts,
                 lease.epoch as i64,
                 started_at.0,
                 at.0,
+                error,
             ])?;
             touch_run(conn, lease, *at)?;
         }
-        Write::StepFailed {
+        Write::AttemptFailed {
             step_id,
             attempts,
             error,
@@ -730,13 +734,17 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
     Ok(())
 }
 
-/// Refuses with `StepAlreadyRecorded` if the step's output is recorded.
+/// Refuses with `StepAlreadyRecorded` if the step's result is recorded.
 fn refuse_if_recorded(conn: &Connection, lease: &Lease, step_id: &str) -> OpResult<()> {
     let state: Option<String> = conn
         .prepare_cached("SELECT state FROM resumable_steps WHERE run_key = ?1 AND step_id = ?2")?
         .query_row([&lease.run_key, step_id], |row| row.get(0))
         .optional()?;
-    if state.as_deref() == Some(StepState::Completed.as_str()) {
+    if state
+        .as_deref()
+        .and_then(StepState::parse)
+        .is_some_and(StepState::is_recorded)
+    {
         return Err(Failure::Refused(Error::StepAlreadyRecorded {
             run: lease.run_key.clone(),
             step: step_id.to_owned(),
@@ -976,10 +984,12 @@ mod tests {
             .await
             .unwrap();
         let lease = opened.lease.unwrap();
-        let step = Write::StepCompleted {
+        let step = Write::StepRecorded {
             step_id: "a#0".into(),
             seq: 0,
+            state: StepState::Completed,
             output: b"out".to_vec(),
+            error: None,
             attempts: 1,
             started_at: Timestamp(1),
             at: Timestamp(2),
@@ -1119,10 +1129,12 @@ mod tests {
                     .unwrap();
                 let lease = opened.lease.unwrap();
                 for seq in 0..STEPS {
-                    let write = Write::StepCompleted {
+                    let write = Write::StepRecorded {
                         step_id: format!("s#{seq}"),
                         seq,
+                        state: StepState::Completed,
                         output: seq.to_le_bytes().to_vec(),
+                        error: None,
                         attempts: 1,
                         started_at: Timestamp(1),
                         at: Timestamp(2),
