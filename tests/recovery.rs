@@ -232,3 +232,15 @@ async fn a_worker_whose_lease_expires_unrenewed_stops() {
     let err = rt.run("u", saga.hangs()).await.unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn retrying_right_after_giving_up_is_not_busy() {
+    let (rt, _) = memory_runtime();
+    let saga = Saga::default();
+    saga.hang.store(true, Ordering::SeqCst);
+    let gave_up = tokio::time::timeout(Duration::from_millis(20), rt.run("r", saga.hangs())).await;
+    assert!(gave_up.is_err());
+    saga.hang.store(false, Ordering::SeqCst);
+    // No wait in between: the hand-back of the dropped execution completes first.
+    assert_eq!(rt.run("r", saga.hangs()).await.unwrap(), Ok(()));
+}

@@ -75,6 +75,14 @@ impl Function {
                 fatal = true;
                 (**ty).clone()
             }
+            ReturnType::Type(_, ty) if mentions_impl_trait(ty) => {
+                errors.spanned(
+                    ty,
+                    "a #[resumable] function cannot return `impl Trait`: its outcome is journaled and decoded again, so name a concrete type",
+                );
+                fatal = true;
+                (**ty).clone()
+            }
             ReturnType::Type(_, ty) => (**ty).clone(),
             ReturnType::Default => {
                 errors.spanned(
@@ -168,6 +176,18 @@ fn obviously_not_result(ty: &Type) -> bool {
         Type::Macro(_) | Type::Verbatim(_) => false,
         _ => true,
     }
+}
+
+fn mentions_impl_trait(ty: &Type) -> bool {
+    struct Finds(bool);
+    impl syn::visit::Visit<'_> for Finds {
+        fn visit_type_impl_trait(&mut self, _: &syn::TypeImplTrait) {
+            self.0 = true;
+        }
+    }
+    let mut finds = Finds(false);
+    syn::visit::Visit::visit_type(&mut finds, ty);
+    finds.0
 }
 
 /// Reports an argument type a workflow cannot take; `false` if it is one.

@@ -114,7 +114,29 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
     };
     let lt = invocation_lifetime();
     let vis = &f.item.vis;
-    let attrs = &f.item.attrs;
+    // The user's attributes: lints and `cfg` also govern the body (where the
+    // user's code now is); `expect` only there, where its lint can fire.
+    let is = |a: &syn::Attribute, names: &[&str]| names.iter().any(|n| a.path().is_ident(n));
+    let attrs: Vec<_> = f
+        .item
+        .attrs
+        .iter()
+        .filter(|a| !is(a, &["expect"]))
+        .collect();
+    let body_attrs: Vec<_> = f
+        .item
+        .attrs
+        .iter()
+        .filter(|a| {
+            is(
+                a,
+                &[
+                    "allow", "warn", "deny", "forbid", "expect", "cfg", "cfg_attr",
+                ],
+            )
+        })
+        .collect();
+    let cfg_attrs: Vec<_> = f.item.attrs.iter().filter(|a| is(a, &["cfg"])).collect();
     let input_ty = quote!((#(#input_tys,)*));
     let input_pat = quote!((#(#input_names,)*));
     let ctx = Ident::new("__resumable_ctx", Span::call_site());
@@ -172,6 +194,7 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
         #[doc(hidden)]
         #[allow(clippy::too_many_arguments, clippy::needless_question_mark, unused_braces)]
         #quiet
+        #(#body_attrs)*
         async fn #body_fn(#self_param __resumable_ctx_owned: #krate::__private::Ctx, #(#body_params),*) -> #ret {
             let #ctx: &#krate::__private::Ctx = &__resumable_ctx_owned;
             #errors
@@ -184,6 +207,7 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
     let fn_span = ident.span();
     let meta = quote! {
         #[doc(hidden)]
+        #(#cfg_attrs)*
         fn #meta_fn() -> #krate::__private::WorkflowMeta {
             #krate::__private::WorkflowMeta {
                 name: #name,
@@ -262,6 +286,7 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
     };
     let workflow = quote! {
         #[doc(hidden)]
+        #(#cfg_attrs)*
         #vis fn #workflow_fn() -> #krate::Workflow<#deps_ty, #input_ty, #ret, #codec> {
             #krate::__private::workflow::<_, _, _, #codec>(
                 #meta_call,
@@ -396,6 +421,13 @@ impl Expander {
                     };
                     match __resumable_step.settle::<#codec, _>(__resumable_result, __resumable_terminal).await {
                         #k::__private::Settled::Done(__resumable_value) => {
+                            #[allow(unused_imports)]
+                            use #k::__private::OutputCheckFallback as _;
+                            #k::__private::OutputCheck::<
+                                _,
+                                <#ret as #k::__private::WorkflowResult>::Err,
+                            >::new(&__resumable_value)
+                            .check();
                             break ::core::result::Result::Ok(__resumable_value)
                         }
                         #k::__private::Settled::Retry => {}

@@ -8,6 +8,7 @@
 
 mod args;
 mod ast;
+mod checks;
 mod errors;
 mod expand;
 mod fingerprint;

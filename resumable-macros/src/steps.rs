@@ -8,10 +8,10 @@ use quote::ToTokens;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::visit::Visit;
 use syn::visit_mut::VisitMut;
-use syn::{BinOp, Expr, Ident, LitStr, Macro, Pat, Stmt, Token};
+use syn::{Expr, Ident, LitStr, Macro, Pat, Stmt, Token};
 
+use crate::checks;
 use crate::errors::Errors;
 use crate::expand::Expander;
 
@@ -173,6 +173,8 @@ pub struct StepRewriter<'a> {
     fallback: bool,
     /// Steps seen so far.
     steps: usize,
+    /// Depth of `async |..|` closures around the current point.
+    async_closures: usize,
 }
 
 impl<'a> StepRewriter<'a> {
@@ -188,6 +190,7 @@ impl<'a> StepRewriter<'a> {
             in_step: false,
             fallback,
             steps: 0,
+            async_closures: 0,
         }
     }
 
@@ -241,6 +244,13 @@ impl<'a> StepRewriter<'a> {
             );
             journaled = false;
         }
+        if self.async_closures > 0 && self.closures == 0 {
+            self.errors.at(
+                call.span,
+                "step! cannot be used inside an `async` closure: its steps could not be told apart when the closure runs concurrently; write `|x| async move { ... }` (a closure returning an async block) instead",
+            );
+            journaled = false;
+        }
         if name.is_empty() {
             self.errors
                 .spanned(&call.name, "a step name must not be empty");
@@ -264,9 +274,7 @@ impl<'a> StepRewriter<'a> {
         } else {
             self.names.insert(name, call.name.span());
         }
-        let mut outside = AssignsOutside::new(&call.body);
-        outside.visit_expr(&call.body);
-        for (target, tokens) in outside.found {
+        for (target, tokens) in checks::assignments_outside(&call.body) {
             self.errors.spanned(
                 tokens,
                 format!(
@@ -275,11 +283,10 @@ impl<'a> StepRewriter<'a> {
                 ),
             );
         }
-        let mut returns = Returns::default();
-        returns.visit_expr(&call.body);
+        let exits = checks::exits(&call.body);
         // Left as plain code, the body's `return`/`break` compiles: no knock-on errors.
-        journaled &= returns.found.is_empty();
-        for span in returns.found {
+        journaled &= exits.is_empty();
+        for span in exits {
             self.errors.at(
                 span,
                 "`return` (or `break`/`continue` to a loop outside the step) would leave the step's body, not the workflow's code: make the step's value say what happened, or use `?` to fail the step",
@@ -348,15 +355,17 @@ impl VisitMut for StepRewriter<'_> {
                 self.closures -= 1;
             }
             Expr::Closure(c) => {
-                let outer = std::mem::replace(&mut self.closures, 0);
-                self.grouped("async", |v| syn::visit_mut::visit_expr_closure_mut(v, c));
-                self.closures = outer;
+                self.async_closures += 1;
+                syn::visit_mut::visit_expr_closure_mut(self, c);
+                self.async_closures -= 1;
             }
             Expr::Async(a) => {
                 let outer = std::mem::replace(&mut self.closures, 0);
+                let outer_async = std::mem::replace(&mut self.async_closures, 0);
                 let before = self.steps;
                 self.grouped("async", |v| syn::visit_mut::visit_expr_async_mut(v, a));
                 self.closures = outer;
+                self.async_closures = outer_async;
                 if self.steps > before && !self.fallback {
                     *expr = self.expander.scoped(a);
                 }
@@ -412,111 +421,4 @@ impl VisitMut for StepRewriter<'_> {
 
     // Steps in a nested `fn` belong to no workflow; `step!` reports that itself.
     fn visit_item_mut(&mut self, _item: &mut syn::Item) {}
-}
-
-/// Assignments in a step body to variables declared outside it.
-struct AssignsOutside {
-    locals: std::collections::HashSet<String>,
-    found: Vec<(String, TokenStream)>,
-}
-
-impl AssignsOutside {
-    fn new(body: &Expr) -> Self {
-        struct Locals(std::collections::HashSet<String>);
-        impl Visit<'_> for Locals {
-            fn visit_pat_ident(&mut self, p: &syn::PatIdent) {
-                self.0.insert(p.ident.to_string());
-                syn::visit::visit_pat_ident(self, p);
-            }
-        }
-        let mut locals = Locals(Default::default());
-        locals.visit_expr(body);
-        AssignsOutside {
-            locals: locals.0,
-            found: Vec::new(),
-        }
-    }
-
-    fn check(&mut self, place: &Expr, whole: TokenStream) {
-        if let Some(root) = place_root(place)
-            && !self.locals.contains(&root)
-        {
-            self.found.push((root, whole));
-        }
-    }
-}
-
-fn place_root(place: &Expr) -> Option<String> {
-    match place {
-        Expr::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 => {
-            Some(p.path.segments[0].ident.to_string())
-        }
-        Expr::Field(f) => place_root(&f.base),
-        Expr::Index(i) => place_root(&i.expr),
-        Expr::Paren(p) => place_root(&p.expr),
-        Expr::Unary(u) if matches!(u.op, syn::UnOp::Deref(_)) => place_root(&u.expr),
-        _ => None,
-    }
-}
-
-impl Visit<'_> for AssignsOutside {
-    fn visit_expr_assign(&mut self, a: &syn::ExprAssign) {
-        self.check(&a.left, a.to_token_stream());
-        syn::visit::visit_expr_assign(self, a);
-    }
-
-    fn visit_expr_binary(&mut self, b: &syn::ExprBinary) {
-        let compound = matches!(
-            b.op,
-            BinOp::AddAssign(_)
-                | BinOp::SubAssign(_)
-                | BinOp::MulAssign(_)
-                | BinOp::DivAssign(_)
-                | BinOp::RemAssign(_)
-                | BinOp::BitXorAssign(_)
-                | BinOp::BitAndAssign(_)
-                | BinOp::BitOrAssign(_)
-                | BinOp::ShlAssign(_)
-                | BinOp::ShrAssign(_)
-        );
-        if compound {
-            self.check(&b.left, b.to_token_stream());
-        }
-        syn::visit::visit_expr_binary(self, b);
-    }
-}
-
-/// `return`, and `break`/`continue` to a label outside the step: each would
-/// leave the step body (not those of nested closures or async blocks).
-#[derive(Default)]
-struct Returns {
-    found: Vec<Span>,
-    labels: Vec<String>,
-}
-
-impl Visit<'_> for Returns {
-    fn visit_expr_return(&mut self, r: &syn::ExprReturn) {
-        self.found.push(r.return_token.span);
-    }
-    fn visit_label(&mut self, l: &syn::Label) {
-        self.labels.push(l.name.ident.to_string());
-    }
-    fn visit_expr_break(&mut self, b: &syn::ExprBreak) {
-        if let Some(label) = &b.label
-            && !self.labels.contains(&label.ident.to_string())
-        {
-            self.found.push(b.break_token.span);
-        }
-        syn::visit::visit_expr_break(self, b);
-    }
-    fn visit_expr_continue(&mut self, c: &syn::ExprContinue) {
-        if let Some(label) = &c.label
-            && !self.labels.contains(&label.ident.to_string())
-        {
-            self.found.push(c.continue_token.span);
-        }
-    }
-    fn visit_expr_closure(&mut self, _: &syn::ExprClosure) {}
-    fn visit_expr_async(&mut self, _: &syn::ExprAsync) {}
-    fn visit_item(&mut self, _: &syn::Item) {}
 }

@@ -45,8 +45,9 @@ pub mod __private {
         ErrorCodec, Prepared, Settled, Step, StepContext, StepSite, error_codec,
     };
     pub use crate::workflow::{
-        BoxFuture, Classifier, ViaClassify, ViaDefault, WorkflowMeta, WorkflowResult,
-        assert_journaled, assert_workflow_result, clone_dependency, invocation, workflow,
+        BoxFuture, Classifier, OutputCheck, OutputCheckFallback, ViaClassify, ViaDefault,
+        WorkflowMeta, WorkflowResult, assert_journaled, assert_workflow_result, clone_dependency,
+        invocation, workflow,
     };
     pub use std::boxed::Box;
 

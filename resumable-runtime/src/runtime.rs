@@ -1,11 +1,12 @@
 //! The [`Runtime`]: starts or resumes runs by key, drives workflow bodies, and
 //! answers questions about runs.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
@@ -48,6 +49,14 @@ struct Inner {
     default_retry: RetryPolicy,
     run_backoff: RetryPolicy,
     stall_timeout: Duration,
+    /// Leases being handed back by executions that were dropped, by run key.
+    handbacks: Mutex<HashMap<String, Handback>>,
+}
+
+#[derive(Debug)]
+struct Handback {
+    id: u64,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Settings for a [`Runtime`].
@@ -121,6 +130,7 @@ impl RuntimeBuilder {
                 default_retry: self.default_retry,
                 run_backoff: self.run_backoff,
                 stall_timeout: self.stall_timeout,
+                handbacks: Mutex::default(),
             }),
         }
     }
@@ -237,6 +247,17 @@ impl Runtime {
         input: &I,
     ) -> Result<Opened> {
         validate_key(&key)?;
+        // An execution of this run that was dropped may still be handing its
+        // lease back: let it finish, or the run would look busy.
+        let handback = self
+            .inner
+            .handbacks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        if let Some(handback) = handback {
+            let _ = handback.task.await;
+        }
         let input = self
             .inner
             .envelope
@@ -595,13 +616,23 @@ impl Drop for GiveBackOnDrop {
             return;
         };
         let lease = self.lease.clone();
-        handle.spawn(async move {
+        let key = lease.run_key.clone();
+        let id = fastrand::u64(..);
+        let inner = rt.inner.clone();
+        // Locked across the spawn, so the task cannot look for its entry before it exists.
+        let mut handbacks = inner.handbacks.lock().unwrap_or_else(|p| p.into_inner());
+        let task = handle.spawn(async move {
             let reason = Error::Interrupted {
                 run: lease.run_key.clone(),
             };
             rt.give_back(&lease, Some(reason.to_string()), Timestamp::now())
                 .await;
+            let mut handbacks = rt.inner.handbacks.lock().unwrap_or_else(|p| p.into_inner());
+            if handbacks.get(&lease.run_key).is_some_and(|h| h.id == id) {
+                handbacks.remove(&lease.run_key);
+            }
         });
+        handbacks.insert(key, Handback { id, task });
     }
 }
 

@@ -236,3 +236,31 @@ impl<T: Clone + Send + Sync + 'static> OwnedDependency for T {}
 pub fn clone_dependency<T: OwnedDependency>(dependency: &T) -> T {
     dependency.clone()
 }
+
+/// Warns, at the step, when a step's output is a `Result` whose error type
+/// is the workflow's: almost always a forgotten `?` inside the body, which
+/// would journal an `Err` as the step's success (autoref specialisation on
+/// the concrete types; used by generated code).
+#[doc(hidden)]
+pub struct OutputCheck<T, E>(std::marker::PhantomData<(fn() -> T, fn() -> E)>);
+
+impl<T, E> OutputCheck<T, E> {
+    #[doc(hidden)]
+    pub fn new(_output: &T) -> Self {
+        OutputCheck(std::marker::PhantomData)
+    }
+}
+
+impl<X, E> OutputCheck<Result<X, E>, E> {
+    #[doc(hidden)]
+    #[deprecated(
+        note = "this step's output is a `Result` with the workflow's error type: an `Err` would be journaled as the step's success and never retried. Add `?` inside the step body to fail the step with it (or map the error to another type if journaling it is intended)"
+    )]
+    pub fn check(&self) {}
+}
+
+#[doc(hidden)]
+pub trait OutputCheckFallback {
+    fn check(&self) {}
+}
+impl<T, E> OutputCheckFallback for OutputCheck<T, E> {}
