@@ -242,7 +242,7 @@ pub fn clone_dependency<T: OwnedDependency>(dependency: &T) -> T {
 /// would journal an `Err` as the step's success (autoref specialisation on
 /// the concrete types; used by generated code).
 #[doc(hidden)]
-pub struct OutputCheck<T, E>(std::marker::PhantomData<(fn() -> T, fn() -> E)>);
+pub struct OutputCheck<T, E>(std::marker::PhantomData<fn(T, E)>);
 
 impl<T, E> OutputCheck<T, E> {
     #[doc(hidden)]
