@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{FaultyJournal, memory_runtime};
+use common::{Misbehaving, memory_runtime};
 use resumable::{Error, MemoryJournal, Runtime, resumable, step};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
@@ -132,7 +132,7 @@ impl Race {
 async fn a_failed_journal_write_is_not_hidden_behind_an_outcome() {
     let store = std::sync::Arc::new(MemoryJournal::new());
     // Opening the run is the only write that succeeds.
-    let faulty = Runtime::builder(FaultyJournal::new(store.clone(), 1))
+    let faulty = Runtime::builder(Misbehaving::new(store.clone()).failing_after(1))
         .lease_duration(Duration::from_millis(30))
         .build();
     let first = faulty.run("race", Race.race()).await;

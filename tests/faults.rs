@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{FAST, FaultyJournal};
+use common::{FAST, Misbehaving};
 use resumable::journal::StepState;
 use resumable::{Error, Journal, MemoryJournal, Runtime, resumable, step};
 
@@ -61,7 +61,7 @@ async fn every_write_failure_point_resumes_to_the_same_outcome() {
     for budget in 0..=8 {
         let store = Arc::new(MemoryJournal::new());
         let app = Counted::default();
-        let faulty = runtime(FaultyJournal::new(store.clone(), budget));
+        let faulty = runtime(Misbehaving::new(store.clone()).failing_after(budget));
         let first = faulty.run("p", app.pipeline(items.clone())).await;
         if budget >= 7 {
             assert_eq!(first.unwrap(), Ok(20), "budget {budget}");

@@ -8,15 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use common::{TamperingJournal, memory_runtime};
-use resumable::journal::{
-    Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, StepState, Timestamp,
-    Write,
-};
+use common::{Misbehaving, memory_runtime};
+use resumable::journal::{RunSnapshot, StepState, Timestamp};
 use resumable::{
-    Classify, Error, Journal, MemoryJournal, RetryPolicy, RunStatus, Runtime, StepStatus,
-    resumable, step,
+    Classify, Error, MemoryJournal, RetryPolicy, RunStatus, Runtime, StepStatus, resumable, step,
 };
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
@@ -178,10 +173,7 @@ async fn absurd_counters_in_the_journal_do_not_panic() {
             }
         }
     }
-    let rt = common::runtime(TamperingJournal {
-        inner: MemoryJournal::new(),
-        tamper: absurd,
-    });
+    let rt = common::runtime(Misbehaving::new(MemoryJournal::new()).tampering(absurd));
     let saga = Saga::default();
     saga.crash.store(true, Ordering::SeqCst);
     rt.run("a", saga.checkout(5)).await.unwrap_err();
@@ -192,39 +184,9 @@ async fn absurd_counters_in_the_journal_do_not_panic() {
     );
 }
 
-/// A journal whose lease renewals fail, as when the database is unreachable.
-#[derive(Debug)]
-struct Unrenewable(MemoryJournal);
-
-#[async_trait]
-impl Journal for Unrenewable {
-    async fn open_run(&self, run: NewRun, lease: LeaseRequest) -> resumable::Result<Opened> {
-        self.0.open_run(run, lease).await
-    }
-    async fn claim_due(
-        &self,
-        lease: LeaseRequest,
-        limit: usize,
-    ) -> resumable::Result<Vec<(RunSnapshot, Lease)>> {
-        self.0.claim_due(lease, limit).await
-    }
-    async fn write(&self, lease: &Lease, write: Write) -> resumable::Result<()> {
-        self.0.write(lease, write).await
-    }
-    async fn renew(&self, _: &Lease, _: Timestamp) -> resumable::Result<Lease> {
-        Err(Error::storage("test", "connection refused"))
-    }
-    async fn load_run(&self, key: &str) -> resumable::Result<Option<RunSnapshot>> {
-        self.0.load_run(key).await
-    }
-    async fn list_runs(&self, filter: &RunFilter) -> resumable::Result<Vec<RunRecord>> {
-        self.0.list_runs(filter).await
-    }
-}
-
 #[tokio::test]
 async fn a_worker_whose_lease_expires_unrenewed_stops() {
-    let rt = Runtime::builder(Unrenewable(MemoryJournal::new()))
+    let rt = Runtime::builder(Misbehaving::new(MemoryJournal::new()).unrenewable())
         .lease_duration(Duration::from_millis(60))
         .build();
     let saga = Arc::new(Saga::default());

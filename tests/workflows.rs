@@ -5,7 +5,7 @@ mod common;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use common::{FAST, TamperingJournal, memory_runtime, runtime};
+use common::{FAST, Misbehaving, memory_runtime, runtime};
 use resumable::journal::RunSnapshot;
 use resumable::{
     Classify, Error, MemoryJournal, RetryPolicy, RunStatus, Slot, StepStatus, resumable, step,
@@ -624,10 +624,7 @@ fn truncate_reserve(snapshot: &mut RunSnapshot) {
 }
 
 async fn interrupted_after_reserve(tamper: fn(&mut RunSnapshot)) -> Error {
-    let journal = TamperingJournal {
-        inner: MemoryJournal::new(),
-        tamper,
-    };
+    let journal = Misbehaving::new(MemoryJournal::new()).tampering(tamper);
     let rt = runtime(journal);
     let fx = Effects::default();
     fx.crash_after_first.store(true, Ordering::SeqCst);

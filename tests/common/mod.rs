@@ -1,4 +1,5 @@
-//! Journals that misbehave on purpose, shared by the integration tests.
+//! What the integration tests share: fast retry policies, and a journal that
+//! misbehaves on purpose.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -23,69 +24,64 @@ pub fn memory_runtime() -> (Runtime, Arc<MemoryJournal>) {
     (runtime(journal.clone()), journal)
 }
 
-/// Fails every write after the first `budget` ones, like a database that goes away.
+/// Wraps a journal and breaks it in the ways a test asks for: writes that
+/// fail after a budget (a database that goes away), damaged copies of what
+/// it stores, or lease renewals that fail (a network partition).
 #[derive(Debug)]
-pub struct FaultyJournal<J> {
-    pub inner: J,
-    budget: AtomicUsize,
+pub struct Misbehaving<J> {
+    inner: J,
+    write_budget: Option<AtomicUsize>,
+    tamper: Option<fn(&mut RunSnapshot)>,
+    renewals_fail: bool,
 }
 
-impl<J> FaultyJournal<J> {
-    pub fn new(inner: J, budget: usize) -> Self {
-        FaultyJournal {
+impl<J> Misbehaving<J> {
+    pub fn new(inner: J) -> Self {
+        Misbehaving {
             inner,
-            budget: AtomicUsize::new(budget),
+            write_budget: None,
+            tamper: None,
+            renewals_fail: false,
         }
     }
 
+    /// Opening runs and writing fail once `budget` of them succeeded.
+    pub fn failing_after(mut self, budget: usize) -> Self {
+        self.write_budget = Some(AtomicUsize::new(budget));
+        self
+    }
+
+    /// Runs are handed out after `tamper` changed them.
+    pub fn tampering(mut self, tamper: fn(&mut RunSnapshot)) -> Self {
+        self.tamper = Some(tamper);
+        self
+    }
+
+    /// Lease renewals fail as if the journal were unreachable.
+    pub fn unrenewable(mut self) -> Self {
+        self.renewals_fail = true;
+        self
+    }
+
     fn spend(&self) -> Result<(), Error> {
-        self.budget
+        let Some(budget) = &self.write_budget else {
+            return Ok(());
+        };
+        budget
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
             .map(drop)
-            .map_err(|_| Error::storage("faulty", "injected write failure"))
+            .map_err(|_| Error::storage("misbehaving", "injected write failure"))
     }
 }
 
 #[async_trait]
-impl<J: Journal> Journal for FaultyJournal<J> {
+impl<J: Journal> Journal for Misbehaving<J> {
     async fn open_run(&self, run: NewRun, lease: LeaseRequest) -> resumable::Result<Opened> {
         self.spend()?;
-        self.inner.open_run(run, lease).await
-    }
-    async fn claim_due(
-        &self,
-        lease: LeaseRequest,
-        limit: usize,
-    ) -> resumable::Result<Vec<(RunSnapshot, Lease)>> {
-        self.inner.claim_due(lease, limit).await
-    }
-    async fn write(&self, lease: &Lease, write: Write) -> resumable::Result<()> {
-        self.spend()?;
-        self.inner.write(lease, write).await
-    }
-    async fn renew(&self, lease: &Lease, until: Timestamp) -> resumable::Result<Lease> {
-        self.inner.renew(lease, until).await
-    }
-    async fn load_run(&self, key: &str) -> resumable::Result<Option<RunSnapshot>> {
-        self.inner.load_run(key).await
-    }
-    async fn list_runs(&self, filter: &RunFilter) -> resumable::Result<Vec<RunRecord>> {
-        self.inner.list_runs(filter).await
-    }
-}
-
-/// Hands out damaged copies of what the inner journal stores.
-#[derive(Debug)]
-pub struct TamperingJournal<J> {
-    pub inner: J,
-    pub tamper: fn(&mut RunSnapshot),
-}
-
-#[async_trait]
-impl<J: Journal> Journal for TamperingJournal<J> {
-    async fn open_run(&self, run: NewRun, lease: LeaseRequest) -> resumable::Result<Opened> {
         let mut opened = self.inner.open_run(run, lease).await?;
-        (self.tamper)(&mut opened.snapshot);
+        if let Some(tamper) = self.tamper {
+            tamper(&mut opened.snapshot);
+        }
         Ok(opened)
     }
     async fn claim_due(
@@ -96,9 +92,13 @@ impl<J: Journal> Journal for TamperingJournal<J> {
         self.inner.claim_due(lease, limit).await
     }
     async fn write(&self, lease: &Lease, write: Write) -> resumable::Result<()> {
+        self.spend()?;
         self.inner.write(lease, write).await
     }
     async fn renew(&self, lease: &Lease, until: Timestamp) -> resumable::Result<Lease> {
+        if self.renewals_fail {
+            return Err(Error::storage("misbehaving", "connection refused"));
+        }
         self.inner.renew(lease, until).await
     }
     async fn load_run(&self, key: &str) -> resumable::Result<Option<RunSnapshot>> {
