@@ -16,7 +16,11 @@ use resumable::{Completer, Error, RunStatus, Runtime, SqliteJournal, resumable, 
 const CHILD_DIR: &str = "RESUMABLE_CRASH_DIR";
 const CHILD_KEY: &str = "RESUMABLE_CRASH_KEY";
 const CHILD_POINT: &str = "RESUMABLE_CRASH_POINT";
+/// The crashing child's lease: short, so its run is free again soon.
 const LEASE: Duration = Duration::from_millis(300);
+/// The lease of the workers that resume: long, so a loaded machine cannot
+/// make them lose a run they are executing.
+const RESUMER_LEASE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 #[error("order failed")]
@@ -93,10 +97,10 @@ fn effects(dir: &Path, run: &str) -> [usize; 3] {
     [count("one"), count("two"), count("three")]
 }
 
-async fn sqlite_runtime(dir: &Path) -> Runtime {
+async fn sqlite_runtime(dir: &Path, lease: Duration) -> Runtime {
     let journal = SqliteJournal::open(dir.join("journal.db")).await.unwrap();
     Runtime::builder(journal)
-        .lease_duration(LEASE)
+        .lease_duration(lease)
         .default_retry(common::FAST)
         .build()
 }
@@ -108,7 +112,7 @@ async fn crash_child() {
     let dir = PathBuf::from(std::env::var(CHILD_DIR).expect("run by the crash tests"));
     let key = std::env::var(CHILD_KEY).unwrap();
     let point: u32 = std::env::var(CHILD_POINT).unwrap().parse().unwrap();
-    let rt = sqlite_runtime(&dir).await;
+    let rt = sqlite_runtime(&dir, LEASE).await;
     let shop = Shop {
         dir: dir.clone(),
         crash_at: Some(point),
@@ -157,7 +161,7 @@ async fn a_client_retry_completes_the_run_after_a_crash_at_every_point() {
         let dir = tempfile::tempdir().unwrap();
         let key = format!("order-{point}");
         crash_in_child(dir.path(), &key, point);
-        let rt = sqlite_runtime(dir.path()).await;
+        let rt = sqlite_runtime(dir.path(), RESUMER_LEASE).await;
         let shop = Shop {
             dir: dir.path().to_owned(),
             crash_at: None,
@@ -187,7 +191,7 @@ async fn the_completer_finishes_runs_left_by_killed_processes() {
     for (point, _) in EXPECTED {
         crash_in_child(dir.path(), &format!("orphan-{point}"), point);
     }
-    let rt = sqlite_runtime(dir.path()).await;
+    let rt = sqlite_runtime(dir.path(), RESUMER_LEASE).await;
     tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
     let shop = Shop {
         dir: dir.path().to_owned(),
@@ -258,7 +262,7 @@ async fn two_completers_on_one_file_never_run_one_run_at_once() {
     const RUNS: u32 = 60;
     let dir = tempfile::tempdir().unwrap();
     let guard = Arc::new(Guard::default());
-    let submitter = sqlite_runtime(dir.path()).await;
+    let submitter = sqlite_runtime(dir.path(), RESUMER_LEASE).await;
     for i in 0..RUNS {
         submitter
             .submit(format!("run-{i}"), guard.guarded(i))
@@ -270,7 +274,7 @@ async fn two_completers_on_one_file_never_run_one_run_at_once() {
         let guard = guard.clone();
         tokio::spawn(async move {
             // Two journals on one file: two connections, as two processes would have.
-            let rt = sqlite_runtime(&dir).await;
+            let rt = sqlite_runtime(&dir, RESUMER_LEASE).await;
             Completer::new(&rt)
                 .concurrency(8)
                 .register(workflow!(Guard::guarded), guard)
@@ -320,7 +324,7 @@ async fn a_corrupted_record_in_the_file_is_a_typed_error() {
         .unwrap();
     assert_eq!(changed, 1);
     drop(conn);
-    let rt = sqlite_runtime(dir.path()).await;
+    let rt = sqlite_runtime(dir.path(), RESUMER_LEASE).await;
     let shop = Shop {
         dir: dir.path().to_owned(),
         crash_at: None,
