@@ -391,3 +391,79 @@ async fn concurrent_runs_share_commits() {
         "no commit was shared: {commits} commits for {requests} requests"
     );
 }
+
+const COMPLETER_DIR: &str = "RESUMABLE_COMPLETER_DIR";
+
+/// Not a test: a completer process of `two_completer_processes_...` (run with `--ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a completer child process"]
+async fn completer_child() {
+    let dir = PathBuf::from(std::env::var(COMPLETER_DIR).expect("run by the completer test"));
+    let rt = sqlite_runtime(&dir, RESUMER_LEASE).await;
+    let shop = Shop {
+        dir: dir.clone(),
+        crash_at: None,
+    };
+    // Both processes start claiming together, so that they contend.
+    while !dir.join("go").exists() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let report = Completer::new(&rt)
+        .concurrency(4)
+        .register(workflow!(Shop::order), shop)
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    println!("finished {}", report.finished);
+}
+
+#[tokio::test]
+async fn two_completer_processes_on_one_file_run_every_step_once() {
+    const RUNS: u32 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = sqlite_runtime(dir.path(), RESUMER_LEASE).await;
+    let shop = Shop {
+        dir: dir.path().to_owned(),
+        crash_at: None,
+    };
+    for i in 0..RUNS {
+        rt.submit(format!("p-{i}"), shop.order(i)).await.unwrap();
+    }
+    let spawn = || {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["completer_child", "--exact", "--ignored", "--nocapture"])
+            .env(COMPLETER_DIR, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn(), spawn()];
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    let mut finished = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a completer process failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let by_child = text
+            .lines()
+            .find_map(|l| l.strip_prefix("finished ")?.parse::<u32>().ok())
+            .expect("the child reports what it finished");
+        println!("a completer process finished {by_child} runs");
+        finished += by_child;
+    }
+    assert_eq!(
+        finished, RUNS,
+        "every run was finished by exactly one process"
+    );
+    for i in 0..RUNS {
+        let key = format!("p-{i}");
+        assert_eq!(
+            effects(dir.path(), &key),
+            [1, 1, 1],
+            "{key}: a step ran twice"
+        );
+        let out = rt.run(key, shop.order(i)).await.unwrap();
+        assert_eq!(out, Ok(format!("{i}-1-2-3")));
+    }
+}
