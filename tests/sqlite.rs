@@ -40,7 +40,8 @@ impl Shop {
             .append(true)
             .open(self.dir.join("effects.log"))
             .unwrap();
-        writeln!(log, "{run} {what}").unwrap();
+        // One write per line: processes appending together must not interleave.
+        log.write_all(format!("{run} {what}\n").as_bytes()).unwrap();
     }
 
     fn crash(&self, point: u32) {
