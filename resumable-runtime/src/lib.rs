@@ -8,10 +8,12 @@
 mod codec;
 mod completer;
 mod context;
+mod drive;
 mod error;
 pub mod journal;
 mod retry;
 mod runtime;
+mod status;
 mod step;
 mod workflow;
 
@@ -29,7 +31,8 @@ pub use journal::memory::MemoryJournal;
 pub use journal::sqlite::{Durability, SqliteJournal, SqliteStats};
 pub use journal::{Journal, RunFilter, RunState};
 pub use retry::{Classify, RetryPolicy};
-pub use runtime::{MAX_RUN_KEY, RunInfo, RunStatus, Runtime, RuntimeBuilder, StepInfo, StepStatus};
+pub use runtime::{MAX_RUN_KEY, Runtime, RuntimeBuilder};
+pub use status::{RunInfo, RunStatus, StepInfo, StepStatus};
 pub use step::StepContext;
 pub use workflow::{
     BoxFuture, Invocation, Journaled, Workflow, WorkflowError, WorkflowMeta, WorkflowResult,

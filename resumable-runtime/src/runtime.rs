@@ -2,26 +2,21 @@
 //! answers questions about runs.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
-
-use futures_util::task::AtomicWaker;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tracing::Instrument;
 
 use crate::codec::{Codec, Envelope};
-use crate::context::{Ctx, RunCtx, panic_message};
+use crate::context::{Ctx, RunCtx};
+use crate::drive::{Drive, Heartbeat};
 use crate::error::{Error, Result, Slot};
 use crate::journal::{
     Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState,
-    StepState, Timestamp, Write,
+    Timestamp, Write,
 };
 use crate::retry::RetryPolicy;
+use crate::status::RunInfo;
 use crate::workflow::{BoxFuture, Invocation, Journaled, WorkflowMeta, WorkflowResult};
 
 /// Executes workflows against a [`Journal`]. Cheap to clone; clones share
@@ -458,144 +453,6 @@ fn validate_key(key: &str) -> Result<()> {
     })
 }
 
-/// Polls the workflow body, and stops it as soon as a step aborts the run or
-/// the replay stalls. A panic outside steps stops it too.
-struct Drive<'a, 'r, R> {
-    body: BoxFuture<'a, R>,
-    run: &'r RunCtx,
-    /// The waker the body is polled with: notes whether the body was woken.
-    body_waker: Arc<BodyWaker>,
-    waker: Waker,
-    stall_timeout: Duration,
-    stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-#[derive(Default)]
-struct BodyWaker {
-    woken: AtomicBool,
-    driver: AtomicWaker,
-}
-
-impl Wake for BodyWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.driver.wake();
-    }
-}
-
-impl<'a, 'r, R> Drive<'a, 'r, R> {
-    fn new(body: BoxFuture<'a, R>, run: &'r RunCtx, stall_timeout: Duration) -> Self {
-        let body_waker = Arc::new(BodyWaker::default());
-        Drive {
-            body,
-            run,
-            waker: Waker::from(body_waker.clone()),
-            body_waker,
-            stall_timeout,
-            stalled_since: None,
-        }
-    }
-}
-
-impl<R> Future for Drive<'_, '_, R> {
-    type Output = Result<R>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        this.run.register_driver(cx.waker());
-        this.body_waker.driver.register(cx.waker());
-        if let Some(err) = this.run.take_abort() {
-            return Poll::Ready(Err(err));
-        }
-        this.body_waker.woken.store(false, Ordering::Release);
-        let mut body_cx = Context::from_waker(&this.waker);
-        let polled =
-            std::panic::catch_unwind(AssertUnwindSafe(|| this.body.as_mut().poll(&mut body_cx)));
-        // A step's abort wins over whatever the body did in the same poll:
-        // an infrastructure error is never hidden behind an outcome.
-        if let Some(err) = this.run.take_abort() {
-            return Poll::Ready(Err(err));
-        }
-        match polled {
-            Err(payload) => Poll::Ready(Err(Error::WorkflowPanicked {
-                run: this.run.run_key.clone(),
-                message: panic_message(&*payload),
-            })),
-            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
-            Ok(Poll::Pending) => this.check_stall(cx),
-        }
-    }
-}
-
-impl<R> Drive<'_, '_, R> {
-    /// On replay, a step the journal did not record waits until every
-    /// recorded step is replayed. If nothing is executing, the body was not
-    /// woken, and that stays so for the stall timeout, no recorded step is
-    /// coming: the code took another path than the one journaled.
-    fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<Result<R>> {
-        let Some(err) = self.run.stall() else {
-            self.stalled_since = None;
-            return Poll::Pending;
-        };
-        if self.body_waker.woken.load(Ordering::Acquire) {
-            // Woken while being polled: it will be polled again at once.
-            self.stalled_since = None;
-            return Poll::Pending;
-        }
-        let timeout = self.stall_timeout;
-        let timer = self
-            .stalled_since
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(err)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// Renews the run's lease every third of its duration until dropped. A lost
-/// lease aborts the run; so does a lease that expired while the journal could
-/// not be reached, since another worker may take the run from then on.
-struct Heartbeat(tokio::task::JoinHandle<()>);
-
-impl Heartbeat {
-    fn start(run: Arc<RunCtx>, duration: Duration) -> Self {
-        Heartbeat(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(duration / 3).await;
-                let lease = run.lease();
-                let renewed = run
-                    .journal
-                    .renew(&lease, Timestamp::now().after(duration))
-                    .await;
-                match renewed {
-                    Ok(renewed) => run.set_lease(renewed),
-                    Err(err @ Error::LeaseLost { .. }) => return run.abort(err),
-                    Err(_) if lease.expires_at <= Timestamp::now() => {
-                        return run.abort(Error::LeaseLost {
-                            run: lease.run_key.clone(),
-                            epoch: lease.epoch,
-                        });
-                    }
-                    Err(err) => {
-                        tracing::warn!(run = %lease.run_key, error = %err, "lease renewal failed; retrying")
-                    }
-                }
-            }
-        }))
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Gives the run back if its execution is dropped before it finished (the
 /// caller stopped waiting, or a completer was shut down), so the next worker
 /// need not wait for the lease to expire.
@@ -633,130 +490,5 @@ impl Drop for GiveBackOnDrop {
             }
         });
         handbacks.insert(key, Handback { id, task });
-    }
-}
-
-/// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    /// A worker holds its lease and is executing it.
-    Running,
-    /// A step is waiting out a retry delay, or the run stopped with an error
-    /// and waits out its backoff before a completer takes it again.
-    WaitingToRetry,
-    /// Incomplete and not executing: new, interrupted, or its worker died.
-    /// A completer takes it (once its lease, if any, expires).
-    Pending,
-    /// Finished with `Ok`.
-    Completed,
-    /// Finished with a terminal `Err`.
-    Failed,
-}
-
-/// Where a step is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepStatus {
-    /// Its output is journaled; it never runs again.
-    Completed,
-    /// It failed for good (terminal, or out of attempts); the error is
-    /// journaled and it never runs again.
-    Failed,
-    /// An attempt failed; no output yet.
-    Retrying,
-}
-
-/// A run as [`Runtime::run_info`] reports it.
-#[derive(Debug, Clone)]
-pub struct RunInfo {
-    /// The run key.
-    pub key: String,
-    /// The workflow's name.
-    pub workflow: String,
-    /// Where it is.
-    pub status: RunStatus,
-    /// How many times a worker took it.
-    pub executions: u32,
-    /// The error that last interrupted it.
-    pub last_error: Option<String>,
-    /// The worker holding its lease, if any.
-    pub lease_owner: Option<String>,
-    /// When it was created.
-    pub created_at: SystemTime,
-    /// When it last changed.
-    pub updated_at: SystemTime,
-    /// Its steps, ordered by completion, then retrying ones.
-    pub steps: Vec<StepInfo>,
-}
-
-/// A step as [`Runtime::run_info`] reports it.
-#[derive(Debug, Clone)]
-pub struct StepInfo {
-    /// `name#occurrence`.
-    pub id: String,
-    /// Where it is.
-    pub status: StepStatus,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last failed attempt's error.
-    pub last_error: Option<String>,
-    /// When its first attempt started.
-    pub started_at: SystemTime,
-    /// When it was recorded (completed steps) or last failed.
-    pub updated_at: SystemTime,
-    /// When the next attempt is due, while retrying.
-    pub retry_at: Option<SystemTime>,
-}
-
-impl RunInfo {
-    fn from_snapshot(snapshot: RunSnapshot) -> Self {
-        let RunSnapshot { run, mut steps } = snapshot;
-        let now = Timestamp::now();
-        let step_waiting = steps
-            .iter()
-            .any(|s| s.state == StepState::Retrying && s.retry_at.is_some_and(|t| t > now));
-        let status = match run.state {
-            RunState::Completed => RunStatus::Completed,
-            RunState::Failed => RunStatus::Failed,
-            RunState::Incomplete if run.is_leased_at(now) && step_waiting => {
-                RunStatus::WaitingToRetry
-            }
-            RunState::Incomplete if run.is_leased_at(now) => RunStatus::Running,
-            RunState::Incomplete if run.wake_at > now => RunStatus::WaitingToRetry,
-            RunState::Incomplete => RunStatus::Pending,
-        };
-        steps.sort_by_key(|s| (s.seq.is_none(), s.seq, s.started_at));
-        RunInfo {
-            key: run.key,
-            workflow: run.workflow,
-            status,
-            executions: run.executions,
-            last_error: run.last_error,
-            lease_owner: run
-                .lease_owner
-                .filter(|_| run.lease_expires_at.is_some_and(|t| t > now)),
-            created_at: run.created_at.to_system_time(),
-            updated_at: run.updated_at.to_system_time(),
-            steps: steps
-                .into_iter()
-                .map(|s| StepInfo {
-                    id: s.step_id,
-                    status: match s.state {
-                        StepState::Completed => StepStatus::Completed,
-                        StepState::Failed => StepStatus::Failed,
-                        StepState::Retrying => StepStatus::Retrying,
-                    },
-                    attempts: s.attempts,
-                    last_error: s.last_error,
-                    started_at: s.started_at.to_system_time(),
-                    updated_at: s.updated_at.to_system_time(),
-                    retry_at: s.retry_at.map(Timestamp::to_system_time),
-                })
-                .collect(),
-        }
-    }
-
-    /// The step with id `id` (`name#occurrence`).
-    pub fn step(&self, id: &str) -> Option<&StepInfo> {
-        self.steps.iter().find(|s| s.id == id)
     }
 }
