@@ -93,3 +93,29 @@ async fn a_changed_workflow_refuses_old_runs_unless_declared_compatible() {
 
     assert_eq!(rt.run("r", W(false).v3()).await.unwrap(), Ok(3));
 }
+
+#[resumable(name = "retyped")]
+async fn retyped_v1(order: u32) -> Result<u32, Never> {
+    let n = step!("load", {
+        if order > 0 {
+            panic!("interrupted");
+        }
+        order
+    });
+    Ok(n)
+}
+
+/// The next version takes another input type.
+#[resumable(name = "retyped")]
+async fn retyped_v2(order: String) -> Result<u32, Never> {
+    let n = step!("load", { order.len() as u32 });
+    Ok(n)
+}
+
+#[tokio::test]
+async fn a_new_version_with_another_input_type_is_a_version_mismatch_not_an_input_mismatch() {
+    let (rt, _) = memory_runtime();
+    rt.run("t", retyped_v1(3)).await.unwrap_err();
+    let err = rt.run("t", retyped_v2("3".into())).await.unwrap_err();
+    assert!(matches!(err, Error::VersionMismatch { .. }), "{err}");
+}

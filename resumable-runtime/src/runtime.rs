@@ -275,6 +275,14 @@ impl Runtime {
                 journaled: run.workflow.clone(),
                 requested: new.workflow,
             }
+        } else if run.state == RunState::Incomplete && !meta.accepts(run.fingerprint) {
+            // Checked before the input: a new version may well take another input type.
+            Error::VersionMismatch {
+                run: key,
+                workflow: new.workflow,
+                journaled: run.fingerprint,
+                current: meta.fingerprint,
+            }
         } else if run.input != new.input {
             Error::InputMismatch { run: key }
         } else {
