@@ -82,7 +82,8 @@ impl Ctx {
 pub(crate) struct RunCtx {
     pub run_key: String,
     pub workflow: &'static str,
-    pub lease: Mutex<Lease>,
+    /// Shared, so a step's write does not copy the lease's strings.
+    lease: Mutex<Arc<Lease>>,
     pub journal: Arc<dyn Journal>,
     pub envelope: Envelope,
     pub retry: RetryPolicy,
@@ -149,7 +150,7 @@ impl RunCtx {
         RunCtx {
             run_key: snapshot.run.key.clone(),
             workflow,
-            lease: Mutex::new(lease),
+            lease: Mutex::new(Arc::new(lease)),
             journal,
             envelope,
             retry,
@@ -164,12 +165,12 @@ impl RunCtx {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn lease(&self) -> Lease {
+    pub fn lease(&self) -> Arc<Lease> {
         self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn set_lease(&self, lease: Lease) {
-        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease;
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(lease);
     }
 
     pub fn next_seq(&self) -> u64 {
