@@ -21,7 +21,8 @@ use crate::workflow::BoxFuture;
 pub(crate) struct Drive<'a, 'r, R> {
     body: BoxFuture<'a, R>,
     run: &'r RunCtx,
-    /// The waker the body is polled with: notes whether the body was woken.
+    /// The waker the body is polled with: notes whether the body was woken
+    /// since the last stall check.
     body_waker: Arc<BodyWaker>,
     waker: Waker,
     stall_timeout: Duration,
@@ -69,7 +70,6 @@ impl<R> Future for Drive<'_, '_, R> {
         if let Some(err) = this.run.take_abort() {
             return Poll::Ready(Err(err));
         }
-        this.body_waker.woken.store(false, Ordering::Release);
         let mut body_cx = Context::from_waker(&this.waker);
         let polled =
             std::panic::catch_unwind(AssertUnwindSafe(|| this.body.as_mut().poll(&mut body_cx)));
@@ -91,16 +91,18 @@ impl<R> Future for Drive<'_, '_, R> {
 
 impl<R> Drive<'_, '_, R> {
     /// On replay, a step the journal did not record waits until every
-    /// recorded step is replayed. If nothing is executing, the body was not
-    /// woken, and that stays so for the stall timeout, no recorded step is
-    /// coming: the code took another path than the one journaled.
+    /// recorded step is replayed. If nothing is executing and the body is not
+    /// woken for the whole stall timeout, no recorded step is coming: the
+    /// code took another path than the one journaled.
     fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        // Any wake of the body since the last check is progress (a branch
+        // awaiting a channel or a timer): the stall clock starts again.
+        let woken = self.body_waker.woken.swap(false, Ordering::AcqRel);
         let Some(err) = self.run.stall() else {
             self.stalled_since = None;
             return Poll::Pending;
         };
-        if self.body_waker.woken.load(Ordering::Acquire) {
-            // Woken while being polled: it will be polled again at once.
+        if woken {
             self.stalled_since = None;
             return Poll::Pending;
         }
