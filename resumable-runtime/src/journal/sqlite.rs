@@ -658,14 +658,14 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
             started_at,
             at,
         } => {
-            refuse_if_recorded(conn, lease, step_id)?;
-            conn.prepare_cached(
+            let changed = conn.prepare_cached(
                 "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, epoch, \
                  started_at, updated_at, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                  ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, \
                  output = excluded.output, attempts = excluded.attempts, retry_at = NULL, \
                  last_error = COALESCE(?10, last_error), epoch = excluded.epoch, \
-                 started_at = excluded.started_at, updated_at = excluded.updated_at",
+                 started_at = excluded.started_at, updated_at = excluded.updated_at \
+                 WHERE resumable_steps.state = 'retrying'",
             )?
             // Without a final error, `last_error` stays as the failed attempts set it.
             .execute(params![
@@ -680,6 +680,7 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
                 at.0,
                 error,
             ])?;
+            refuse_if_recorded(changed, lease, step_id)?;
             touch_run(conn, lease, *at)?;
         }
         Write::AttemptFailed {
@@ -690,14 +691,14 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
             started_at,
             at,
         } => {
-            refuse_if_recorded(conn, lease, step_id)?;
-            conn.prepare_cached(
+            let changed = conn.prepare_cached(
                 "INSERT INTO resumable_steps (run_key, step_id, state, attempts, last_error, retry_at, epoch, \
                  started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                  ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
                  output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
                  retry_at = excluded.retry_at, epoch = excluded.epoch, started_at = excluded.started_at, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at \
+                 WHERE resumable_steps.state = 'retrying'",
             )?
             .execute(params![
                 lease.run_key,
@@ -710,6 +711,7 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
                 started_at.0,
                 at.0,
             ])?;
+            refuse_if_recorded(changed, lease, step_id)?;
             touch_run(conn, lease, *at)?;
         }
         Write::RunFinished { state, outcome, at } => {
@@ -734,17 +736,11 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
     Ok(())
 }
 
-/// Refuses with `StepAlreadyRecorded` if the step's result is recorded.
-fn refuse_if_recorded(conn: &Connection, lease: &Lease, step_id: &str) -> OpResult<()> {
-    let state: Option<String> = conn
-        .prepare_cached("SELECT state FROM resumable_steps WHERE run_key = ?1 AND step_id = ?2")?
-        .query_row([&lease.run_key, step_id], |row| row.get(0))
-        .optional()?;
-    if state
-        .as_deref()
-        .and_then(StepState::parse)
-        .is_some_and(StepState::is_recorded)
-    {
+/// Refuses with `StepAlreadyRecorded` if a step upsert changed no row: its
+/// `WHERE` only lets it replace a retrying step, never a recorded one, so
+/// the refusal changed nothing.
+fn refuse_if_recorded(changed: usize, lease: &Lease, step_id: &str) -> OpResult<()> {
+    if changed == 0 {
         return Err(Failure::Refused(Error::StepAlreadyRecorded {
             run: lease.run_key.clone(),
             step: step_id.to_owned(),
