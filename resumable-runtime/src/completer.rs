@@ -2,8 +2,8 @@
 //! is executing, claims them, and drives them to completion.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::journal::{Lease, RunSnapshot, Timestamp, Write};
+use crate::journal::{Lease, RunSnapshot};
 use crate::runtime::Runtime;
 use crate::workflow::{BoxFuture, Journaled, Workflow, WorkflowResult};
 
@@ -190,7 +190,6 @@ impl Completer {
         } = self;
         let registry = Arc::new(registry);
         let slots = Arc::new(Semaphore::new(concurrency));
-        let leases: Arc<Mutex<HashMap<String, Lease>>> = Arc::default();
         let mut tasks = JoinSet::new();
         let stopped = async {
             match &stop {
@@ -214,16 +213,9 @@ impl Completer {
                                 .expect("semaphore is never closed");
                             let rt = rt.clone();
                             let registry = registry.clone();
-                            let leases = leases.clone();
                             let counters = counters.clone();
-                            leases
-                                .lock()
-                                .unwrap()
-                                .insert(lease.run_key.clone(), lease.clone());
                             tasks.spawn(async move {
-                                let key = lease.run_key.clone();
                                 let outcome = resume(&rt, &registry, snapshot, lease).await;
-                                leases.lock().unwrap().remove(&key);
                                 match outcome {
                                     Ok(()) => counters.finished.fetch_add(1, Ordering::Relaxed),
                                     Err(_) => counters.interrupted.fetch_add(1, Ordering::Relaxed),
@@ -258,24 +250,10 @@ impl Completer {
         })
         .await;
         if drained.is_err() {
+            // Each interrupted execution hands its run back as it is dropped.
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            let left: Vec<Lease> = leases.lock().unwrap().drain().map(|(_, l)| l).collect();
-            for lease in left {
-                let write = Write::Release {
-                    last_error: Some(
-                        Error::Interrupted {
-                            run: lease.run_key.clone(),
-                        }
-                        .to_string(),
-                    ),
-                    wake_at: Timestamp::now(),
-                    at: Timestamp::now(),
-                };
-                if let Err(err) = rt.journal().write(&lease, write).await {
-                    tracing::debug!(run = %lease.run_key, error = %err, "could not give back run at shutdown");
-                }
-            }
+            rt.finish_handbacks().await;
         }
         Ok(())
     }

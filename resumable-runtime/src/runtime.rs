@@ -386,12 +386,13 @@ impl Runtime {
         }
         .instrument(span.clone())
         .await;
-        guard.disarm();
         if let Err(err) = &result {
             span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
             self.give_back_after_error(&lease, err, snapshot.run.executions)
                 .await;
         }
+        // Only now: dropped while giving the run back, it is still given back.
+        guard.disarm();
         result
     }
 
@@ -415,6 +416,21 @@ impl Runtime {
         };
         if let Err(err) = self.inner.journal.write(lease, write).await {
             tracing::debug!(run = %lease.run_key, error = %err, "could not release the lease; it will expire");
+        }
+    }
+
+    /// Waits until every run that a dropped execution is handing back is back.
+    pub(crate) async fn finish_handbacks(&self) {
+        let pending: Vec<Handback> = {
+            let mut handbacks = self
+                .inner
+                .handbacks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            handbacks.drain().map(|(_, h)| h).collect()
+        };
+        for handback in pending {
+            let _ = handback.task.await;
         }
     }
 
