@@ -85,19 +85,25 @@ impl Envelope {
             ty,
             source,
         })?;
-        if payload.len() > self.max_payload {
+        self.check_size(run, &slot, payload.len())?;
+        let mut header = [RECORD_VERSION, 0, 0, 0, 0];
+        header[1..].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        // The payload's own buffer becomes the record: no second allocation.
+        let mut record = payload;
+        record.splice(0..0, header);
+        Ok(record)
+    }
+
+    fn check_size(&self, run: &str, slot: &impl Fn() -> Slot, size: usize) -> Result<(), Error> {
+        if size > self.max_payload {
             return Err(Error::PayloadTooLarge {
                 run: run.to_owned(),
                 slot: slot(),
-                size: payload.len(),
+                size,
                 limit: self.max_payload,
             });
         }
-        let mut record = Vec::with_capacity(HEADER + payload.len());
-        record.push(RECORD_VERSION);
-        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        record.extend_from_slice(&payload);
-        Ok(record)
+        Ok(())
     }
 
     /// Checks a record's frame and decodes its payload as `T`.
@@ -130,14 +136,7 @@ impl Envelope {
             });
         }
         let payload = &record[HEADER..];
-        if payload.len() > self.max_payload {
-            return Err(Error::PayloadTooLarge {
-                run: run.to_owned(),
-                slot: slot(),
-                size: payload.len(),
-                limit: self.max_payload,
-            });
-        }
+        self.check_size(run, &slot, payload.len())?;
         let stored = u32::from_le_bytes([record[1], record[2], record[3], record[4]]);
         let actual = crc32fast::hash(payload);
         if stored != actual {
