@@ -74,11 +74,10 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
         .codec
         .clone()
         .unwrap_or_else(|| syn::parse_quote!(#krate::Bincode));
-    let ret = f.ret.clone();
     let expander = Expander {
         krate: krate.clone(),
         codec: codec.clone(),
-        ret: ret.clone(),
+        ret: f.ret.clone(),
     };
     let mut block = (*f.item.block).clone();
     let shape = {
@@ -86,216 +85,288 @@ fn expand(args: &Args, krate: Path, f: Function, errors: &mut Errors) -> TokenSt
         rewriter.visit_block_mut(&mut block);
         rewriter.shape()
     };
-
     let ident = &f.item.sig.ident;
     let name = args
         .name
         .as_ref()
         .map_or_else(|| ident.to_string(), |l| l.value());
-    let input_tys: Vec<&Type> = f.inputs().map(|a| &a.ty).collect();
-    let input_names: Vec<&Ident> = f.inputs().map(|a| &a.name).collect();
-    let shape_hash = fnv1a64(&format!(
-        "workflow={name};input=({});output={};steps=[{shape}]",
-        input_tys
-            .iter()
-            .map(|t| canonical(t.to_token_stream()))
-            .collect::<Vec<_>>()
-            .join(","),
-        canonical(ret.to_token_stream()),
-    ));
-
     let body_fn = format_ident!("__resumable_body_{}", ident);
     let meta_fn = format_ident!("__resumable_meta_{}", ident);
-    let workflow_fn = format_ident!("__resumable_workflow_{}", ident);
     let (call, meta_call) = if f.method {
         (quote!(Self::#body_fn), quote!(Self::#meta_fn()))
     } else {
         (quote!(#body_fn), quote!(#meta_fn()))
     };
-    let lt = invocation_lifetime();
-    let vis = &f.item.vis;
-    // The user's attributes: lints and `cfg` also govern the body (where the
-    // user's code now is); `expect` only there, where its lint can fire.
-    let is = |a: &syn::Attribute, names: &[&str]| names.iter().any(|n| a.path().is_ident(n));
-    let attrs: Vec<_> = f
-        .item
-        .attrs
-        .iter()
-        .filter(|a| !is(a, &["expect"]))
-        .collect();
-    let body_attrs: Vec<_> = f
-        .item
-        .attrs
-        .iter()
-        .filter(|a| {
-            is(
-                a,
-                &[
-                    "allow", "warn", "deny", "forbid", "expect", "cfg", "cfg_attr",
-                ],
-            )
-        })
-        .collect();
-    let cfg_attrs: Vec<_> = f.item.attrs.iter().filter(|a| is(a, &["cfg"])).collect();
-    let input_ty = quote!((#(#input_tys,)*));
-    let input_pat = quote!((#(#input_names,)*));
-    let ctx = Ident::new("__resumable_ctx", Span::call_site());
-    let arg_names: Vec<&Ident> = f.args.iter().map(|a| &a.name).collect();
-
-    // Input:  #[resumable] async fn upload(&self, #[dep] db: &Db, user: u64) -> Result<T, E> { body }
-    // Output: fn upload<'r>(&'r self, db: &'r Db, user: u64) -> Invocation<'r, (u64,), Result<T, E>, Codec>
-    //         that journals `(user,)` and starts the body fn below.
-    let outer_params = f.args.iter().map(|a| {
-        let name = &a.name;
-        let mut ty = a.ty.clone();
-        if a.dep {
-            NameElidedLifetimes.visit_type_mut(&mut ty);
-        }
-        quote!(#name: #ty)
-    });
-    let receiver = f.method.then(|| quote!(&#lt self,));
-    let self_arg = f.method.then(|| quote!(self,));
-    let input_checks = input_tys
-        .iter()
-        .map(|ty| quote_spanned!(ty.span()=> let _ = #krate::__private::assert_journaled::<#ty>;));
-    let ret_check =
-        quote_spanned!(ret.span()=> let _ = #krate::__private::assert_workflow_result::<#ret>;);
-    let outer = quote! {
-        #(#attrs)*
-        #vis fn #ident<#lt>(#receiver #(#outer_params),*) -> #krate::Invocation<#lt, #input_ty, #ret, #codec> {
-            #(#input_checks)*
-            #ret_check
-            #krate::__private::invocation::<_, _, #codec, _>(
-                #meta_call,
-                #input_pat,
-                move |#ctx, #input_pat| -> #krate::__private::BoxFuture<#lt, #ret> {
-                    #krate::__private::Box::pin(#call(#self_arg #ctx, #(#arg_names),*))
-                },
-            )
-        }
+    let input_tys: Vec<&Type> = f.inputs().map(|a| &a.ty).collect();
+    let input_names: Vec<&Ident> = f.inputs().map(|a| &a.name).collect();
+    let g = Generator {
+        f: &f,
+        krate: &krate,
+        codec: &codec,
+        input_ty: quote!((#(#input_tys,)*)),
+        input_pat: quote!((#(#input_names,)*)),
+        call,
+        meta_call,
+        ctx: Ident::new("__resumable_ctx", Span::call_site()),
+        cfg_attrs: attrs_named(&f, &["cfg"]),
     };
-
-    // The body, with every step rewritten, taking the run context first.
-    let body_params = f.args.iter().map(|a| {
-        let (pat, ty) = (&a.pat, &a.ty);
-        quote!(#pat: #ty)
-    });
-    let self_param = f.method.then(|| quote!(&self,));
+    let hash = shape_hash(&name, &input_tys, &f.ret, &shape);
     // Once an error is reported, what it leaves behind (an unreachable tail,
     // an unused variable) is noise.
-    let quiet = (!errors.is_empty()).then(|| quote!(#[allow(unreachable_code, unused_variables)]));
-    let errors = quote_spanned! {ret.span()=>
-        let __resumable_errors = &#krate::__private::error_codec::<
-            #codec,
-            <#ret as #krate::__private::WorkflowResult>::Err,
-        >();
-    };
-    let body = quote! {
-        #[doc(hidden)]
-        #[allow(clippy::too_many_arguments, clippy::needless_question_mark, unused_braces)]
-        #quiet
-        #(#body_attrs)*
-        async fn #body_fn(#self_param __resumable_ctx_owned: #krate::__private::Ctx, #(#body_params),*) -> #ret {
-            let #ctx: &#krate::__private::Ctx = &__resumable_ctx_owned;
-            #errors
-            #block
-        }
-    };
-
-    let retry = option(args.retry.as_ref());
-    let compatible = &args.compatible;
-    let fn_span = ident.span();
-    let meta = quote! {
-        #[doc(hidden)]
-        #(#cfg_attrs)*
-        fn #meta_fn() -> #krate::__private::WorkflowMeta {
-            #krate::__private::WorkflowMeta {
-                name: #name,
-                fingerprint: #krate::__private::fingerprint(#shape_hash, <#codec as #krate::Codec>::NAME),
-                compatible: &[#(#compatible),*],
-                retry: #retry,
-                location: #krate::__private::Location {
-                    file: ::core::file!(),
-                    line: ::core::line!(),
-                    column: ::core::column!(),
-                },
-            }
-        }
-    };
-    let meta = respan_location(meta, fn_span);
-
-    // Input:  the same function.
-    // Output: fn __resumable_workflow_upload() -> Workflow<Deps, (u64,), Result<T, E>, Codec>, where
-    //         Deps holds what is not journaled (the receiver, then `#[dep]`s), for the completer.
-    // (stored type, passed by reference)
-    let mut deps: Vec<(Type, bool)> = Vec::new();
-    if f.method {
-        deps.push((syn::parse_quote!(Self), true));
-    }
-    for a in f.deps() {
-        match &a.ty {
-            // `&'static T` is a value like any other: stored and copied.
-            Type::Reference(r) if r.lifetime.as_ref().is_none_or(|l| l.ident == "_") => {
-                deps.push(((*r.elem).clone(), true))
-            }
-            ty => deps.push((ty.clone(), false)),
-        }
-    }
-    let deps_ty = match deps.len() {
-        0 => quote!(()),
-        1 => deps[0].0.to_token_stream(),
-        _ => {
-            let tys = deps.iter().map(|d| &d.0);
-            quote!((#(#tys,)*))
-        }
-    };
-    let dep_access = |i: usize| -> TokenStream {
-        let (ty, by_ref) = &deps[i];
-        let access = if deps.len() == 1 {
-            quote!(__resumable_deps)
-        } else {
-            let index = syn::Index::from(i);
-            quote!(&__resumable_deps.#index)
-        };
-        if *by_ref {
-            access
-        } else {
-            // Spanned on the type: a dependency that cannot be cloned is reported there.
-            quote_spanned!(ty.span()=> #krate::__private::clone_dependency::<#ty>(#access))
-        }
-    };
-    let mut next_dep = 0;
-    let mut resume_args = Vec::new();
-    if f.method {
-        resume_args.push(dep_access(0));
-        next_dep = 1;
-    }
-    resume_args.push(ctx.to_token_stream());
-    for a in &f.args {
-        if a.dep {
-            resume_args.push(dep_access(next_dep));
-            next_dep += 1;
-        } else {
-            resume_args.push(a.name.to_token_stream());
-        }
-    }
-    let deps_param = if deps.is_empty() {
-        quote!(_)
-    } else {
-        quote!(__resumable_deps)
-    };
-    let workflow = quote! {
-        #[doc(hidden)]
-        #(#cfg_attrs)*
-        #vis fn #workflow_fn() -> #krate::Workflow<#deps_ty, #input_ty, #ret, #codec> {
-            #krate::__private::workflow::<_, _, _, #codec>(
-                #meta_call,
-                |#deps_param, #ctx, #input_pat| #krate::__private::Box::pin(#call(#(#resume_args),*)),
-            )
-        }
-    };
-
+    let quiet = !errors.is_empty();
+    let outer = g.outer(&input_tys);
+    let body = g.body(&body_fn, &block, quiet);
+    let meta = g.meta(&meta_fn, &name, hash, args);
+    let workflow = g.workflow(&format_ident!("__resumable_workflow_{}", ident));
     quote!(#outer #body #meta #workflow)
+}
+
+/// The fingerprint of what makes runs of two versions compatible: the name,
+/// input and output types, and step structure (the codec is mixed in at run time).
+fn shape_hash(name: &str, input_tys: &[&Type], ret: &Type, shape: &str) -> u64 {
+    let inputs: Vec<String> = input_tys
+        .iter()
+        .map(|t| canonical(t.to_token_stream()))
+        .collect();
+    fnv1a64(&format!(
+        "workflow={name};input=({});output={};steps=[{shape}]",
+        inputs.join(","),
+        canonical(ret.to_token_stream()),
+    ))
+}
+
+/// The function's own attributes with one of these names.
+fn attrs_named<'f>(f: &'f Function, names: &[&str]) -> Vec<&'f syn::Attribute> {
+    let named = |a: &&syn::Attribute| names.iter().any(|n| a.path().is_ident(n));
+    f.item.attrs.iter().filter(named).collect()
+}
+
+/// Writes the four items of a workflow from one parsed function.
+struct Generator<'a> {
+    f: &'a Function,
+    krate: &'a Path,
+    codec: &'a Type,
+    /// `(A, B,)`: the journaled input's type and its destructuring pattern.
+    input_ty: TokenStream,
+    input_pat: TokenStream,
+    /// How to call the body fn, and the meta fn.
+    call: TokenStream,
+    meta_call: TokenStream,
+    ctx: Ident,
+    cfg_attrs: Vec<&'a syn::Attribute>,
+}
+
+impl Generator<'_> {
+    /// Input:  #[resumable] async fn upload(&self, #[dep] db: &Db, user: u64) -> Result<T, E> { body }
+    /// Output: fn upload<'r>(&'r self, db: &'r Db, user: u64) -> Invocation<'r, (u64,), Result<T, E>, Codec>
+    ///         that journals `(user,)` and starts the body fn.
+    fn outer(&self, input_tys: &[&Type]) -> TokenStream {
+        let Generator {
+            f,
+            krate,
+            codec,
+            input_ty,
+            input_pat,
+            call,
+            meta_call,
+            ctx,
+            ..
+        } = self;
+        let (ident, ret) = (&f.item.sig.ident, &f.ret);
+        let lt = invocation_lifetime();
+        let vis = &f.item.vis;
+        // `expect` goes to the body only, where its lint can fire.
+        let attrs = f.item.attrs.iter().filter(|a| !a.path().is_ident("expect"));
+        let params = f.args.iter().map(|a| {
+            let name = &a.name;
+            let mut ty = a.ty.clone();
+            if a.dep {
+                NameElidedLifetimes.visit_type_mut(&mut ty);
+            }
+            quote!(#name: #ty)
+        });
+        let receiver = f.method.then(|| quote!(&#lt self,));
+        let self_arg = f.method.then(|| quote!(self,));
+        let arg_names = f.args.iter().map(|a| &a.name);
+        let input_checks = input_tys.iter().map(
+            |ty| quote_spanned!(ty.span()=> let _ = #krate::__private::assert_journaled::<#ty>;),
+        );
+        let ret_check =
+            quote_spanned!(ret.span()=> let _ = #krate::__private::assert_workflow_result::<#ret>;);
+        quote! {
+            #(#attrs)*
+            #vis fn #ident<#lt>(#receiver #(#params),*) -> #krate::Invocation<#lt, #input_ty, #ret, #codec> {
+                #(#input_checks)*
+                #ret_check
+                #krate::__private::invocation::<_, _, #codec, _>(
+                    #meta_call,
+                    #input_pat,
+                    move |#ctx, #input_pat| -> #krate::__private::BoxFuture<#lt, #ret> {
+                        #krate::__private::Box::pin(#call(#self_arg #ctx, #(#arg_names),*))
+                    },
+                )
+            }
+        }
+    }
+
+    /// The user's body, with every step rewritten, taking the run context first.
+    fn body(&self, body_fn: &Ident, block: &syn::Block, quiet: bool) -> TokenStream {
+        let Generator {
+            f,
+            krate,
+            codec,
+            ctx,
+            ..
+        } = self;
+        let ret = &f.ret;
+        let params = f.args.iter().map(|a| {
+            let (pat, ty) = (&a.pat, &a.ty);
+            quote!(#pat: #ty)
+        });
+        let self_param = f.method.then(|| quote!(&self,));
+        let quiet = quiet.then(|| quote!(#[allow(unreachable_code, unused_variables)]));
+        // Lints and `cfg` of the function govern the body, where the user's code is.
+        let attrs = attrs_named(
+            f,
+            &[
+                "allow", "warn", "deny", "forbid", "expect", "cfg", "cfg_attr",
+            ],
+        );
+        let errors = quote_spanned! {ret.span()=>
+            let __resumable_errors = &#krate::__private::error_codec::<
+                #codec,
+                <#ret as #krate::__private::WorkflowResult>::Err,
+            >();
+        };
+        quote! {
+            #[doc(hidden)]
+            #[allow(clippy::too_many_arguments, clippy::needless_question_mark, unused_braces)]
+            #quiet
+            #(#attrs)*
+            async fn #body_fn(#self_param __resumable_ctx_owned: #krate::__private::Ctx, #(#params),*) -> #ret {
+                let #ctx: &#krate::__private::Ctx = &__resumable_ctx_owned;
+                #errors
+                #block
+            }
+        }
+    }
+
+    /// The workflow's description, with `file!()`/`line!()` of the function.
+    fn meta(&self, meta_fn: &Ident, name: &str, hash: u64, args: &Args) -> TokenStream {
+        let Generator {
+            f,
+            krate,
+            codec,
+            cfg_attrs,
+            ..
+        } = self;
+        let retry = option(args.retry.as_ref());
+        let compatible = &args.compatible;
+        let meta = quote! {
+            #[doc(hidden)]
+            #(#cfg_attrs)*
+            fn #meta_fn() -> #krate::__private::WorkflowMeta {
+                #krate::__private::WorkflowMeta {
+                    name: #name,
+                    fingerprint: #krate::__private::fingerprint(#hash, <#codec as #krate::Codec>::NAME),
+                    compatible: &[#(#compatible),*],
+                    retry: #retry,
+                    location: #krate::__private::Location {
+                        file: ::core::file!(),
+                        line: ::core::line!(),
+                        column: ::core::column!(),
+                    },
+                }
+            }
+        };
+        respan_location(meta, f.item.sig.ident.span())
+    }
+
+    /// Input:  the same function.
+    /// Output: fn __resumable_workflow_upload() -> Workflow<Deps, (u64,), Result<T, E>, Codec>,
+    ///         where Deps holds what is not journaled (the receiver, then the
+    ///         `#[dep]`s), for the completer.
+    fn workflow(&self, workflow_fn: &Ident) -> TokenStream {
+        let Generator {
+            f,
+            krate,
+            codec,
+            input_ty,
+            input_pat,
+            call,
+            meta_call,
+            ctx,
+            cfg_attrs,
+        } = self;
+        let ret = &f.ret;
+        let vis = &f.item.vis;
+        // (stored type, passed by reference)
+        let mut deps: Vec<(Type, bool)> = Vec::new();
+        if f.method {
+            deps.push((syn::parse_quote!(Self), true));
+        }
+        for a in f.deps() {
+            match &a.ty {
+                // `&'static T` is a value like any other: stored and copied.
+                Type::Reference(r) if r.lifetime.as_ref().is_none_or(|l| l.ident == "_") => {
+                    deps.push(((*r.elem).clone(), true))
+                }
+                ty => deps.push((ty.clone(), false)),
+            }
+        }
+        let deps_ty = match deps.len() {
+            0 => quote!(()),
+            1 => deps[0].0.to_token_stream(),
+            _ => {
+                let tys = deps.iter().map(|d| &d.0);
+                quote!((#(#tys,)*))
+            }
+        };
+        let dep_access = |i: usize| -> TokenStream {
+            let (ty, by_ref) = &deps[i];
+            let access = if deps.len() == 1 {
+                quote!(__resumable_deps)
+            } else {
+                let index = syn::Index::from(i);
+                quote!(&__resumable_deps.#index)
+            };
+            if *by_ref {
+                access
+            } else {
+                // Spanned on the type: a dependency that cannot be cloned is reported there.
+                quote_spanned!(ty.span()=> #krate::__private::clone_dependency::<#ty>(#access))
+            }
+        };
+        // The body fn's arguments in order: receiver, context, then each argument.
+        let mut next_dep = 0..;
+        let mut resume_args = Vec::new();
+        if f.method {
+            resume_args.push(dep_access(next_dep.next().unwrap_or_default()));
+        }
+        resume_args.push(ctx.to_token_stream());
+        for a in &f.args {
+            resume_args.push(if a.dep {
+                dep_access(next_dep.next().unwrap_or_default())
+            } else {
+                a.name.to_token_stream()
+            });
+        }
+        let deps_param = if deps.is_empty() {
+            quote!(_)
+        } else {
+            quote!(__resumable_deps)
+        };
+        quote! {
+            #[doc(hidden)]
+            #(#cfg_attrs)*
+            #vis fn #workflow_fn() -> #krate::Workflow<#deps_ty, #input_ty, #ret, #codec> {
+                #krate::__private::workflow::<_, _, _, #codec>(
+                    #meta_call,
+                    |#deps_param, #ctx, #input_pat| #krate::__private::Box::pin(#call(#(#resume_args),*)),
+                )
+            }
+        }
+    }
 }
 
 fn option(expr: Option<&Expr>) -> TokenStream {
