@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::journal::{Lease, RunSnapshot};
+use crate::journal::{JournalEvent, Lease, RunSnapshot, Subscription, Timestamp};
 use crate::runtime::Runtime;
 use crate::workflow::{BoxFuture, Journaled, Workflow, WorkflowResult};
 
@@ -147,7 +147,10 @@ impl Completer {
         self
     }
 
-    /// How often to look for due runs when idle (default 1 s).
+    /// How often to look for due runs when idle (default 1 s). With a
+    /// journal that pushes wake-ups ([`Journal::subscribe`](crate::Journal::subscribe)),
+    /// submitted and given-back runs are claimed as soon as they are due;
+    /// polling still finds runs whose lease expired.
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
         self
@@ -198,7 +201,9 @@ impl Completer {
             }
         };
         tokio::pin!(stopped);
-        loop {
+        let mut events = rt.journal().subscribe();
+        let mut next_due: Option<Timestamp> = None;
+        'work: loop {
             let free = slots.available_permits();
             let mut claimed = 0;
             if free > 0 {
@@ -236,12 +241,33 @@ impl Completer {
                 return Ok(());
             }
             // More may be due right away if every free slot was filled.
-            let busy = claimed > 0 && claimed == free;
-            tokio::select! {
-                _ = &mut stopped => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = tokio::time::sleep(poll_interval), if !busy => {}
-                _ = tokio::task::yield_now(), if busy => {}
+            if claimed > 0 && claimed == free {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            // Idle: wait for a run to finish (a free slot), a wake-up, the
+            // next known due time, or the poll interval.
+            loop {
+                let now = Timestamp::now();
+                let sleep = match next_due {
+                    Some(due) if due > now => poll_interval.min(until(now, due)),
+                    Some(_) => Duration::ZERO,
+                    None => poll_interval,
+                };
+                tokio::select! {
+                    _ = &mut stopped => break 'work,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => break,
+                    () = tokio::time::sleep(sleep) => {
+                        next_due = next_due.filter(|due| *due > Timestamp::now());
+                        break;
+                    }
+                    at = due_event(&mut events) => {
+                        if at <= Timestamp::now() {
+                            break;
+                        }
+                        next_due = Some(next_due.map_or(at, |due| due.min(at)));
+                    }
+                }
             }
         }
         // Graceful shutdown: let executing runs finish, then interrupt and give back the rest.
@@ -257,6 +283,25 @@ impl Completer {
         }
         Ok(())
     }
+}
+
+/// When the next event says a run becomes due (`Timestamp(0)`, that is now,
+/// if events were missed). Never returns if the journal has no events.
+async fn due_event(events: &mut Option<Subscription>) -> Timestamp {
+    while let Some(subscription) = events {
+        match subscription.next().await {
+            Some(JournalEvent::Due { at }) => return at,
+            Some(JournalEvent::Resync) => return Timestamp(0),
+            Some(JournalEvent::Finished { .. }) => {}
+            None => *events = None,
+        }
+    }
+    std::future::pending().await
+}
+
+/// The time from `now` to `later`.
+fn until(now: Timestamp, later: Timestamp) -> Duration {
+    Duration::from_millis(later.0.saturating_sub(now.0).max(0) as u64)
 }
 
 async fn resume(

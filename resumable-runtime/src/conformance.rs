@@ -29,14 +29,18 @@
 //! The functions that test concurrency take an `Arc<dyn Journal>` and spawn
 //! tokio tasks; on a multi-threaded runtime those run in parallel.
 
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::journal::{
-    Journal, Lease, LeaseRequest, NewRun, RunFilter, RunRecord, RunSnapshot, RunState, StepRecord,
-    StepState, Timestamp, Write,
+    Journal, JournalEvent, Lease, LeaseRequest, NewRun, RunFilter, RunRecord, RunSnapshot,
+    RunState, StepRecord, StepState, Subscription, Timestamp, UNPINNED, Write,
 };
 
 /// The worker id used for leases in these tests.
@@ -60,6 +64,8 @@ pub async fn run_all(journal: Arc<dyn Journal>) {
     step_failures_stay_visible(j).await;
     release_gives_run_back(j).await;
     renew_extends_lease(j).await;
+    pin_fixes_an_unpinned_fingerprint(j).await;
+    events_announce_due_and_finished_runs(j).await;
     load_run_round_trips(j).await;
     list_runs_filters(j).await;
     claim_due_selects_due_runs(j).await;
@@ -796,6 +802,97 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         "Release with last_error None must clear the last error"
     );
     assert_eq!(run.wake_at, at(t, 20), "Release must set wake_at");
+}
+
+/// `Pin` gives an [`UNPINNED`] run the executing code's fingerprint, fenced
+/// like every write; a run already pinned keeps its fingerprint.
+pub async fn pin_fixes_an_unpinned_fingerprint(journal: &dyn Journal) {
+    let key = unique("pin");
+    let t = Timestamp::now();
+    let unpinned = NewRun {
+        fingerprint: UNPINNED,
+        ..new_run(&key, b"input")
+    };
+    let (snapshot, lease) = open_leased(journal, unpinned, t, at(t, 60_000)).await;
+    assert_eq!(
+        snapshot.run.fingerprint, UNPINNED,
+        "open_run must store the fingerprint as given, UNPINNED too"
+    );
+    let pin = |fingerprint| Write::Pin {
+        fingerprint,
+        at: at(t, 5),
+    };
+    journal
+        .write(&lease, pin(7))
+        .await
+        .unwrap_or_else(|e| panic!("pinning an unpinned run failed: {e}"));
+    let run = load(journal, &key).await.run;
+    assert_eq!(run.fingerprint, 7, "Pin must set an unpinned fingerprint");
+    journal
+        .write(&lease, pin(8))
+        .await
+        .unwrap_or_else(|e| panic!("pinning a pinned run failed: {e}"));
+    let run = load(journal, &key).await.run;
+    assert_eq!(
+        run.fingerprint, 7,
+        "Pin must not change a pinned fingerprint"
+    );
+    let stale = Lease {
+        epoch: lease.epoch + 1,
+        ..lease.clone()
+    };
+    expect_lease_lost(
+        journal.write(&stale, pin(9)).await,
+        &stale,
+        "a Pin under a stale epoch",
+    );
+    finish(journal, &lease, at(t, 10), &key).await;
+}
+
+/// A journal whose [`Journal::subscribe`] returns a subscription announces a
+/// committed `Release` as [`JournalEvent::Due`] at its `wake_at`, and a
+/// committed `RunFinished` as [`JournalEvent::Finished`] with the run key,
+/// within a few seconds (other events may come in between). A journal that
+/// returns `None` passes.
+pub async fn events_announce_due_and_finished_runs(journal: &dyn Journal) {
+    let Some(mut events) = journal.subscribe() else {
+        return;
+    };
+    let key = unique("events");
+    let t = Timestamp::now();
+    let (_, lease1) = open_leased(journal, new_run(&key, b"input"), t, at(t, 60_000)).await;
+    let wake_at = at(t, 12_345);
+    let release = Write::Release {
+        last_error: None,
+        wake_at,
+        at: at(t, 1),
+    };
+    journal
+        .write(&lease1, release)
+        .await
+        .unwrap_or_else(|e| panic!("releasing a run failed: {e}"));
+    let due = JournalEvent::Due { at: wake_at };
+    expect_event(&mut events, &due, "a committed Release").await;
+    let (_, lease2) = open_leased(journal, new_run(&key, b"input"), at(t, 2), at(t, 60_000)).await;
+    finish(journal, &lease2, at(t, 3), &key).await;
+    let finished = JournalEvent::Finished { key: key.clone() };
+    expect_event(&mut events, &finished, "a committed RunFinished").await;
+}
+
+async fn expect_event(events: &mut Subscription, expected: &JournalEvent, after: &str) {
+    let wait = async {
+        while let Some(event) = events.next().await {
+            if &event == expected {
+                return true;
+            }
+        }
+        false
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), wait).await {
+        Ok(true) => {}
+        Ok(false) => panic!("the subscription ended before {after} was announced as {expected:?}"),
+        Err(_) => panic!("{after} was not announced as {expected:?} within 10 s"),
+    }
 }
 
 /// `renew` extends the lease to `until` (so the run is not taken over before

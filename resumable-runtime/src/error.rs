@@ -261,6 +261,25 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// No run has this key.
+    #[error("no run has the key '{run}'")]
+    UnknownRun {
+        /// The run key.
+        run: String,
+    },
+
+    /// A setting given to a journal is not valid (a malformed URL, a bad
+    /// schema name).
+    #[error("invalid {setting} {value:?}: {reason}")]
+    InvalidSetting {
+        /// Which setting.
+        setting: &'static str,
+        /// The value given (passwords removed).
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
     /// The storage backend failed (I/O, lost connection, locked database).
     #[error("journal storage ({backend}) failed: {source}")]
     Storage {

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 mod codec;
 mod completer;
 mod context;
@@ -21,15 +22,19 @@ mod workflow;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
+pub use client::{Client, WorkflowRef};
 pub use codec::{Bincode, Codec, RECORD_VERSION};
 pub use completer::{Completer, CompleterHandle, CompleterReport};
 pub use context::Ctx;
 pub use error::{BoxError, Error, Location, Result, Slot};
 pub use journal::memory::MemoryJournal;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use journal::postgres::{LeaseRecord, PostgresJournal, PostgresJournalBuilder};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use journal::sqlite::{Durability, SqliteJournal, SqliteStats};
-pub use journal::{Journal, RunFilter, RunState};
+pub use journal::{Journal, JournalEvent, RunFilter, RunState, Subscription};
 pub use retry::{Classify, RetryPolicy};
 pub use runtime::{MAX_RUN_KEY, Runtime, RuntimeBuilder};
 pub use status::{RunInfo, RunStatus, StepInfo, StepStatus};
@@ -54,7 +59,8 @@ pub mod __private {
     };
     pub use std::boxed::Box;
 
-    /// Mixes the codec's name into the macro's fingerprint of the step structure.
+    /// Mixes the codec's name into the macro's fingerprint of the step
+    /// structure. Never [`UNPINNED`](crate::journal::UNPINNED) (0).
     pub const fn fingerprint(shape: u64, codec: &str) -> u64 {
         let bytes = codec.as_bytes();
         let mut hash = shape;
@@ -64,6 +70,10 @@ pub mod __private {
             hash = hash.wrapping_mul(0x0100_0000_01b3);
             i += 1;
         }
-        hash
+        if hash == crate::journal::UNPINNED {
+            1
+        } else {
+            hash
+        }
     }
 }

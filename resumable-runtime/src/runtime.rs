@@ -13,7 +13,7 @@ use crate::drive::{Drive, Heartbeat};
 use crate::error::{Error, Result, Slot};
 use crate::journal::{
     Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState,
-    Timestamp, Write,
+    Timestamp, UNPINNED, Write,
 };
 use crate::retry::RetryPolicy;
 use crate::status::RunInfo;
@@ -338,6 +338,15 @@ impl Runtime {
                     current: meta.fingerprint,
                 });
             }
+            if snapshot.run.fingerprint == UNPINNED {
+                // Before any step is recorded, so later code versions are checked against it.
+                let pin = Write::Pin {
+                    fingerprint: meta.fingerprint,
+                    at: Timestamp::now(),
+                };
+                self.inner.journal.write(&lease, pin).await?;
+                snapshot.run.fingerprint = meta.fingerprint;
+            }
             // Contract 2 holds for the input too: the body sees the journaled bytes.
             let input =
                 self.inner
@@ -463,7 +472,7 @@ impl Runtime {
     }
 }
 
-fn validate_key(key: &str) -> Result<()> {
+pub(crate) fn validate_key(key: &str) -> Result<()> {
     let reason = if key.is_empty() {
         "a run key must not be empty"
     } else if key.len() > MAX_RUN_KEY {

@@ -34,9 +34,13 @@ pub struct WorkflowMeta {
 }
 
 impl WorkflowMeta {
-    /// Whether this code may resume a run started with `fingerprint`.
+    /// Whether this code may resume a run started with `fingerprint`: its
+    /// own, one it declares compatible, or a run a client submitted without
+    /// the code ([`UNPINNED`](crate::journal::UNPINNED)), which it then pins.
     pub fn accepts(&self, fingerprint: u64) -> bool {
-        fingerprint == self.fingerprint || self.compatible.contains(&fingerprint)
+        fingerprint == self.fingerprint
+            || fingerprint == crate::journal::UNPINNED
+            || self.compatible.contains(&fingerprint)
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState,
-    StepRecord, StepState, Timestamp, Write,
+    EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
+    RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp, UNPINNED, Write,
 };
 use crate::error::{Error, Result};
 
@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     runs: Mutex<HashMap<String, StoredRun>>,
+    events: EventSender,
 }
 
 #[derive(Debug)]
@@ -165,6 +166,9 @@ impl Journal for MemoryJournal {
     async fn write(&self, lease: &Lease, write: Write) -> Result<()> {
         let mut runs = self.runs.lock().unwrap();
         let run = Self::fenced(&mut runs, lease)?;
+        if let Some(event) = JournalEvent::announced_by(&lease.run_key, &write) {
+            self.events.send(event);
+        }
         match write {
             Write::StepRecorded {
                 step_id,
@@ -230,6 +234,13 @@ impl Journal for MemoryJournal {
                 r.lease_expires_at = None;
                 r.updated_at = at;
             }
+            Write::Pin { fingerprint, at } => {
+                let r = &mut run.record;
+                if r.fingerprint == UNPINNED {
+                    r.fingerprint = fingerprint;
+                }
+                r.updated_at = at;
+            }
             Write::Release {
                 last_error,
                 wake_at,
@@ -278,5 +289,9 @@ impl Journal for MemoryJournal {
             .take(filter.limit.unwrap_or(usize::MAX))
             .map(|r| r.record.clone())
             .collect())
+    }
+
+    fn subscribe(&self) -> Option<Subscription> {
+        Some(self.events.subscribe())
     }
 }

@@ -14,10 +14,21 @@ use async_trait::async_trait;
 use crate::error::Error;
 use crate::error::Result;
 
+pub mod events;
 pub mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
+
+pub use events::{EventSender, JournalEvent, Subscription};
+
+/// The fingerprint of a run submitted without the workflow's code (by a
+/// [`Client`](crate::Client)): the first worker that executes it pins it to
+/// its own fingerprint with [`Write::Pin`]. Generated fingerprints are never 0.
+pub const UNPINNED: u64 = 0;
 
 /// Milliseconds since the Unix epoch, as journals store time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -54,7 +65,7 @@ pub struct NewRun {
     pub key: String,
     /// The workflow's stable name.
     pub workflow: String,
-    /// The workflow's step-structure fingerprint.
+    /// The workflow's step-structure fingerprint, or [`UNPINNED`].
     pub fingerprint: u64,
     /// The sealed input.
     pub input: Vec<u8>,
@@ -299,6 +310,15 @@ pub enum Write {
         /// Now.
         at: Timestamp,
     },
+    /// Pins an [`UNPINNED`] run to the fingerprint of the code executing it,
+    /// before its first step is recorded. A run already pinned keeps its
+    /// fingerprint.
+    Pin {
+        /// The executing code's fingerprint.
+        fingerprint: u64,
+        /// Now.
+        at: Timestamp,
+    },
     /// Gives an unfinished run back: releases the lease, records why, and
     /// sets when a completer may take it again.
     Release {
@@ -358,6 +378,15 @@ pub trait Journal: Send + Sync + Debug + 'static {
 
     /// Runs matching `filter`, oldest first.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+
+    /// Wake-ups for completers and waiting clients: after a committed
+    /// [`Write::Release`], a [`JournalEvent::Due`]; after a committed
+    /// [`Write::RunFinished`], a [`JournalEvent::Finished`]. `None` (the
+    /// default) if this journal cannot push them; callers then poll. Events
+    /// are hints: a subscriber must still poll now and then.
+    fn subscribe(&self) -> Option<Subscription> {
+        None
+    }
 }
 
 #[async_trait]
@@ -383,5 +412,8 @@ impl<J: Journal + ?Sized> Journal for std::sync::Arc<J> {
     }
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         (**self).list_runs(filter).await
+    }
+    fn subscribe(&self) -> Option<Subscription> {
+        (**self).subscribe()
     }
 }

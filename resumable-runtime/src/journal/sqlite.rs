@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState,
-    StepRecord, StepState, Timestamp, Write,
+    EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
+    RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp, UNPINNED, Write,
 };
 use crate::error::{Error, Result};
 
@@ -145,6 +145,7 @@ pub struct SqliteJournal {
     // channel closes (ending the thread's loop) before the thread is joined.
     requests: mpsc::Sender<Box<dyn Job>>,
     stats: Arc<Counters>,
+    events: EventSender,
     // Only held for its drop, which joins the thread.
     _writer: WriterThread,
 }
@@ -267,6 +268,7 @@ impl SqliteJournalBuilder {
             durability: self.durability,
             requests,
             stats,
+            events: EventSender::new(),
             _writer: WriterThread(Some(thread)),
         };
         opened.await.map_err(|_| writer_stopped())??;
@@ -721,6 +723,18 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
             )?
             .execute(params![lease.run_key, state.as_str(), outcome, at.0])?;
         }
+        Write::Pin { fingerprint, at } => {
+            conn.prepare_cached(
+                "UPDATE resumable_runs SET fingerprint = CASE WHEN fingerprint = ?2 THEN ?3 \
+                 ELSE fingerprint END, updated_at = ?4 WHERE run_key = ?1",
+            )?
+            .execute(params![
+                lease.run_key,
+                UNPINNED as i64,
+                *fingerprint as i64,
+                at.0
+            ])?;
+        }
         Write::Release {
             last_error,
             wake_at,
@@ -877,8 +891,13 @@ impl Journal for SqliteJournal {
     }
 
     async fn write(&self, lease: &Lease, change: Write) -> Result<()> {
+        let event = JournalEvent::announced_by(&lease.run_key, &change);
         let lease = lease.clone();
-        self.call(move |conn| write(conn, &lease, &change)).await
+        self.call(move |conn| write(conn, &lease, &change)).await?;
+        if let Some(event) = event {
+            self.events.send(event);
+        }
+        Ok(())
     }
 
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
@@ -894,6 +913,10 @@ impl Journal for SqliteJournal {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let filter = filter.clone();
         self.call(move |conn| list_runs(conn, &filter)).await
+    }
+
+    fn subscribe(&self) -> Option<Subscription> {
+        Some(self.events.subscribe())
     }
 }
 

@@ -1,0 +1,253 @@
+//! The [`Client`]: submits runs and waits for their outcomes, for processes
+//! that do not have the workflows' code (a web front end handing work to
+//! workers on other machines).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::{Bincode, Codec, Envelope};
+use crate::error::{Error, Result, Slot};
+use crate::journal::{
+    Journal, JournalEvent, LeaseRequest, NewRun, RunState, Subscription, Timestamp, UNPINNED, Write,
+};
+use crate::runtime::validate_key;
+use crate::workflow::{Journaled, WorkflowResult};
+
+/// A workflow as a client sees it: its name and its types, without its code.
+///
+/// `I` is the tuple of the `#[resumable]` function's journaled arguments
+/// (its receiver and `#[dep]` arguments excluded), `R` its return type and
+/// `C` its codec. For `async fn resize(user: u64, url: String) -> Result<Thumb, Failed>`:
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Thumb;
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Failed;
+/// use resumable_runtime::WorkflowRef;
+///
+/// const RESIZE: WorkflowRef<(u64, String), Result<Thumb, Failed>> = WorkflowRef::named("resize");
+/// ```
+///
+/// Runs submitted this way are not tied to a version of the workflow until
+/// a worker executes them: the first worker pins the run to its code's
+/// fingerprint, and later workers are checked against it as usual.
+pub struct WorkflowRef<I, R, C = Bincode> {
+    name: &'static str,
+    _types: PhantomData<fn(I) -> (R, C)>,
+}
+
+impl<I, R, C> WorkflowRef<I, R, C> {
+    /// The workflow named `name` (its function's name, or the `name = ".."`
+    /// given to `#[resumable]`).
+    pub const fn named(name: &'static str) -> Self {
+        WorkflowRef {
+            name,
+            _types: PhantomData,
+        }
+    }
+
+    /// The workflow's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<I, R, C> Clone for WorkflowRef<I, R, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I, R, C> Copy for WorkflowRef<I, R, C> {}
+
+impl<I, R, C> fmt::Debug for WorkflowRef<I, R, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("WorkflowRef").field(&self.name).finish()
+    }
+}
+
+/// Submits runs for workers ([`Completer`](crate::Completer)s, possibly on
+/// other machines) to execute, and waits for their outcomes. Cheap to clone.
+///
+/// Waiting uses the journal's wake-ups ([`Journal::subscribe`]) when it has
+/// them, so an outcome arrives as soon as it is committed, and polls as the
+/// fallback.
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)] struct Thumb(u32);
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable_runtime::Result<()> {
+/// use resumable_runtime::{Client, MemoryJournal, RunState, WorkflowRef};
+///
+/// const RESIZE: WorkflowRef<(u64,), Result<Thumb, String>> = WorkflowRef::named("resize");
+///
+/// let client = Client::new(MemoryJournal::new());
+/// client.submit(&RESIZE, "resize-7", (7,)).await?;
+/// let status = client.status("resize-7").await?.unwrap();
+/// assert_eq!(status, RunState::Incomplete); // until a worker runs it
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    journal: Arc<dyn Journal>,
+    envelope: Envelope,
+    poll_interval: Duration,
+    owner: String,
+}
+
+impl Client {
+    /// A client of `journal`.
+    pub fn new(journal: impl Journal) -> Self {
+        Client {
+            journal: Arc::new(journal),
+            envelope: Envelope {
+                max_payload: 16 << 20,
+            },
+            poll_interval: Duration::from_secs(1),
+            owner: format!("client-{}-{:08x}", std::process::id(), fastrand::u32(..)),
+        }
+    }
+
+    /// How often [`wait`](Self::wait) looks at the run when no wake-up
+    /// comes (default 1 s).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// The largest input or outcome it handles, in bytes (default 16 MiB;
+    /// keep it equal to the workers').
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.envelope.max_payload = bytes;
+        self
+    }
+
+    /// Records run `key` of `workflow` with `input`, due at once. Submitting
+    /// a key again with the same input is harmless (a run waiting out a
+    /// backoff becomes due now); with another input it is
+    /// [`Error::InputMismatch`], and under another workflow
+    /// [`Error::WorkflowMismatch`].
+    pub async fn submit<I, R, C>(
+        &self,
+        workflow: &WorkflowRef<I, R, C>,
+        key: impl Into<String>,
+        input: I,
+    ) -> Result<()>
+    where
+        I: Journaled,
+        C: Codec,
+    {
+        let key = key.into();
+        validate_key(&key)?;
+        let input = self.envelope.seal::<C, I>(&key, || Slot::Input, &input)?;
+        let new = NewRun {
+            key: key.clone(),
+            workflow: workflow.name.to_owned(),
+            fingerprint: UNPINNED,
+            input,
+        };
+        let request = LeaseRequest::new(&self.owner, Duration::from_secs(30));
+        let opened = self.journal.open_run(new.clone(), request).await?;
+        let run = &opened.snapshot.run;
+        let mismatch = if run.workflow != new.workflow {
+            Some(Error::WorkflowMismatch {
+                run: key,
+                journaled: run.workflow.clone(),
+                requested: new.workflow,
+            })
+        } else if run.input != new.input {
+            Some(Error::InputMismatch { run: key })
+        } else {
+            None
+        };
+        if let Some(lease) = &opened.lease {
+            // Given back at once: due now, or where it was if refused.
+            let wake_at = match mismatch {
+                None => Timestamp::now(),
+                Some(_) => run.wake_at,
+            };
+            let release = Write::Release {
+                last_error: run.last_error.clone(),
+                wake_at,
+                at: Timestamp::now(),
+            };
+            self.journal.write(lease, release).await?;
+        }
+        mismatch.map_or(Ok(()), Err)
+    }
+
+    /// Waits until run `key` of `workflow` finishes and returns its outcome,
+    /// however long that takes (wrap it in `tokio::time::timeout` to bound
+    /// it). [`Error::UnknownRun`] if no run has that key.
+    pub async fn wait<I, R, C>(&self, workflow: &WorkflowRef<I, R, C>, key: &str) -> Result<R>
+    where
+        R: WorkflowResult + Journaled,
+        C: Codec,
+    {
+        // Subscribed before looking, so a finish in between is not missed.
+        let mut events = self.journal.subscribe();
+        loop {
+            let run = self
+                .journal
+                .load_run(key)
+                .await?
+                .ok_or_else(|| Error::UnknownRun {
+                    run: key.to_owned(),
+                })?
+                .run;
+            if run.workflow != workflow.name {
+                return Err(Error::WorkflowMismatch {
+                    run: key.to_owned(),
+                    journaled: run.workflow,
+                    requested: workflow.name.to_owned(),
+                });
+            }
+            if run.state != RunState::Incomplete {
+                let outcome = run.outcome.as_deref().unwrap_or_default();
+                return self.envelope.open::<C, R>(key, || Slot::Outcome, outcome);
+            }
+            let poll = tokio::time::sleep(self.poll_interval);
+            tokio::select! {
+                () = poll => {}
+                () = finished(&mut events, key) => {}
+            }
+        }
+    }
+
+    /// [`submit`](Self::submit), then [`wait`](Self::wait).
+    pub async fn run<I, R, C>(
+        &self,
+        workflow: &WorkflowRef<I, R, C>,
+        key: impl Into<String>,
+        input: I,
+    ) -> Result<R>
+    where
+        I: Journaled,
+        R: WorkflowResult + Journaled,
+        C: Codec,
+    {
+        let key = key.into();
+        self.submit(workflow, key.clone(), input).await?;
+        self.wait(workflow, &key).await
+    }
+
+    /// Whether run `key` has finished, if it exists.
+    pub async fn status(&self, key: &str) -> Result<Option<RunState>> {
+        Ok(self.journal.load_run(key).await?.map(|s| s.run.state))
+    }
+}
+
+/// Returns when `events` says run `key` finished, or that events were
+/// missed; never, if there are no events.
+async fn finished(events: &mut Option<Subscription>, key: &str) {
+    while let Some(subscription) = events {
+        match subscription.next().await {
+            Some(JournalEvent::Finished { key: k }) if k == key => return,
+            Some(JournalEvent::Resync) => return,
+            Some(_) => {}
+            None => *events = None,
+        }
+    }
+    std::future::pending().await
+}

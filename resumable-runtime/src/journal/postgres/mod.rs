@@ -1,0 +1,1027 @@
+//! A journal in PostgreSQL, for many workers on many machines sharing one
+//! database. PostgreSQL is the coordinator: runs are claimed with
+//! `FOR UPDATE SKIP LOCKED`, every write is fenced by the run's epoch under
+//! the run row's lock, and `LISTEN/NOTIFY` wakes idle workers.
+//!
+//! Connections come from a [deadpool](https://docs.rs/deadpool-postgres)
+//! pool of [tokio-postgres](https://docs.rs/tokio-postgres) clients (prepared
+//! statements cached per connection). A call that loses its connection is
+//! retried on a fresh one until [`reconnect_timeout`]; every operation is
+//! written so that a retry after a lost reply has the effect of one call.
+//!
+//! Lease expiry compares the workers' clocks (as with every journal, times
+//! come from the caller), so keep them synchronised (NTP) to well within the
+//! lease duration. Fencing does not depend on clocks: a worker whose lease
+//! was taken over cannot write, whatever its clock says.
+//!
+//! [`reconnect_timeout`]: PostgresJournalBuilder::reconnect_timeout
+
+mod listener;
+mod schema;
+mod sql;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Config, NoTls, Row};
+
+use self::schema::{check_schema_name, migrate};
+use self::sql::Statements;
+use super::{
+    EventSender, Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot,
+    RunState, StepRecord, StepState, Subscription, Timestamp, Write,
+};
+use crate::error::{Error, Result};
+
+/// The backend's name in [`Error::Storage`].
+const BACKEND: &str = "postgres";
+
+/// A [`Journal`] in a PostgreSQL schema: for workers on many machines.
+///
+/// Opening it creates the schema and its tables, or upgrades them, with
+/// versioned migrations ([`Error::SchemaVersion`] if the schema is newer
+/// than this code), and starts a listener connection for wake-ups.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable_runtime::Result<()> {
+/// use resumable_runtime::{PostgresJournal, Runtime};
+///
+/// let journal = PostgresJournal::builder("postgres://postgres@127.0.0.1/app")
+///     .schema("workflows")
+///     .pool_size(32)
+///     .open()
+///     .await?;
+/// let rt = Runtime::new(journal);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PostgresJournal {
+    pool: Pool,
+    sql: Statements,
+    schema_name: String,
+    channel: String,
+    events: EventSender,
+    reconnect_timeout: Duration,
+    _listener: Option<AbortOnDrop>,
+}
+
+/// Settings for a [`PostgresJournal`], from [`PostgresJournal::builder`].
+#[derive(Debug, Clone)]
+pub struct PostgresJournalBuilder {
+    url: String,
+    schema: String,
+    pool_size: usize,
+    application_name: String,
+    connect_timeout: Duration,
+    reconnect_timeout: Duration,
+    notifications: bool,
+}
+
+/// One lease of a run's history, from [`PostgresJournal::lease_history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The run's epoch under this lease.
+    pub epoch: u64,
+    /// The worker that held it.
+    pub owner: String,
+    /// When it was granted (the worker's clock).
+    pub acquired_at: Timestamp,
+    /// When it expired, as last renewed.
+    pub expires_at: Timestamp,
+    /// When its holder gave it back or finished the run, if it did.
+    pub released_at: Option<Timestamp>,
+}
+
+/// Runs `$body` (an `async` block using `$client`, a pooled connection)
+/// and, if the connection is lost, runs it again on a new one with backoff
+/// until the reconnect timeout. `$retry` tells the body whether an earlier
+/// attempt may have taken effect with its reply lost.
+macro_rules! with_client {
+    ($journal:expr, |$client:ident, $retry:ident| $body:expr) => {{
+        let journal: &PostgresJournal = $journal;
+        let mut reconnect = Reconnect::new(journal.reconnect_timeout);
+        loop {
+            #[allow(unused_variables)]
+            let $retry = reconnect.retrying();
+            let result = match journal.pool.get().await {
+                Ok(conn) => {
+                    let $client: &Object = &conn;
+                    $body.await
+                }
+                Err(err) => Err(pool_error(err)),
+            };
+            if let Some(done) = reconnect.settle(result).await {
+                break done;
+            }
+        }
+    }};
+}
+
+/// The retry schedule of one call of [`with_client!`].
+struct Reconnect {
+    deadline: Instant,
+    backoff: Duration,
+    attempts: u32,
+}
+
+impl Reconnect {
+    fn new(timeout: Duration) -> Self {
+        Reconnect {
+            deadline: Instant::now() + timeout,
+            backoff: Duration::from_millis(20),
+            attempts: 0,
+        }
+    }
+
+    fn retrying(&self) -> bool {
+        self.attempts > 0
+    }
+
+    /// `Some(result)` to return it, or `None` (after a backoff) to try again.
+    async fn settle<T>(&mut self, result: Result<T>) -> Option<Result<T>> {
+        match result {
+            Err(err) if is_connection_lost(&err) && Instant::now() < self.deadline => {
+                tracing::debug!(error = %err, "lost the PostgreSQL connection; retrying on a new one");
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                self.attempts += 1;
+                None
+            }
+            done => Some(done),
+        }
+    }
+}
+
+impl PostgresJournal {
+    /// Opens the journal at `url` (`postgres://user:password@host:port/db`,
+    /// or `host=… user=…`) in schema `resumable`, with default settings.
+    pub async fn open(url: &str) -> Result<Self> {
+        Self::builder(url).open().await
+    }
+
+    /// Settings for the journal at `url`; finish with
+    /// [`open`](PostgresJournalBuilder::open).
+    pub fn builder(url: impl Into<String>) -> PostgresJournalBuilder {
+        PostgresJournalBuilder {
+            url: url.into(),
+            schema: "resumable".to_owned(),
+            pool_size: 16,
+            application_name: "resumable".to_owned(),
+            connect_timeout: Duration::from_secs(10),
+            reconnect_timeout: Duration::from_secs(30),
+            notifications: true,
+        }
+    }
+
+    /// The schema holding the journal's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema_name
+    }
+
+    /// Every lease `run_key` has had, oldest first: who held each epoch,
+    /// from when, and until when. For operators, and for checking that no
+    /// two workers ever held a run at once.
+    pub async fn lease_history(&self, run_key: &str) -> Result<Vec<LeaseRecord>> {
+        with_client!(self, |client, retry| async {
+            let rows = query(client, &self.sql.lease_history, &[&run_key]).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(LeaseRecord {
+                        epoch: get::<i64>(row, 0)? as u64,
+                        owner: get(row, 1)?,
+                        acquired_at: Timestamp(get(row, 2)?),
+                        expires_at: Timestamp(get(row, 3)?),
+                        released_at: get::<Option<i64>>(row, 4)?.map(Timestamp),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    async fn load_steps(&self, client: &Object, key: &str) -> Result<Vec<StepRecord>> {
+        let rows = query(client, &self.sql.select_steps, &[&key]).await?;
+        rows.iter().map(|row| step_from_row(row, 0)).collect()
+    }
+
+    /// Takes the lease of an existing run if it is free (or was taken by
+    /// this very request, whose reply was lost).
+    async fn take_lease(
+        &self,
+        client: &Object,
+        key: &str,
+        req: &LeaseRequest,
+        token: i64,
+        retry: bool,
+    ) -> Result<Option<(RunRecord, Lease)>> {
+        let rows = query(
+            client,
+            &self.sql.take_lease,
+            &[&key, &req.owner, &req.until.0, &token, &req.now.0],
+        )
+        .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let run = run_from_row(row)?;
+        if retry {
+            self.release_retaken(client, &run, req).await?;
+        }
+        let lease = lease_of(&run, req);
+        Ok(Some((run, lease)))
+    }
+
+    /// After a retry took a lease again, marks in the history the lease its
+    /// lost first attempt took as ended, since nobody ever used it.
+    async fn release_retaken(
+        &self,
+        client: &Object,
+        run: &RunRecord,
+        req: &LeaseRequest,
+    ) -> Result<()> {
+        let epoch = run.epoch as i64;
+        let args: [&(dyn ToSql + Sync); 4] = [&run.key, &epoch, &req.owner, &req.now.0];
+        let stmt = client
+            .prepare_cached(&self.sql.release_retaken)
+            .await
+            .map_err(pg_error)?;
+        client.execute(&stmt, &args).await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    /// Why a fenced write changed nothing: a lost lease, or (after a
+    /// retry) nothing at all, because the lost first attempt did it.
+    async fn refused_step(
+        &self,
+        client: &Object,
+        lease: &Lease,
+        step_id: &str,
+        fenced: bool,
+        already_done: Option<(StepState, &[u8])>,
+    ) -> Result<()> {
+        if !fenced {
+            return Err(lease_lost(lease));
+        }
+        let rows = query(client, &self.sql.select_step, &[&lease.run_key, &step_id]).await?;
+        if let (Some(row), Some((state, output))) = (rows.first(), already_done) {
+            let recorded_state = parse_state(row, 0, StepState::parse)?;
+            let epoch = get::<i64>(row, 1)? as u64;
+            let recorded_output: Option<Vec<u8>> = get(row, 2)?;
+            if recorded_state == state
+                && epoch == lease.epoch
+                && recorded_output.as_deref() == Some(output)
+            {
+                return Ok(());
+            }
+        }
+        Err(Error::StepAlreadyRecorded {
+            run: lease.run_key.clone(),
+            step: step_id.to_owned(),
+        })
+    }
+
+    async fn write_once(
+        &self,
+        client: &Object,
+        lease: &Lease,
+        write: &Write,
+        retry: bool,
+    ) -> Result<()> {
+        let key = &lease.run_key;
+        let epoch = lease.epoch as i64;
+        match write {
+            Write::StepRecorded {
+                step_id,
+                seq,
+                state,
+                output,
+                error,
+                attempts,
+                started_at,
+                at,
+            } => {
+                let seq = *seq as i64;
+                let attempts = attempts_i32(*attempts);
+                let row = query_one(
+                    client,
+                    &self.sql.step_recorded,
+                    &[
+                        key,
+                        &epoch,
+                        step_id,
+                        &seq,
+                        &state.as_str(),
+                        output,
+                        &attempts,
+                        &started_at.0,
+                        &at.0,
+                        error,
+                    ],
+                )
+                .await?;
+                let (fenced, written) = (get::<i64>(&row, 0)?, get::<i64>(&row, 1)?);
+                if written == 0 {
+                    let done = retry.then_some((*state, output.as_slice()));
+                    return self
+                        .refused_step(client, lease, step_id, fenced > 0, done)
+                        .await;
+                }
+            }
+            Write::AttemptFailed {
+                step_id,
+                attempts,
+                error,
+                retry_at,
+                started_at,
+                at,
+            } => {
+                let attempts = attempts_i32(*attempts);
+                let retry_at = retry_at.map(|t| t.0);
+                let row = query_one(
+                    client,
+                    &self.sql.attempt_failed,
+                    &[
+                        key,
+                        &epoch,
+                        step_id,
+                        &attempts,
+                        error,
+                        &retry_at,
+                        &started_at.0,
+                        &at.0,
+                    ],
+                )
+                .await?;
+                let (fenced, written) = (get::<i64>(&row, 0)?, get::<i64>(&row, 1)?);
+                if written == 0 {
+                    return self
+                        .refused_step(client, lease, step_id, fenced > 0, None)
+                        .await;
+                }
+            }
+            Write::RunFinished { state, outcome, at } => {
+                let payload = format!("{}{key}", listener::FINISHED);
+                let row = query_one(
+                    client,
+                    &self.sql.run_finished,
+                    &[
+                        key,
+                        &epoch,
+                        &state.as_str(),
+                        outcome,
+                        &at.0,
+                        &self.channel,
+                        &payload,
+                    ],
+                )
+                .await?;
+                if get::<i64>(&row, 0)? == 0
+                    && !(retry && self.finished_as(client, lease, *state, outcome).await?)
+                {
+                    return Err(lease_lost(lease));
+                }
+            }
+            Write::Pin { fingerprint, at } => {
+                let fingerprint = *fingerprint as i64;
+                let stmt = client
+                    .prepare_cached(&self.sql.pin)
+                    .await
+                    .map_err(pg_error)?;
+                let changed = client
+                    .execute(&stmt, &[key, &epoch, &fingerprint, &at.0])
+                    .await
+                    .map_err(pg_error)?;
+                if changed == 0 {
+                    return Err(lease_lost(lease));
+                }
+            }
+            Write::Release {
+                last_error,
+                wake_at,
+                at,
+            } => {
+                let payload = format!("{}{}", listener::DUE, wake_at.0);
+                let row = query_one(
+                    client,
+                    &self.sql.release,
+                    &[
+                        key,
+                        &epoch,
+                        last_error,
+                        &wake_at.0,
+                        &at.0,
+                        &self.channel,
+                        &payload,
+                    ],
+                )
+                .await?;
+                if get::<i64>(&row, 0)? == 0 {
+                    return Err(lease_lost(lease));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the run was already finished under `lease` with `outcome`
+    /// (by a first attempt whose reply was lost).
+    async fn finished_as(
+        &self,
+        client: &Object,
+        lease: &Lease,
+        state: RunState,
+        outcome: &[u8],
+    ) -> Result<bool> {
+        let rows = query(client, &self.sql.select_run, &[&lease.run_key]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(false);
+        };
+        let run = run_from_row(row)?;
+        Ok(run.state == state
+            && run.epoch == lease.epoch
+            && run.outcome.as_deref() == Some(outcome))
+    }
+}
+
+impl PostgresJournalBuilder {
+    /// The schema holding the journal's tables (default `resumable`): lower-case
+    /// letters, digits and `_`, at most 48 bytes. Journals in different
+    /// schemas of one database are independent.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The most connections the pool opens (default 16), besides the one
+    /// listening for notifications.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// The `application_name` of its connections, as `pg_stat_activity`
+    /// shows it (default `resumable`), unless the URL sets one.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// How long opening one connection may take (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call keeps retrying on new connections after losing its
+    /// connection, before failing with [`Error::Storage`] (default 30 s).
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// Whether to listen for notifications (default true). Without them,
+    /// completers and waiting clients only poll.
+    pub fn notifications(mut self, on: bool) -> Self {
+        self.notifications = on;
+        self
+    }
+
+    /// Connects, creates or migrates the schema, and starts listening.
+    ///
+    /// Fails with [`Error::InvalidSetting`] for a malformed URL or schema
+    /// name, [`Error::SchemaVersion`] if the schema was migrated by a newer
+    /// version of this library, and [`Error::Storage`] if the server cannot
+    /// be reached.
+    pub async fn open(self) -> Result<PostgresJournal> {
+        check_schema_name(&self.schema).map_err(|reason| Error::InvalidSetting {
+            setting: "PostgreSQL schema name",
+            value: self.schema.clone(),
+            reason: reason.to_owned(),
+        })?;
+        let mut config: Config =
+            self.url
+                .parse()
+                .map_err(|err: tokio_postgres::Error| Error::InvalidSetting {
+                    setting: "PostgreSQL URL",
+                    value: redact(&self.url),
+                    reason: err.to_string(),
+                })?;
+        if config.get_application_name().is_none() {
+            config.application_name(&self.application_name);
+        }
+        config
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(15));
+        {
+            let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+            let driver = tokio::spawn(connection);
+            let migrated = migrate(&mut client, &self.schema).await;
+            drop(client);
+            let _ = driver.await;
+            migrated?;
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(self.connect_timeout))
+            .build()
+            .map_err(|err| Error::storage(BACKEND, err))?;
+        let channel = listener::channel(&self.schema);
+        let events = EventSender::new();
+        let mut listener = None;
+        if self.notifications {
+            let (ready, listening) = tokio::sync::oneshot::channel();
+            let task = listener::listen(config, channel.clone(), events.clone(), ready);
+            listener = Some(AbortOnDrop(tokio::spawn(task)));
+            // So that nothing committed after `open` returns goes unheard.
+            if tokio::time::timeout(self.connect_timeout, listening)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    channel,
+                    "not yet listening for notifications; polling until then"
+                );
+            }
+        }
+        Ok(PostgresJournal {
+            pool,
+            sql: Statements::new(&self.schema),
+            schema_name: self.schema,
+            channel,
+            events,
+            reconnect_timeout: self.reconnect_timeout,
+            _listener: listener,
+        })
+    }
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Aborts the listener task when the journal is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[async_trait]
+impl Journal for PostgresJournal {
+    async fn open_run(&self, run: NewRun, req: LeaseRequest) -> Result<Opened> {
+        let token = fastrand::i64(..);
+        let fingerprint = run.fingerprint as i64;
+        with_client!(self, |client, retry| async {
+            let rows = query(
+                client,
+                &self.sql.insert_run,
+                &[
+                    &run.key,
+                    &run.workflow,
+                    &fingerprint,
+                    &run.input,
+                    &req.owner,
+                    &req.until.0,
+                    &token,
+                    &req.now.0,
+                ],
+            )
+            .await?;
+            if let Some(row) = rows.first() {
+                let run = run_from_row(row)?;
+                let lease = lease_of(&run, &req);
+                return Ok(Opened {
+                    snapshot: RunSnapshot {
+                        run,
+                        steps: Vec::new(),
+                    },
+                    lease: Some(lease),
+                    created: true,
+                });
+            }
+            if let Some((run, lease)) = self
+                .take_lease(client, &run.key, &req, token, retry)
+                .await?
+            {
+                // A retry may find the run its lost first attempt created.
+                let steps = self.load_steps(client, &run.key).await?;
+                let created = retry && run.executions == 1 && run.created_at == req.now;
+                return Ok(Opened {
+                    snapshot: RunSnapshot { run, steps },
+                    lease: Some(lease),
+                    created,
+                });
+            }
+            let rows = query(client, &self.sql.select_run, &[&run.key]).await?;
+            let row = rows.first().ok_or_else(|| {
+                Error::storage(
+                    BACKEND,
+                    format!("run '{}' vanished while being opened", run.key),
+                )
+            })?;
+            Ok(Opened {
+                snapshot: RunSnapshot {
+                    run: run_from_row(row)?,
+                    steps: Vec::new(),
+                },
+                lease: None,
+                created: false,
+            })
+        })
+    }
+
+    async fn claim_due(
+        &self,
+        req: LeaseRequest,
+        limit: usize,
+    ) -> Result<Vec<(RunSnapshot, Lease)>> {
+        let token = fastrand::i64(..);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        with_client!(self, |client, retry| async {
+            let rows = query(
+                client,
+                &self.sql.claim,
+                &[&req.now.0, &req.owner, &req.until.0, &token, &limit],
+            )
+            .await?;
+            let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+            if retry {
+                for run in &runs {
+                    self.release_retaken(client, run, &req).await?;
+                }
+            }
+            let keys: Vec<&str> = runs.iter().map(|r| r.key.as_str()).collect();
+            let mut steps: HashMap<String, Vec<StepRecord>> = HashMap::new();
+            if !keys.is_empty() {
+                for row in query(client, &self.sql.select_steps_of, &[&keys]).await? {
+                    let key: String = get(&row, 0)?;
+                    steps.entry(key).or_default().push(step_from_row(&row, 1)?);
+                }
+            }
+            Ok(runs
+                .into_iter()
+                .map(|run| {
+                    let lease = lease_of(&run, &req);
+                    let steps = steps.remove(&run.key).unwrap_or_default();
+                    (RunSnapshot { run, steps }, lease)
+                })
+                .collect())
+        })
+    }
+
+    async fn write(&self, lease: &Lease, write: Write) -> Result<()> {
+        with_client!(self, |client, retry| self
+            .write_once(client, lease, &write, retry))
+    }
+
+    async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
+        let epoch = lease.epoch as i64;
+        with_client!(self, |client, retry| async {
+            let row =
+                query_one(client, &self.sql.renew, &[&lease.run_key, &epoch, &until.0]).await?;
+            if get::<i64>(&row, 0)? == 0 {
+                return Err(lease_lost(lease));
+            }
+            Ok(Lease {
+                expires_at: until,
+                ..lease.clone()
+            })
+        })
+    }
+
+    async fn load_run(&self, key: &str) -> Result<Option<RunSnapshot>> {
+        with_client!(self, |client, retry| async {
+            let rows = query(client, &self.sql.select_run, &[&key]).await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let run = run_from_row(row)?;
+            let steps = self.load_steps(client, key).await?;
+            Ok(Some(RunSnapshot { run, steps }))
+        })
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let state = filter.state.map(RunState::as_str);
+        let limit = filter
+            .limit
+            .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let sql = self
+            .sql
+            .list_runs(state.is_some(), filter.workflow.is_some());
+        with_client!(self, |client, retry| async {
+            let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+            if let Some(state) = &state {
+                args.push(state);
+            }
+            if let Some(workflow) = &filter.workflow {
+                args.push(workflow);
+            }
+            args.push(&limit);
+            let rows = query(client, &sql, &args).await?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    fn subscribe(&self) -> Option<Subscription> {
+        self._listener.as_ref().map(|_| self.events.subscribe())
+    }
+}
+
+// ---- rows and errors ----
+
+async fn query(client: &Object, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+    let stmt = client.prepare_cached(sql).await.map_err(pg_error)?;
+    client.query(&stmt, args).await.map_err(pg_error)
+}
+
+async fn query_one(client: &Object, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Row> {
+    let stmt = client.prepare_cached(sql).await.map_err(pg_error)?;
+    client.query_one(&stmt, args).await.map_err(pg_error)
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
+    row.try_get(idx).map_err(pg_error)
+}
+
+fn parse_state<T>(row: &Row, idx: usize, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let text: String = get(row, idx)?;
+    parse(&text)
+        .ok_or_else(|| Error::storage(BACKEND, format!("unknown state {text:?} in the journal")))
+}
+
+/// Attempt counts are stored as `INTEGER`.
+fn attempts_i32(attempts: u32) -> i32 {
+    i32::try_from(attempts).unwrap_or(i32::MAX)
+}
+
+fn lease_of(run: &RunRecord, req: &LeaseRequest) -> Lease {
+    Lease {
+        run_key: run.key.clone(),
+        owner: req.owner.clone(),
+        epoch: run.epoch,
+        expires_at: req.until,
+    }
+}
+
+fn lease_lost(lease: &Lease) -> Error {
+    Error::LeaseLost {
+        run: lease.run_key.clone(),
+        epoch: lease.epoch,
+    }
+}
+
+// u64 values (fingerprint, epoch, seq) are stored as BIGINT with the same bits.
+
+fn run_from_row(row: &Row) -> Result<RunRecord> {
+    Ok(RunRecord {
+        key: get(row, 0)?,
+        workflow: get(row, 1)?,
+        fingerprint: get::<i64>(row, 2)? as u64,
+        input: get(row, 3)?,
+        state: parse_state(row, 4, RunState::parse)?,
+        outcome: get(row, 5)?,
+        epoch: get::<i64>(row, 6)? as u64,
+        lease_owner: get(row, 7)?,
+        lease_expires_at: get::<Option<i64>>(row, 8)?.map(Timestamp),
+        wake_at: Timestamp(get(row, 9)?),
+        executions: get::<i32>(row, 10)?.max(0) as u32,
+        last_error: get(row, 11)?,
+        created_at: Timestamp(get(row, 12)?),
+        updated_at: Timestamp(get(row, 13)?),
+    })
+}
+
+/// A step from `row`, whose step columns start at `first`.
+fn step_from_row(row: &Row, first: usize) -> Result<StepRecord> {
+    let c = |i: usize| first + i;
+    Ok(StepRecord {
+        step_id: get(row, c(0))?,
+        seq: get::<Option<i64>>(row, c(1))?.map(|s| s as u64),
+        state: parse_state(row, c(2), StepState::parse)?,
+        output: get(row, c(3))?,
+        attempts: get::<i32>(row, c(4))?.max(0) as u32,
+        last_error: get(row, c(5))?,
+        retry_at: get::<Option<i64>>(row, c(6))?.map(Timestamp),
+        epoch: get::<i64>(row, c(7))? as u64,
+        started_at: Timestamp(get(row, c(8))?),
+        updated_at: Timestamp(get(row, c(9))?),
+    })
+}
+
+fn pg_error(err: tokio_postgres::Error) -> Error {
+    Error::storage(BACKEND, err)
+}
+
+/// The pool could not hand out a connection now (timed out, or the server
+/// is unreachable): worth retrying.
+#[derive(Debug, thiserror::Error)]
+#[error("no PostgreSQL connection available: {0}")]
+struct Unavailable(String);
+
+fn pool_error(err: PoolError) -> Error {
+    match err {
+        PoolError::Backend(err) => pg_error(err),
+        PoolError::Timeout(_) => Error::storage(BACKEND, Unavailable(err.to_string())),
+        other => Error::storage(BACKEND, other),
+    }
+}
+
+/// Whether `err` says the connection (not the statement) failed: retrying
+/// on a new connection may succeed.
+fn is_connection_lost(err: &Error) -> bool {
+    let Error::Storage { source, .. } = err else {
+        return false;
+    };
+    if source.is::<Unavailable>() {
+        return true;
+    }
+    let Some(err) = source.downcast_ref::<tokio_postgres::Error>() else {
+        return false;
+    };
+    if err.is_closed() {
+        return true;
+    }
+    match err.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                ]
+                .contains(code)
+        }
+        // No SQL state: the socket failed, or connecting did.
+        None => std::error::Error::source(err).is_some_and(|cause| cause.is::<std::io::Error>()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "conformance")]
+    mod server {
+        use std::sync::Arc;
+
+        use super::super::schema::SCHEMA_VERSION;
+        use super::*;
+        use crate::conformance::postgres::TestSchema;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conforms() {
+            let Some(schema) = TestSchema::new("postgres::conforms") else {
+                return;
+            };
+            crate::conformance::run_all(Arc::new(schema.journal().await)).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn workers_starting_together_migrate_once() {
+            let Some(schema) = TestSchema::new("postgres::migrate_once") else {
+                return;
+            };
+            let opens = (0..4).map(|_| schema.journal());
+            let journals = futures_util::future::join_all(opens).await;
+            let client = schema.connect().await;
+            let versions: Vec<i64> = client
+                .query(
+                    &format!(
+                        "SELECT version FROM \"{}\".resumable_migrations",
+                        schema.name()
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+            drop(journals);
+        }
+
+        #[tokio::test]
+        async fn newer_schema_is_refused_before_anything_changes() {
+            let Some(schema) = TestSchema::new("postgres::newer_schema") else {
+                return;
+            };
+            drop(schema.journal().await);
+            let client = schema.connect().await;
+            let table = format!("\"{}\".resumable_migrations", schema.name());
+            client
+                .execute(
+                    &format!("INSERT INTO {table} (version, description) VALUES (99, 'future')"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            match schema.builder().open().await {
+                Err(Error::SchemaVersion {
+                    found: 99,
+                    supported,
+                }) => {
+                    assert_eq!(supported, SCHEMA_VERSION)
+                }
+                other => panic!("expected Error::SchemaVersion, got {other:?}"),
+            }
+            let count: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(count, SCHEMA_VERSION + 1);
+        }
+
+        #[tokio::test]
+        async fn bad_settings_are_typed_errors() {
+            let Some(schema) = TestSchema::new("postgres::bad_settings") else {
+                return;
+            };
+            let err = schema
+                .builder()
+                .schema("Bad-Name")
+                .open()
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidSetting { value, .. } if value == "Bad-Name"),
+                "{err:?}"
+            );
+            let err = PostgresJournal::open("postgres://u:pw@127.0.0.1:5432/db?sslmode=bogus")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidSetting { value, .. } if !value.contains("pw")),
+                "{err:?}"
+            );
+            // Nothing listens on port 1: a storage error, not a hang or a panic.
+            let err = PostgresJournal::builder("postgres://postgres@127.0.0.1:1/test")
+                .connect_timeout(Duration::from_secs(2))
+                .open()
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Storage {
+                        backend: "postgres",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_in_errors_hide_the_password() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db.example:5432/x"),
+            "postgres://app:***@db.example:5432/x"
+        );
+        assert_eq!(redact("host=db user=app"), "host=db user=app");
+    }
+
+    #[test]
+    fn statement_errors_are_not_connection_losses() {
+        let err = Error::storage(BACKEND, "syntax error");
+        assert!(!is_connection_lost(&err));
+        assert!(is_connection_lost(&Error::storage(
+            BACKEND,
+            Unavailable("timeout".into())
+        )));
+        assert!(!is_connection_lost(&Error::LeaseLost {
+            run: "r".into(),
+            epoch: 1
+        }));
+    }
+}

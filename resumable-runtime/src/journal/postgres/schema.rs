@@ -1,0 +1,172 @@
+//! The PostgreSQL journal's tables, created and upgraded by versioned
+//! migrations inside the user's chosen schema.
+
+use tokio_postgres::Client;
+
+use super::pg_error;
+use crate::error::{Error, Result};
+
+/// Migrations in order; the version of each is its index plus one. Append
+/// only: a released migration never changes, since databases record which
+/// versions they have applied.
+const MIGRATIONS: &[(&str, &str)] = &[("runs, steps and lease history", V1)];
+
+/// The newest schema version this code reads and writes.
+pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// `{s}` stands for the quoted schema name.
+const V1: &str = r#"
+CREATE TABLE {s}.resumable_runs (
+    -- Insertion order: list_runs' 'oldest first' and claim_due's tie-break.
+    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_key          TEXT    NOT NULL UNIQUE,
+    workflow         TEXT    NOT NULL,
+    fingerprint      BIGINT  NOT NULL, -- u64 bits stored as i64
+    input            BYTEA   NOT NULL,
+    state            TEXT    NOT NULL,
+    outcome          BYTEA,
+    epoch            BIGINT  NOT NULL,
+    lease_owner      TEXT,
+    lease_expires_at BIGINT,
+    -- Random per lease request: lets a request whose reply was lost with
+    -- its connection recognise, on retry, the lease it already took.
+    lease_token      BIGINT,
+    wake_at          BIGINT  NOT NULL,
+    executions       INTEGER NOT NULL,
+    last_error       TEXT,
+    created_at       BIGINT  NOT NULL,
+    updated_at       BIGINT  NOT NULL
+);
+CREATE INDEX resumable_runs_due ON {s}.resumable_runs (wake_at, id) WHERE state = 'incomplete';
+CREATE INDEX resumable_runs_workflow ON {s}.resumable_runs (workflow, id);
+CREATE TABLE {s}.resumable_steps (
+    run_key    TEXT    NOT NULL,
+    step_id    TEXT    NOT NULL,
+    seq        BIGINT,
+    state      TEXT    NOT NULL,
+    output     BYTEA,
+    attempts   INTEGER NOT NULL,
+    last_error TEXT,
+    retry_at   BIGINT,
+    epoch      BIGINT  NOT NULL,
+    started_at BIGINT  NOT NULL,
+    updated_at BIGINT  NOT NULL,
+    PRIMARY KEY (run_key, step_id)
+);
+-- One row per lease ever granted: who held each epoch of a run, and until when.
+CREATE TABLE {s}.resumable_leases (
+    run_key     TEXT   NOT NULL,
+    epoch       BIGINT NOT NULL,
+    owner       TEXT   NOT NULL,
+    acquired_at BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL, -- as last renewed
+    released_at BIGINT,          -- set when given back or finished
+    PRIMARY KEY (run_key, epoch)
+);
+"#;
+
+/// Brings `schema` to [`SCHEMA_VERSION`] in one transaction, creating it if
+/// needed. Concurrent callers (workers starting together) wait for each
+/// other on an advisory lock, so each migration is applied once. A schema
+/// already newer than this code is refused before anything changes.
+pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
+    let s = quoted(schema);
+    let tx = client.transaction().await.map_err(pg_error)?;
+    // Serialises migrations of this schema across processes and machines.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('resumable.migrate'), hashtext($1))",
+        &[&schema],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.resumable_migrations (
+             version     BIGINT      PRIMARY KEY,
+             description TEXT        NOT NULL,
+             applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+         );"
+    ))
+    .await
+    .map_err(pg_error)?;
+    let found: i64 = tx
+        .query_one(
+            &format!("SELECT COALESCE(max(version), 0) FROM {s}.resumable_migrations"),
+            &[],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(pg_error)?;
+    if found > SCHEMA_VERSION {
+        // Dropping `tx` rolls back: nothing was changed.
+        return Err(Error::SchemaVersion {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (index, (description, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = index as i64 + 1;
+        tx.batch_execute(&sql.replace("{s}", &s))
+            .await
+            .map_err(pg_error)?;
+        tx.execute(
+            &format!("INSERT INTO {s}.resumable_migrations (version, description) VALUES ($1, $2)"),
+            &[&version, description],
+        )
+        .await
+        .map_err(pg_error)?;
+        tracing::info!(schema, version, description, "applied journal migration");
+    }
+    tx.commit().await.map_err(pg_error)
+}
+
+/// The schema name as an SQL identifier.
+pub(super) fn quoted(schema: &str) -> String {
+    format!("\"{schema}\"")
+}
+
+/// Longest accepted schema name: the notification channel adds 10 bytes to
+/// it, and PostgreSQL identifiers stop at 63.
+pub(super) const MAX_SCHEMA_NAME: usize = 48;
+
+/// Whether `schema` is a name this journal accepts: lower-case ASCII
+/// letters, digits and `_`, not starting with a digit or `pg_`, at most
+/// [`MAX_SCHEMA_NAME`] bytes. Returns why not.
+pub(super) fn check_schema_name(schema: &str) -> Result<(), &'static str> {
+    let mut chars = schema.chars();
+    match chars.next() {
+        None => Err("it is empty"),
+        _ if schema.len() > MAX_SCHEMA_NAME => Err("it is longer than 48 bytes"),
+        _ if schema.starts_with("pg_") => Err("names starting with pg_ are PostgreSQL's"),
+        Some(first) if !(first.is_ascii_lowercase() || first == '_') => {
+            Err("it must start with a lower-case letter or _")
+        }
+        _ if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') => {
+            Err("it may only hold lower-case letters, digits and _")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        for ok in ["resumable", "_x", "tenant_42", &"a".repeat(48)] {
+            assert_eq!(check_schema_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "Resumable",
+            "1abc",
+            "pg_temp",
+            "a-b",
+            "a\"; DROP",
+            &"a".repeat(49),
+        ] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+}
