@@ -1,0 +1,622 @@
+//! Many workers on one PostgreSQL database: wake-ups across journals,
+//! fencing of a paused worker, lost connections, and worker processes
+//! killed mid-way. Each test uses a schema of its own on the server named
+//! by `RESUMABLE_TEST_POSTGRES_URL`, and is skipped (saying so) without it.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use resumable::conformance::postgres::{TestSchema, URL_VAR};
+use resumable::journal::{Lease, StepState, Timestamp, Write};
+use resumable::{
+    Client, Completer, Error, Journal, LeaseRecord, PostgresJournal, RunFilter, RunState, Runtime,
+    WorkflowRef, resumable, step, workflow,
+};
+use tokio::sync::Notify;
+
+const SCHEMA_VAR: &str = "RESUMABLE_TEST_SCHEMA";
+const ROLE_VAR: &str = "RESUMABLE_TEST_ROLE";
+const STEPS: u64 = 6;
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("{0}")]
+struct Failed(String);
+
+/// Records every execution of a step body in a table of the test schema,
+/// so that executions in killed processes are counted too.
+struct Effects {
+    client: tokio_postgres::Client,
+    table: String,
+    /// How long the `slow` step sleeps in this process.
+    slow_step: Duration,
+    /// Opened by the reconnect test to let the gated step finish.
+    gate: Arc<Notify>,
+}
+
+impl Effects {
+    async fn connect(url: &str, schema: &str) -> Self {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let table = format!("\"{schema}\".effects");
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+                 CREATE TABLE IF NOT EXISTS {table} (key TEXT NOT NULL, pid INTEGER NOT NULL)"
+            ))
+            .await
+            .unwrap();
+        Effects {
+            client,
+            table,
+            slow_step: Duration::ZERO,
+            gate: Arc::new(Notify::new()),
+        }
+    }
+
+    async fn record(&self, key: &str) -> Result<(), Failed> {
+        let pid = std::process::id() as i32;
+        self.client
+            .execute(
+                &format!("INSERT INTO {} (key, pid) VALUES ($1, $2)", self.table),
+                &[&key, &pid],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| Failed(e.to_string()))
+    }
+
+    async fn counts(&self) -> HashMap<String, i64> {
+        let sql = format!("SELECT key, count(*) FROM {} GROUP BY key", self.table);
+        let rows = self.client.query(&sql, &[]).await.unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    }
+
+    /// Six steps, each recording its execution.
+    #[resumable]
+    async fn pipeline(&self, n: u64) -> Result<u64, Failed> {
+        let mut acc = n;
+        for i in 0..STEPS {
+            acc = step!("add", |s| {
+                self.record(&s.idempotency_key()).await?;
+                acc * 2 + i
+            });
+        }
+        Ok(acc)
+    }
+
+    /// A step that takes `slow_step` between recording and returning.
+    #[resumable]
+    async fn slow(&self, n: u64) -> Result<u64, Failed> {
+        let a = step!("before", |s| {
+            self.record(&s.idempotency_key()).await?;
+            n + 1
+        });
+        let b = step!("slow", |s| {
+            self.record(&s.idempotency_key()).await?;
+            tokio::time::sleep(self.slow_step).await;
+            a + 1
+        });
+        Ok(b + 1)
+    }
+
+    /// A step that waits for `gate` before finishing.
+    #[resumable]
+    async fn gated(&self, n: u64) -> Result<u64, Failed> {
+        let a = step!("one", |s| {
+            self.record(&s.idempotency_key()).await?;
+            n + 1
+        });
+        let b = step!("two", |s| {
+            self.record(&s.idempotency_key()).await?;
+            self.gate.notified().await;
+            a + 1
+        });
+        let c = step!("three", |s| {
+            self.record(&s.idempotency_key()).await?;
+            b + 1
+        });
+        Ok(c)
+    }
+}
+
+fn expected_pipeline(n: u64) -> u64 {
+    (0..STEPS).fold(n, |acc, i| acc * 2 + i)
+}
+
+const PIPELINE: WorkflowRef<(u64,), Result<u64, Failed>> = WorkflowRef::named("pipeline");
+
+async fn effects_for(schema: &TestSchema) -> Arc<Effects> {
+    Arc::new(Effects::connect(schema.url(), schema.name()).await)
+}
+
+/// Waits for `cond`, polling; panics after `limit` (a hang guard, not a
+/// timing assertion: it is far above what the test needs).
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut cond: F) {
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two journals stand for two machines: a client submits on one and waits;
+/// a worker polling only once an hour runs it on the other. Only the
+/// notifications can have woken the worker and the waiting client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_run_starts_on_another_worker_without_waiting_for_a_poll() {
+    let Some(schema) = TestSchema::new("a_submitted_run_starts_on_another_worker") else {
+        return;
+    };
+    let effects = effects_for(&schema).await;
+    let worker = Runtime::new(schema.journal().await);
+    let hour = Duration::from_secs(3600);
+    let completer = Completer::new(&worker)
+        .poll_interval(hour)
+        .register(workflow!(Effects::pipeline), effects.clone())
+        .unwrap()
+        .start();
+    // Let the completer's first (empty) claim pass, so it is idle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let client = Client::new(schema.journal().await).poll_interval(hour);
+    for n in 0..5u64 {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(60),
+            client.run(&PIPELINE, format!("submitted-{n}"), (n,)),
+        )
+        .await
+        .expect("only a notification could have started the run and woken the client");
+        assert_eq!(outcome.unwrap(), Ok(expected_pipeline(n)));
+        println!("run {n}: submitted to outcome in {:?}", started.elapsed());
+    }
+    let report = completer.shutdown().await.unwrap();
+    assert_eq!(report.finished, 5);
+
+    // The first worker pinned each run to its code's fingerprint.
+    let run = worker.journal().load_run("submitted-0").await.unwrap();
+    assert_eq!(
+        run.unwrap().run.fingerprint,
+        workflow!(Effects::pipeline).meta().fingerprint
+    );
+}
+
+#[tokio::test]
+async fn a_client_is_told_about_mismatches_and_unknown_runs() {
+    let Some(schema) = TestSchema::new("a_client_is_told_about_mismatches") else {
+        return;
+    };
+    let client = Client::new(schema.journal().await);
+    client.submit(&PIPELINE, "k", (1,)).await.unwrap();
+    client.submit(&PIPELINE, "k", (1,)).await.unwrap();
+    let other_input = client.submit(&PIPELINE, "k", (2,)).await.unwrap_err();
+    assert!(
+        matches!(&other_input, Error::InputMismatch { run } if run == "k"),
+        "{other_input:?}"
+    );
+    const OTHER: WorkflowRef<(u64,), Result<u64, Failed>> = WorkflowRef::named("other");
+    let other_workflow = client.submit(&OTHER, "k", (1,)).await.unwrap_err();
+    assert!(
+        matches!(other_workflow, Error::WorkflowMismatch { .. }),
+        "{other_workflow:?}"
+    );
+    let unknown = client.wait(&PIPELINE, "nobody").await.unwrap_err();
+    assert!(
+        matches!(&unknown, Error::UnknownRun { run } if run == "nobody"),
+        "{unknown:?}"
+    );
+    assert_eq!(
+        client.status("k").await.unwrap(),
+        Some(RunState::Incomplete)
+    );
+}
+
+// ---- fencing: a worker paused past its lease ----
+
+const KEY_VAR: &str = "RESUMABLE_TEST_KEY";
+
+/// Not a test: the worker that `a_paused_worker_...` stops with SIGSTOP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn paused_worker_child() {
+    let (url, schema) = child_env();
+    let key = std::env::var(KEY_VAR).unwrap();
+    let mut effects = Effects::connect(&url, &schema).await;
+    effects.slow_step = Duration::from_secs(3);
+    let journal = PostgresJournal::builder(&url)
+        .schema(&schema)
+        .open()
+        .await
+        .unwrap();
+    let rt = Runtime::builder(journal)
+        .worker_id("paused-worker")
+        .lease_duration(Duration::from_millis(600))
+        .build();
+    let outcome = rt.run(key, effects.slow(1)).await;
+    println!("outcome: {outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_whose_run_was_taken_over_cannot_write() {
+    let Some(schema) = TestSchema::new("a_paused_worker_cannot_write") else {
+        return;
+    };
+    let effects = effects_for(&schema).await;
+    let journal = Arc::new(schema.journal().await);
+    let key = "paused";
+    let child = child_command("paused_worker_child", &schema)
+        .env(KEY_VAR, key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    eventually(
+        "the child to start its slow step",
+        Duration::from_secs(60),
+        async || effects.counts().await.contains_key("paused/slow#0"),
+    )
+    .await;
+    signal("-STOP", &pid);
+
+    // Another worker takes the run once the paused worker's lease expired.
+    let rt = Runtime::builder(journal.clone())
+        .worker_id("rescuer")
+        .build();
+    eventually(
+        "the paused worker's lease to expire",
+        Duration::from_secs(60),
+        async || {
+            let run = journal.load_run(key).await.unwrap().unwrap().run;
+            !run.is_leased_at(Timestamp::now())
+        },
+    )
+    .await;
+    let outcome = rt.run(key, effects.slow(1)).await.unwrap();
+    assert_eq!(outcome, Ok(4));
+
+    signal("-CONT", &pid);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("LeaseLost"),
+        "the resumed worker must stop with LeaseLost: {stdout}"
+    );
+
+    // The journal: the step was recorded once, under the rescuer's lease.
+    let snapshot = journal.load_run(key).await.unwrap().unwrap();
+    let slow = snapshot
+        .steps
+        .iter()
+        .find(|s| s.step_id == "slow#0")
+        .unwrap();
+    assert_eq!((slow.state, slow.epoch), (StepState::Completed, 2));
+    let history = journal.lease_history(key).await.unwrap();
+    let owners: Vec<&str> = history.iter().map(|l| l.owner.as_str()).collect();
+    assert_eq!(owners, ["paused-worker", "rescuer"]);
+    assert_leases_never_overlap(key, &history);
+    // And any write under the old lease is refused by the database itself.
+    let old = Lease {
+        run_key: key.to_owned(),
+        owner: "paused-worker".to_owned(),
+        epoch: 1,
+        expires_at: history[0].expires_at,
+    };
+    let late = Write::AttemptFailed {
+        step_id: "late#0".into(),
+        attempts: 1,
+        error: "late".into(),
+        retry_at: None,
+        started_at: Timestamp::now(),
+        at: Timestamp::now(),
+    };
+    let refused = journal.write(&old, late).await.unwrap_err();
+    assert!(
+        matches!(refused, Error::LeaseLost { epoch: 1, .. }),
+        "{refused:?}"
+    );
+    // The slow step's body ran in both workers: at least once, never recorded twice.
+    assert_eq!(effects.counts().await["paused/slow#0"], 2);
+}
+
+fn signal(sig: &str, pid: &str) {
+    let status = Command::new("kill").args([sig, pid]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid} failed");
+}
+
+/// Consecutive leases of a run never overlap: each lease starts after the
+/// one before it was given back or had expired (as last renewed).
+fn assert_leases_never_overlap(key: &str, history: &[LeaseRecord]) {
+    for (i, lease) in history.iter().enumerate() {
+        assert_eq!(
+            lease.epoch,
+            i as u64 + 1,
+            "{key}: epochs must follow each other"
+        );
+    }
+    for pair in history.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let ended = before
+            .released_at
+            .map_or(before.expires_at, |r| r.min(before.expires_at));
+        assert!(
+            ended <= after.acquired_at,
+            "{key}: lease {} of {} (ended {ended:?}) overlaps lease {} of {} (from {:?})",
+            before.epoch,
+            before.owner,
+            after.epoch,
+            after.owner,
+            after.acquired_at
+        );
+    }
+}
+
+// ---- lost connections ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_its_connections_being_terminated() {
+    let Some(schema) = TestSchema::new("a_run_survives_terminated_connections") else {
+        return;
+    };
+    let effects = effects_for(&schema).await;
+    let app = format!("resumable-{}", schema.name());
+    let journal = Arc::new(
+        schema
+            .builder()
+            .application_name(&app)
+            .open()
+            .await
+            .unwrap(),
+    );
+    let rt = Runtime::new(journal.clone());
+    let run = tokio::spawn({
+        let rt = rt.clone();
+        let effects = effects.clone();
+        async move { rt.run("gated", effects.gated(1)).await }
+    });
+    eventually(
+        "the gated step to start",
+        Duration::from_secs(60),
+        async || effects.counts().await.contains_key("gated/two#0"),
+    )
+    .await;
+
+    let admin = schema.connect().await;
+    let terminated: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1) AS t",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        terminated >= 2,
+        "a pooled connection and the listener must have been terminated, got {terminated}"
+    );
+    effects.gate.notify_one();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run must complete after reconnecting")
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, Ok(4));
+    let counts = effects.counts().await;
+    for step in ["one", "two", "three"] {
+        assert_eq!(counts[&format!("gated/{step}#0")], 1, "{step} ran again");
+    }
+    let snapshot = journal.load_run("gated").await.unwrap().unwrap();
+    assert_eq!(snapshot.steps.len(), 3);
+    assert_eq!(journal.lease_history("gated").await.unwrap().len(), 1);
+
+    // The listener reconnected: a run submitted now still wakes a completer
+    // that polls once an hour.
+    let completer = Completer::new(&rt)
+        .poll_interval(Duration::from_secs(3600))
+        .register(workflow!(Effects::pipeline), effects.clone())
+        .unwrap()
+        .start();
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    let client = Client::new(journal.clone()).poll_interval(Duration::from_secs(3600));
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.run(&PIPELINE, "after-reconnect", (3,)),
+    )
+    .await
+    .expect("the reconnected listeners must wake the completer and the client");
+    assert_eq!(outcome.unwrap(), Ok(expected_pipeline(3)));
+    completer.shutdown().await.unwrap();
+}
+
+// ---- worker processes killed mid-way ----
+
+const WORKERS: usize = 3;
+const RUNS: u64 = 1_000;
+/// The workers' lease: the killed worker's runs wait this long at most.
+const WORKER_LEASE: Duration = Duration::from_secs(2);
+
+/// Not a test: one of the worker processes of `many_worker_processes_...`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn pipeline_worker_child() {
+    let (url, schema) = child_env();
+    let role = std::env::var(ROLE_VAR).unwrap();
+    let effects = Arc::new(Effects::connect(&url, &schema).await);
+    let journal = PostgresJournal::builder(&url)
+        .schema(&schema)
+        .open()
+        .await
+        .unwrap();
+    let rt = Runtime::builder(journal)
+        .worker_id(role)
+        .lease_duration(WORKER_LEASE)
+        .build();
+    let completer = Completer::new(&rt)
+        .concurrency(16)
+        .poll_interval(Duration::from_millis(250))
+        .register(workflow!(Effects::pipeline), effects)
+        .unwrap()
+        .start();
+    // Done when no run is left incomplete.
+    let incomplete = RunFilter {
+        state: Some(RunState::Incomplete),
+        limit: Some(1),
+        ..RunFilter::default()
+    };
+    while !rt.list_runs(&incomplete).await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let report = completer.shutdown().await.unwrap();
+    println!("finished {}", report.finished);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_worker_processes_with_one_killed_complete_every_run_once() {
+    let Some(schema) = TestSchema::new("many_worker_processes") else {
+        return;
+    };
+    let effects = effects_for(&schema).await;
+    let journal = Arc::new(schema.journal().await);
+    let client = Client::new(journal.clone());
+    let started = Instant::now();
+    futures::stream::iter(0..RUNS)
+        .map(|n| {
+            let client = &client;
+            async move { client.submit(&PIPELINE, format!("run-{n}"), (n,)).await }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let submitted = started.elapsed();
+
+    let mut workers: Vec<Child> = (0..WORKERS)
+        .map(|i| {
+            child_command("pipeline_worker_child", &schema)
+                .env(ROLE_VAR, format!("worker-{i}"))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let completed = async || {
+        let filter = RunFilter {
+            state: Some(RunState::Completed),
+            ..RunFilter::default()
+        };
+        journal.list_runs(&filter).await.unwrap().len() as u64
+    };
+    // Kill worker 0 while it executes runs: its leases expire unreleased.
+    eventually(
+        "a fifth of the runs to complete",
+        Duration::from_secs(300),
+        async || completed().await >= RUNS / 5,
+    )
+    .await;
+    let killed = workers.remove(0);
+    let killed_at = completed().await;
+    let mut killed = killed;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    eventually(
+        "every run to complete",
+        Duration::from_secs(300),
+        async || completed().await == RUNS,
+    )
+    .await;
+    let duration = started.elapsed();
+    let mut finished_by_survivors = 0;
+    for worker in workers {
+        let out = worker.wait_with_output().unwrap();
+        assert!(out.status.success(), "a worker process failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        finished_by_survivors += text
+            .lines()
+            .find_map(|l| l.split("finished ").nth(1)?.parse::<u64>().ok())
+            .expect("a worker reports what it finished");
+    }
+
+    // Every run completed with the right outcome; every step recorded once.
+    let counts = effects.counts().await;
+    let mut taken_over = 0;
+    let mut re_executed = 0;
+    for n in 0..RUNS {
+        let key = format!("run-{n}");
+        let snapshot = journal.load_run(&key).await.unwrap().unwrap();
+        let outcome: Result<u64, Failed> = client.wait(&PIPELINE, &key).await.unwrap();
+        assert_eq!(outcome, Ok(expected_pipeline(n)), "{key}");
+        assert_eq!(snapshot.steps.len() as u64, STEPS, "{key}");
+        let history = journal.lease_history(&key).await.unwrap();
+        assert_leases_never_overlap(&key, &history);
+        let held_by_killed = history.iter().any(|l| l.owner == "worker-0");
+        let killed_unreleased = history
+            .iter()
+            .any(|l| l.owner == "worker-0" && l.released_at.is_none());
+        taken_over += killed_unreleased as u32;
+        for step in &snapshot.steps {
+            assert_eq!(step.state, StepState::Completed, "{key} {}", step.step_id);
+            // Recorded under a lease the history knows, held by a worker.
+            let lease = &history[step.epoch as usize - 1];
+            assert!(lease.owner.starts_with("worker-"), "{key}: {lease:?}");
+            let executions = counts[&format!("{key}/{}", step.step_id)];
+            assert!(executions >= 1);
+            if executions > 1 {
+                // At least once: only a step the killed worker was executing runs again.
+                assert!(
+                    held_by_killed,
+                    "{key} {} ran {executions} times",
+                    step.step_id
+                );
+                re_executed += 1;
+            }
+        }
+    }
+    assert!(
+        taken_over > 0,
+        "the killed worker must have left runs for the others to take over"
+    );
+    println!(
+        "{RUNS} runs x {STEPS} steps, {WORKERS} worker processes, 1 killed after {killed_at} runs \
+         completed: {taken_over} runs taken over from it, {re_executed} step bodies re-executed, \
+         {finished_by_survivors} runs finished by the survivors; submitted in {submitted:?}, \
+         all complete in {duration:?}"
+    );
+}
+
+// ---- child processes ----
+
+fn child_env() -> (String, String) {
+    let url = std::env::var(URL_VAR).expect("run by a test that sets the URL");
+    let schema = std::env::var(SCHEMA_VAR).expect("run by a test that sets the schema");
+    (url, schema)
+}
+
+fn child_command(entry: &str, schema: &TestSchema) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            entry,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(URL_VAR, schema.url())
+        .env(SCHEMA_VAR, schema.name())
+        .env("RUST_BACKTRACE", "0");
+    command
+}
