@@ -224,3 +224,45 @@ async fn a_started_completer_picks_up_new_runs_until_shut_down() {
     }
     assert_eq!(handle.shutdown().await.unwrap().finished, 3);
 }
+
+/// A client without the workflow's code submits and waits; the journal's
+/// in-process wake-ups start the run on a completer that polls once an
+/// hour, wake the client, and a run given back with a backoff is retried
+/// when it falls due, not at the next poll.
+#[tokio::test]
+async fn a_client_submits_and_waits_while_an_idle_completer_is_woken() {
+    const JOB: resumable::WorkflowRef<(u32,), Result<u32, JobError>> =
+        resumable::WorkflowRef::named("job");
+    let journal = Arc::new(MemoryJournal::new());
+    let rt = runtime(journal.clone(), Duration::from_millis(50));
+    let jobs = Arc::new(Jobs::default());
+    let hour = Duration::from_secs(3600);
+    let completer = Completer::new(&rt)
+        .poll_interval(hour)
+        .register(workflow!(Jobs::job), jobs.clone())
+        .unwrap()
+        .start();
+    let client = resumable::Client::new(journal.clone()).poll_interval(hour);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), client.run(&JOB, "c-1", (21,)))
+        .await
+        .expect("woken, not polled");
+    assert_eq!(outcome.unwrap(), Ok(42));
+
+    // A body that panics is given back with a 50 ms backoff: the completer
+    // wakes when it falls due and, once fixed, finishes it.
+    jobs.broken.store(true, Ordering::SeqCst);
+    client.submit(&JOB, "c-2", (1,)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while rt.run_info("c-2").await.unwrap().unwrap().executions < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("retried when due, not at the next poll");
+    jobs.broken.store(false, Ordering::SeqCst);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), client.wait(&JOB, "c-2"))
+        .await
+        .expect("woken when it finished");
+    assert_eq!(outcome.unwrap(), Ok(2));
+    completer.shutdown().await.unwrap();
+}

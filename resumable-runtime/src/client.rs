@@ -162,15 +162,16 @@ impl Client {
             None
         };
         if let Some(lease) = &opened.lease {
-            // Given back at once: due now, or where it was if refused.
+            // Given back at once: due now, or when it was due if refused.
+            let now = Timestamp::now();
             let wake_at = match mismatch {
-                None => Timestamp::now(),
-                Some(_) => run.wake_at,
+                None => now,
+                Some(_) => run.wake_at.max(now),
             };
             let release = Write::Release {
                 last_error: run.last_error.clone(),
                 wake_at,
-                at: Timestamp::now(),
+                at: now,
             };
             self.journal.write(lease, release).await?;
         }

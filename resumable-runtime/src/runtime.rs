@@ -418,10 +418,12 @@ impl Runtime {
 
     /// Releases a lease, best effort: if this fails the lease simply expires.
     async fn give_back(&self, lease: &Lease, last_error: Option<String>, wake_at: Timestamp) {
+        let at = Timestamp::now();
         let write = Write::Release {
             last_error,
-            wake_at,
-            at: Timestamp::now(),
+            // Never due before it is given back: the next lease starts after this one ends.
+            wake_at: wake_at.max(at),
+            at,
         };
         if let Err(err) = self.inner.journal.write(lease, write).await {
             tracing::debug!(run = %lease.run_key, error = %err, "could not release the lease; it will expire");
