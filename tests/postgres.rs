@@ -456,6 +456,7 @@ async fn pipeline_worker_child() {
     let effects = Arc::new(Effects::connect(&url, &schema).await);
     let journal = PostgresJournal::builder(&url)
         .schema(&schema)
+        .application_name(format!("resumable-{role}"))
         .open()
         .await
         .unwrap();
@@ -532,6 +533,18 @@ async fn many_worker_processes_with_one_killed_complete_every_run_once() {
     let mut killed = killed;
     killed.kill().unwrap();
     killed.wait().unwrap();
+    // And cut another worker off the database: it reconnects and goes on.
+    let admin = schema.connect().await;
+    let cut: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'resumable-worker-1') AS t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut >= 1, "worker-1 must have had connections to terminate");
     eventually(
         "every run to complete",
         Duration::from_secs(300),
@@ -591,7 +604,7 @@ async fn many_worker_processes_with_one_killed_complete_every_run_once() {
     );
     println!(
         "{RUNS} runs x {STEPS} steps, {WORKERS} worker processes, 1 killed after {killed_at} runs \
-         completed: {taken_over} runs taken over from it, {re_executed} step bodies re-executed, \
+         completed, {cut} connections of another terminated: {taken_over} runs taken over from it, {re_executed} step bodies re-executed, \
          {finished_by_survivors} runs finished by the survivors; submitted in {submitted:?}, \
          all complete in {duration:?}"
     );
