@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::FAST;
 use resumable::{
-    Completer, Error, MemoryJournal, RetryPolicy, RunStatus, Runtime, resumable, step, workflow,
+    Client, Completer, Error, MemoryJournal, RetryPolicy, RunStatus, Runtime, WorkflowRef,
+    resumable, step, workflow,
 };
 
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
@@ -47,6 +48,9 @@ impl Jobs {
         Ok(())
     }
 }
+
+/// `Jobs::job` as a client without its code sees it.
+const JOB: WorkflowRef<(u32,), Result<u32, JobError>> = WorkflowRef::named("job");
 
 fn runtime(journal: Arc<MemoryJournal>, backoff: Duration) -> Runtime {
     Runtime::builder(journal)
@@ -231,8 +235,6 @@ async fn a_started_completer_picks_up_new_runs_until_shut_down() {
 /// when it falls due, not at the next poll.
 #[tokio::test]
 async fn a_client_submits_and_waits_while_an_idle_completer_is_woken() {
-    const JOB: resumable::WorkflowRef<(u32,), Result<u32, JobError>> =
-        resumable::WorkflowRef::named("job");
     let journal = Arc::new(MemoryJournal::new());
     let rt = runtime(journal.clone(), Duration::from_millis(50));
     let jobs = Arc::new(Jobs::default());
@@ -242,7 +244,7 @@ async fn a_client_submits_and_waits_while_an_idle_completer_is_woken() {
         .register(workflow!(Jobs::job), jobs.clone())
         .unwrap()
         .start();
-    let client = resumable::Client::new(journal.clone()).poll_interval(hour);
+    let client = Client::new(journal.clone()).poll_interval(hour);
     let outcome = tokio::time::timeout(Duration::from_secs(30), client.run(&JOB, "c-1", (21,)))
         .await
         .expect("woken, not polled");
@@ -264,5 +266,50 @@ async fn a_client_submits_and_waits_while_an_idle_completer_is_woken() {
         .await
         .expect("woken when it finished");
     assert_eq!(outcome.unwrap(), Ok(2));
+    completer.shutdown().await.unwrap();
+}
+
+/// Runs given back with backoffs that end at different times each wake an
+/// idle completer when they fall due, not only the earliest of them.
+#[tokio::test]
+async fn an_idle_completer_wakes_for_every_run_that_falls_due() {
+    let journal = Arc::new(MemoryJournal::new());
+    let rt = runtime(journal.clone(), Duration::from_millis(300));
+    let jobs = Arc::new(Jobs::default());
+    jobs.broken.store(true, Ordering::SeqCst);
+    let hour = Duration::from_secs(3600);
+    let completer = Completer::new(&rt)
+        .poll_interval(hour)
+        .register(workflow!(Jobs::job), jobs.clone())
+        .unwrap()
+        .start();
+    let client = Client::new(journal.clone()).poll_interval(hour);
+    client.submit(&JOB, "due-1", (1,)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.submit(&JOB, "due-2", (2,)).await.unwrap();
+    // Both failed once and wait out backoffs that end 100 ms apart.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for key in ["due-1", "due-2"] {
+            while rt
+                .run_info(key)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_error
+                .is_none()
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await
+    .expect("both runs fail at once");
+    jobs.broken.store(false, Ordering::SeqCst);
+    for (key, n) in [("due-1", 1), ("due-2", 2)] {
+        let outcome = tokio::time::timeout(Duration::from_secs(30), client.wait(&JOB, key))
+            .await
+            .unwrap_or_else(|_| panic!("{key} was not retried when it fell due"));
+        assert_eq!(outcome.unwrap(), Ok(n * 2));
+    }
     completer.shutdown().await.unwrap();
 }

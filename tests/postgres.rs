@@ -227,7 +227,8 @@ async fn paused_worker_child() {
     let (url, schema) = child_env();
     let key = std::env::var(KEY_VAR).unwrap();
     let mut effects = Effects::connect(&url, &schema).await;
-    effects.slow_step = Duration::from_secs(3);
+    // Long enough for the parent to see the step start and stop this process.
+    effects.slow_step = Duration::from_secs(10);
     let journal = PostgresJournal::builder(&url)
         .schema(&schema)
         .open()
@@ -255,6 +256,7 @@ async fn a_paused_worker_whose_run_was_taken_over_cannot_write() {
         .spawn()
         .unwrap();
     let pid = child.id().to_string();
+    let child = KillOnDrop(Some(child));
     eventually(
         "the child to start its slow step",
         Duration::from_secs(60),
@@ -280,7 +282,7 @@ async fn a_paused_worker_whose_run_was_taken_over_cannot_write() {
     assert_eq!(outcome, Ok(4));
 
     signal("-CONT", &pid);
-    let out = child.wait_with_output().unwrap();
+    let out = child.wait_with_output();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -322,6 +324,25 @@ async fn a_paused_worker_whose_run_was_taken_over_cannot_write() {
     );
     // The slow step's body ran in both workers: at least once, never recorded twice.
     assert_eq!(effects.counts().await["paused/slow#0"], 2);
+}
+
+/// Kills the child process if the test fails before it is waited for.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn wait_with_output(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // SIGKILL also ends a stopped process.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn signal(sig: &str, pid: &str) {
@@ -505,13 +526,14 @@ async fn many_worker_processes_with_one_killed_complete_every_run_once() {
         .unwrap();
     let submitted = started.elapsed();
 
-    let mut workers: Vec<Child> = (0..WORKERS)
+    let mut workers: Vec<KillOnDrop> = (0..WORKERS)
         .map(|i| {
-            child_command("pipeline_worker_child", &schema)
+            let child = child_command("pipeline_worker_child", &schema)
                 .env(ROLE_VAR, format!("worker-{i}"))
                 .stdout(Stdio::piped())
                 .spawn()
-                .unwrap()
+                .unwrap();
+            KillOnDrop(Some(child))
         })
         .collect();
     let completed = async || {
@@ -528,11 +550,8 @@ async fn many_worker_processes_with_one_killed_complete_every_run_once() {
         async || completed().await >= RUNS / 5,
     )
     .await;
-    let killed = workers.remove(0);
     let killed_at = completed().await;
-    let mut killed = killed;
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    drop(workers.remove(0)); // SIGKILL
     // And cut another worker off the database: it reconnects and goes on.
     let admin = schema.connect().await;
     let cut: i64 = admin
@@ -554,7 +573,7 @@ async fn many_worker_processes_with_one_killed_complete_every_run_once() {
     let duration = started.elapsed();
     let mut finished_by_survivors = 0;
     for worker in workers {
-        let out = worker.wait_with_output().unwrap();
+        let out = worker.wait_with_output();
         assert!(out.status.success(), "a worker process failed: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         finished_by_survivors += text
@@ -632,4 +651,205 @@ fn child_command(entry: &str, schema: &TestSchema) -> Command {
         .env(SCHEMA_VAR, schema.name())
         .env("RUST_BACKTRACE", "0");
     command
+}
+
+// ---- replies lost with their connection ----
+
+/// A TCP proxy to the server that, once armed with a needle, forwards the
+/// first client message containing it, then closes that connection
+/// without relaying the answer: the statement commits, its reply is lost.
+struct LossyProxy {
+    port: u16,
+    needle: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let needle = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+        let armed = needle.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, armed.clone()));
+            }
+        });
+        LossyProxy { port, needle }
+    }
+
+    /// Loses the reply to the next message that contains `needle`.
+    fn lose_reply_to(&self, needle: &str) {
+        *self.needle.lock().unwrap() = Some(needle.as_bytes().to_vec());
+    }
+
+    fn fired(&self) -> bool {
+        self.needle.lock().unwrap().is_none()
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    needle: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cut = Arc::new(AtomicBool::new(false));
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let answers = {
+        let cut = cut.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0; 64 * 1024];
+            while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                if cut.load(Ordering::SeqCst) || to_client.write_all(&buf[..n]).await.is_err() {
+                    return; // drops the client's socket: the reply is lost
+                }
+            }
+        })
+    };
+    let mut buf = vec![0; 64 * 1024];
+    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+        let hit = {
+            let mut armed = needle.lock().unwrap();
+            let hit = armed.as_ref().is_some_and(|needle| {
+                buf[..n]
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_slice())
+            });
+            if hit {
+                *armed = None;
+            }
+            hit
+        };
+        if hit {
+            cut.store(true, Ordering::SeqCst);
+        }
+        if to_server.write_all(&buf[..n]).await.is_err() || hit {
+            break;
+        }
+    }
+    // The server still runs what it received; its answer goes nowhere.
+    let _ = answers.await;
+}
+
+/// Every journal operation whose reply is lost with its connection is
+/// retried on a new one and has the effect of one call: no second lease,
+/// no second record, no false refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_whose_reply_was_lost_take_effect_once() {
+    use resumable::journal::{LeaseRequest, NewRun, RunState as State};
+    let Some(schema) = TestSchema::new("operations_whose_reply_was_lost") else {
+        return;
+    };
+    let config: tokio_postgres::Config = schema.url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        #[allow(unreachable_patterns)]
+        _ => panic!("{URL_VAR} must name a TCP host for this test"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let proxy = LossyProxy::start(format!("{host}:{port}")).await;
+    let url = format!(
+        "host=127.0.0.1 port={} user={} dbname={}",
+        proxy.port,
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres"),
+    );
+    let journal = PostgresJournal::builder(url)
+        .schema(schema.name())
+        .open()
+        .await
+        .unwrap();
+    let key = "lost-replies";
+    let t = Timestamp::now();
+    let request = |owner: &str, now: i64| LeaseRequest {
+        owner: owner.to_owned(),
+        now: Timestamp(t.0 + now),
+        until: Timestamp(t.0 + now + 60_000),
+    };
+    let run = NewRun {
+        key: key.to_owned(),
+        workflow: "wf".to_owned(),
+        fingerprint: 7,
+        input: b"input".to_vec(),
+    };
+
+    proxy.lose_reply_to(key);
+    let opened = journal.open_run(run, request("first", 0)).await.unwrap();
+    assert!(proxy.fired());
+    let lease = opened
+        .lease
+        .expect("the retry finds the lease its lost attempt took");
+    assert!(opened.created);
+    assert_eq!((lease.epoch, opened.snapshot.run.executions), (1, 1));
+
+    let step = |id: &str, out: &[u8]| Write::StepRecorded {
+        step_id: id.to_owned(),
+        seq: 0,
+        state: StepState::Completed,
+        output: out.to_vec(),
+        error: None,
+        attempts: 1,
+        started_at: t,
+        at: t,
+    };
+    proxy.lose_reply_to(key);
+    journal.write(&lease, step("a#0", b"out")).await.unwrap();
+    assert!(proxy.fired());
+    // A genuine second record is still refused.
+    let again = journal
+        .write(&lease, step("a#0", b"other"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, Error::StepAlreadyRecorded { .. }),
+        "{again:?}"
+    );
+
+    proxy.lose_reply_to(key);
+    let renewed = journal
+        .renew(&lease, Timestamp(t.0 + 90_000))
+        .await
+        .unwrap();
+    assert!(proxy.fired());
+    assert_eq!(renewed.expires_at, Timestamp(t.0 + 90_000));
+
+    let release = Write::Release {
+        last_error: Some("stopped".into()),
+        wake_at: Timestamp(t.0 + 10),
+        at: Timestamp(t.0 + 10),
+    };
+    proxy.lose_reply_to(key);
+    journal.write(&lease, release).await.unwrap();
+    assert!(proxy.fired());
+
+    proxy.lose_reply_to("second");
+    let claimed = journal.claim_due(request("second", 20), 10).await.unwrap();
+    assert!(proxy.fired());
+    assert_eq!(claimed.len(), 1);
+    let (snapshot, lease2) = &claimed[0];
+    assert_eq!((lease2.epoch, snapshot.run.executions), (2, 2));
+    assert_eq!(snapshot.steps.len(), 1);
+
+    let finish = Write::RunFinished {
+        state: State::Completed,
+        outcome: b"done".to_vec(),
+        at: Timestamp(t.0 + 30),
+    };
+    proxy.lose_reply_to(key);
+    journal.write(lease2, finish).await.unwrap();
+    assert!(proxy.fired());
+
+    let snapshot = journal.load_run(key).await.unwrap().unwrap();
+    assert_eq!(snapshot.run.state, State::Completed);
+    assert_eq!(snapshot.run.outcome.as_deref(), Some(&b"done"[..]));
+    assert_eq!((snapshot.run.epoch, snapshot.run.executions), (2, 2));
+    let history = journal.lease_history(key).await.unwrap();
+    let owners: Vec<&str> = history.iter().map(|l| l.owner.as_str()).collect();
+    assert_eq!(owners, ["first", "second"], "one lease per lease request");
+    assert_leases_never_overlap(key, &history);
 }

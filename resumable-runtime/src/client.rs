@@ -173,7 +173,11 @@ impl Client {
                 wake_at,
                 at: now,
             };
-            self.journal.write(lease, release).await?;
+            match self.journal.write(lease, release).await {
+                // Taken already: a worker woken by the release has the run.
+                Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                Err(err) => return Err(err),
+            }
         }
         mismatch.map_or(Ok(()), Err)
     }

@@ -1,7 +1,7 @@
 //! The [`Completer`]: a background worker that finds incomplete runs nobody
 //! is executing, claims them, and drives them to completion.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -202,7 +202,7 @@ impl Completer {
         };
         tokio::pin!(stopped);
         let mut events = rt.journal().subscribe();
-        let mut next_due: Option<Timestamp> = None;
+        let mut due_times = DueTimes::default();
         'work: loop {
             let free = slots.available_permits();
             let mut claimed = 0;
@@ -248,24 +248,19 @@ impl Completer {
             // Idle: wait for a run to finish (a free slot), a wake-up, the
             // next known due time, or the poll interval.
             loop {
-                let now = Timestamp::now();
-                let sleep = match next_due {
-                    Some(due) if due > now => poll_interval.min(until(now, due)),
-                    Some(_) => Duration::ZERO,
-                    None => poll_interval,
-                };
+                let sleep = due_times.sleep(poll_interval);
                 tokio::select! {
                     _ = &mut stopped => break 'work,
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => break,
                     () = tokio::time::sleep(sleep) => {
-                        next_due = next_due.filter(|due| *due > Timestamp::now());
+                        due_times.forget_past();
                         break;
                     }
                     at = due_event(&mut events) => {
                         if at <= Timestamp::now() {
                             break;
                         }
-                        next_due = Some(next_due.map_or(at, |due| due.min(at)));
+                        due_times.insert(at);
                     }
                 }
             }
@@ -299,9 +294,40 @@ async fn due_event(events: &mut Option<Subscription>) -> Timestamp {
     std::future::pending().await
 }
 
-/// The time from `now` to `later`.
-fn until(now: Timestamp, later: Timestamp) -> Duration {
-    Duration::from_millis(later.0.saturating_sub(now.0).max(0) as u64)
+/// When runs given back with a backoff fall due, as the journal announced
+/// them: the completer wakes at each, not only at its next poll.
+#[derive(Debug, Default)]
+struct DueTimes(BTreeSet<Timestamp>);
+
+impl DueTimes {
+    /// More are forgotten (polling finds their runs).
+    const MAX: usize = 4096;
+
+    fn insert(&mut self, at: Timestamp) {
+        self.0.insert(at);
+        if self.0.len() > Self::MAX {
+            self.0.pop_last();
+        }
+    }
+
+    /// How long to sleep: until the earliest due time, at most `poll`.
+    fn sleep(&self, poll: Duration) -> Duration {
+        let now = Timestamp::now();
+        match self.0.first() {
+            Some(due) => poll.min(Duration::from_millis(
+                due.0.saturating_sub(now.0).max(0) as u64
+            )),
+            None => poll,
+        }
+    }
+
+    /// Drops the times that have come.
+    fn forget_past(&mut self) {
+        let now = Timestamp::now();
+        while self.0.first().is_some_and(|due| *due <= now) {
+            self.0.pop_first();
+        }
+    }
 }
 
 async fn resume(

@@ -42,10 +42,16 @@ pub(super) async fn listen(
     events: EventSender,
     ready: oneshot::Sender<()>,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+    let mut backoff = FIRST_BACKOFF;
     let mut ready = Some(ready);
     loop {
-        match listen_once(&config, &channel, &events, &mut ready).await {
+        let mut listened = false;
+        let ended = listen_once(&config, &channel, &events, &mut ready, &mut listened).await;
+        if listened {
+            backoff = FIRST_BACKOFF;
+        }
+        match ended {
             Ok(()) => tracing::debug!(channel, "journal listener connection closed; reconnecting"),
             Err(err) => {
                 tracing::warn!(channel, error = %err, "journal listener connection failed; reconnecting")
@@ -61,6 +67,7 @@ async fn listen_once(
     channel: &str,
     events: &EventSender,
     ready: &mut Option<oneshot::Sender<()>>,
+    listened: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let mut messages = std::pin::pin!(async {
@@ -79,6 +86,7 @@ async fn listen_once(
         ended = &mut messages => return ended,
         listening = client.batch_execute(&listen) => listening?,
     }
+    *listened = true;
     events.send(JournalEvent::Resync);
     if let Some(ready) = ready.take() {
         let _ = ready.send(());

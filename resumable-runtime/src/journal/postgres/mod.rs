@@ -103,9 +103,14 @@ pub struct LeaseRecord {
 /// until the reconnect timeout. `$retry` tells the body whether an earlier
 /// attempt may have taken effect with its reply lost.
 macro_rules! with_client {
-    ($journal:expr, |$client:ident, $retry:ident| $body:expr) => {{
+    ($journal:expr, |$client:ident, $retry:ident| $body:expr) => {
+        with_client!($journal, $journal.reconnect_timeout, |$client, $retry| {
+            $body
+        })
+    };
+    ($journal:expr, $timeout:expr, |$client:ident, $retry:ident| $body:expr) => {{
         let journal: &PostgresJournal = $journal;
-        let mut reconnect = Reconnect::new(journal.reconnect_timeout);
+        let mut reconnect = Reconnect::new($timeout);
         loop {
             #[allow(unused_variables)]
             let $retry = reconnect.retrying();
@@ -133,7 +138,10 @@ struct Reconnect {
 impl Reconnect {
     fn new(timeout: Duration) -> Self {
         Reconnect {
-            deadline: Instant::now() + timeout,
+            // No deadline to speak of if it overflows (`Duration::MAX`).
+            deadline: Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)),
             backoff: Duration::from_millis(20),
             attempts: 0,
         }
@@ -209,49 +217,28 @@ impl PostgresJournal {
         rows.iter().map(|row| step_from_row(row, 0)).collect()
     }
 
-    /// Takes the lease of an existing run if it is free (or was taken by
-    /// this very request, whose reply was lost).
+    /// Takes the lease of an existing run if it is free.
     async fn take_lease(
         &self,
         client: &Object,
         key: &str,
         req: &LeaseRequest,
         token: i64,
-        retry: bool,
-    ) -> Result<Option<(RunRecord, Lease)>> {
-        let rows = query(
-            client,
-            &self.sql.take_lease,
-            &[&key, &req.owner, &req.until.0, &token, &req.now.0],
-        )
-        .await?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let run = run_from_row(row)?;
-        if retry {
-            self.release_retaken(client, &run, req).await?;
-        }
-        let lease = lease_of(&run, req);
-        Ok(Some((run, lease)))
+    ) -> Result<Option<RunRecord>> {
+        let args: [&(dyn ToSql + Sync); 5] = [&key, &req.owner, &req.until.0, &token, &req.now.0];
+        let rows = query(client, &self.sql.take_lease, &args).await?;
+        rows.first().map(run_from_row).transpose()
     }
 
-    /// After a retry took a lease again, marks in the history the lease its
-    /// lost first attempt took as ended, since nobody ever used it.
-    async fn release_retaken(
-        &self,
-        client: &Object,
-        run: &RunRecord,
-        req: &LeaseRequest,
-    ) -> Result<()> {
-        let epoch = run.epoch as i64;
-        let args: [&(dyn ToSql + Sync); 4] = [&run.key, &epoch, &req.owner, &req.now.0];
-        let stmt = client
-            .prepare_cached(&self.sql.release_retaken)
-            .await
-            .map_err(pg_error)?;
-        client.execute(&stmt, &args).await.map_err(pg_error)?;
-        Ok(())
+    /// Whether `lease` was given back at `at`: a retried `Release` whose
+    /// first attempt took effect (and someone may have taken the run since).
+    async fn released_at(&self, client: &Object, lease: &Lease, at: Timestamp) -> Result<bool> {
+        let epoch = lease.epoch as i64;
+        let rows = query(client, &self.sql.released_at, &[&lease.run_key, &epoch]).await?;
+        match rows.first() {
+            Some(row) => Ok(get::<Option<i64>>(row, 0)? == Some(at.0)),
+            None => Ok(false),
+        }
     }
 
     /// Why a fenced write changed nothing: a lost lease, or (after a
@@ -420,7 +407,9 @@ impl PostgresJournal {
                     ],
                 )
                 .await?;
-                if get::<i64>(&row, 0)? == 0 {
+                if get::<i64>(&row, 0)? == 0
+                    && !(retry && self.released_at(client, lease, *at).await?)
+                {
                     return Err(lease_lost(lease));
                 }
             }
@@ -514,10 +503,16 @@ impl PostgresJournalBuilder {
         if config.get_application_name().is_none() {
             config.application_name(&self.application_name);
         }
+        // A silently dead server or network is noticed within about 30 s:
+        // by keepalives on an idle connection, and by the user timeout on
+        // one waiting for an acknowledgement.
         config
             .connect_timeout(self.connect_timeout)
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(15));
+            .keepalives_idle(Duration::from_secs(15))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
         {
             let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
             let driver = tokio::spawn(connection);
@@ -569,16 +564,26 @@ impl PostgresJournalBuilder {
     }
 }
 
-/// The URL without its password, for error messages.
+/// The connection string without its password, for error messages: the
+/// URL's user info, and `password=` in a query string or a `key=value` string.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+    let mut out = url.to_owned();
+    if let (Some(scheme), Some(at)) = (out.find("://"), out.rfind('@')) {
+        let userinfo = &out[scheme + 3..at];
+        if let Some(colon) = userinfo.find(':') {
+            out.replace_range(scheme + 3 + colon + 1..at, "***");
         }
-        _ => url.to_owned(),
     }
+    let mut from = 0;
+    while let Some(found) = out[from..].find("password=") {
+        let start = from + found + "password=".len();
+        let len = out[start..]
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .unwrap_or(out.len() - start);
+        out.replace_range(start..start + len, "***");
+        from = start + 3;
+    }
+    out
 }
 
 /// Aborts the listener task when the journal is dropped.
@@ -594,48 +599,38 @@ impl Drop for AbortOnDrop {
 #[async_trait]
 impl Journal for PostgresJournal {
     async fn open_run(&self, run: NewRun, req: LeaseRequest) -> Result<Opened> {
+        // Marks the lease this call takes, so that a retry after a lost
+        // reply finds it instead of taking another.
         let token = fastrand::i64(..);
         let fingerprint = run.fingerprint as i64;
         with_client!(self, |client, retry| async {
-            let rows = query(
-                client,
-                &self.sql.insert_run,
-                &[
-                    &run.key,
-                    &run.workflow,
-                    &fingerprint,
-                    &run.input,
-                    &req.owner,
-                    &req.until.0,
-                    &token,
-                    &req.now.0,
-                ],
-            )
-            .await?;
-            if let Some(row) = rows.first() {
-                let run = run_from_row(row)?;
-                let lease = lease_of(&run, &req);
-                return Ok(Opened {
-                    snapshot: RunSnapshot {
-                        run,
-                        steps: Vec::new(),
-                    },
-                    lease: Some(lease),
-                    created: true,
-                });
+            if retry {
+                let rows =
+                    query(client, &self.sql.run_leased_by_token, &[&run.key, &token]).await?;
+                if let Some(row) = rows.first() {
+                    let found = run_from_row(row)?;
+                    // Only an insert takes epoch 1: the lost attempt created the run.
+                    let created = found.epoch == 1;
+                    let steps = self.load_steps(client, &run.key).await?;
+                    return Ok(opened(found, steps, &req, created));
+                }
             }
-            if let Some((run, lease)) = self
-                .take_lease(client, &run.key, &req, token, retry)
-                .await?
-            {
-                // A retry may find the run its lost first attempt created.
+            let args: [&(dyn ToSql + Sync); 8] = [
+                &run.key,
+                &run.workflow,
+                &fingerprint,
+                &run.input,
+                &req.owner,
+                &req.until.0,
+                &token,
+                &req.now.0,
+            ];
+            if let Some(row) = query(client, &self.sql.insert_run, &args).await?.first() {
+                return Ok(opened(run_from_row(row)?, Vec::new(), &req, true));
+            }
+            if let Some(taken) = self.take_lease(client, &run.key, &req, token).await? {
                 let steps = self.load_steps(client, &run.key).await?;
-                let created = retry && run.executions == 1 && run.created_at == req.now;
-                return Ok(Opened {
-                    snapshot: RunSnapshot { run, steps },
-                    lease: Some(lease),
-                    created,
-                });
+                return Ok(opened(taken, steps, &req, false));
             }
             let rows = query(client, &self.sql.select_run, &[&run.key]).await?;
             let row = rows.first().ok_or_else(|| {
@@ -663,18 +658,16 @@ impl Journal for PostgresJournal {
         let token = fastrand::i64(..);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         with_client!(self, |client, retry| async {
-            let rows = query(
-                client,
-                &self.sql.claim,
-                &[&req.now.0, &req.owner, &req.until.0, &token, &limit],
-            )
-            .await?;
-            let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+            let mut rows = Vec::new();
             if retry {
-                for run in &runs {
-                    self.release_retaken(client, run, &req).await?;
-                }
+                rows = query(client, &self.sql.leased_by_token, &[&token]).await?;
             }
+            if rows.is_empty() {
+                let args: [&(dyn ToSql + Sync); 5] =
+                    [&req.now.0, &req.owner, &req.until.0, &token, &limit];
+                rows = query(client, &self.sql.claim, &args).await?;
+            }
+            let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
             let keys: Vec<&str> = runs.iter().map(|r| r.key.as_str()).collect();
             let mut steps: HashMap<String, Vec<StepRecord>> = HashMap::new();
             if !keys.is_empty() {
@@ -701,17 +694,26 @@ impl Journal for PostgresJournal {
 
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
         let epoch = lease.epoch as i64;
-        with_client!(self, |client, retry| async {
-            let row =
-                query_one(client, &self.sql.renew, &[&lease.run_key, &epoch, &until.0]).await?;
-            if get::<i64>(&row, 0)? == 0 {
-                return Err(lease_lost(lease));
+        // Retrying past the lease's expiry is pointless: the heartbeat must
+        // learn in time that the run may have been taken over.
+        let left = Duration::from_millis(
+            lease.expires_at.0.saturating_sub(Timestamp::now().0).max(0) as u64,
+        );
+        with_client!(
+            self,
+            self.reconnect_timeout.min(left),
+            |client, retry| async {
+                let row =
+                    query_one(client, &self.sql.renew, &[&lease.run_key, &epoch, &until.0]).await?;
+                if get::<i64>(&row, 0)? == 0 {
+                    return Err(lease_lost(lease));
+                }
+                Ok(Lease {
+                    expires_at: until,
+                    ..lease.clone()
+                })
             }
-            Ok(Lease {
-                expires_at: until,
-                ..lease.clone()
-            })
-        })
+        )
     }
 
     async fn load_run(&self, key: &str) -> Result<Option<RunSnapshot>> {
@@ -789,6 +791,16 @@ fn lease_of(run: &RunRecord, req: &LeaseRequest) -> Lease {
     }
 }
 
+/// What `open_run` returns for a run it leased.
+fn opened(run: RunRecord, steps: Vec<StepRecord>, req: &LeaseRequest, created: bool) -> Opened {
+    let lease = lease_of(&run, req);
+    Opened {
+        snapshot: RunSnapshot { run, steps },
+        lease: Some(lease),
+        created,
+    }
+}
+
 fn lease_lost(lease: &Lease) -> Error {
     Error::LeaseLost {
         run: lease.run_key.clone(),
@@ -835,7 +847,33 @@ fn step_from_row(row: &Row, first: usize) -> Result<StepRecord> {
 }
 
 fn pg_error(err: tokio_postgres::Error) -> Error {
-    Error::storage(BACKEND, err)
+    Error::storage(BACKEND, PgError(err))
+}
+
+/// A driver error whose message includes the server's (tokio-postgres says
+/// only "db error").
+#[derive(Debug)]
+struct PgError(tokio_postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(
+                f,
+                "{} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            ),
+            None => self.0.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// The pool could not hand out a connection now (timed out, or the server
@@ -861,7 +899,7 @@ fn is_connection_lost(err: &Error) -> bool {
     if source.is::<Unavailable>() {
         return true;
     }
-    let Some(err) = source.downcast_ref::<tokio_postgres::Error>() else {
+    let Some(PgError(err)) = source.downcast_ref::<PgError>() else {
         return false;
     };
     if err.is_closed() {
@@ -874,6 +912,7 @@ fn is_connection_lost(err: &Error) -> bool {
                     SqlState::ADMIN_SHUTDOWN,
                     SqlState::CRASH_SHUTDOWN,
                     SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
                     SqlState::T_R_SERIALIZATION_FAILURE,
                     SqlState::T_R_DEADLOCK_DETECTED,
                 ]
@@ -1009,6 +1048,15 @@ mod tests {
             "postgres://app:***@db.example:5432/x"
         );
         assert_eq!(redact("host=db user=app"), "host=db user=app");
+        assert_eq!(
+            redact("host=db password=s3cret sslmode=bogus"),
+            "host=db password=*** sslmode=bogus"
+        );
+        assert_eq!(
+            redact("postgres://app@db/x?password=s3cret&sslmode=bogus"),
+            "postgres://app@db/x?password=***&sslmode=bogus"
+        );
+        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
     }
 
     #[test]

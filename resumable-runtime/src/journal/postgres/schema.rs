@@ -79,9 +79,20 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     )
     .await
     .map_err(pg_error)?;
+    // Only if missing: a role that owns an existing schema need not be
+    // allowed to create schemas in the database.
+    let exists = tx
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await
+        .map_err(pg_error)?
+        .is_some();
+    if !exists {
+        tx.batch_execute(&format!("CREATE SCHEMA {s}"))
+            .await
+            .map_err(pg_error)?;
+    }
     tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {s};
-         CREATE TABLE IF NOT EXISTS {s}.resumable_migrations (
+        "CREATE TABLE IF NOT EXISTS {s}.resumable_migrations (
              version     BIGINT      PRIMARY KEY,
              description TEXT        NOT NULL,
              applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()

@@ -34,7 +34,9 @@ pub(super) struct Statements {
     pub schema: String,
     pub insert_run: String,
     pub take_lease: String,
-    pub release_retaken: String,
+    pub leased_by_token: String,
+    pub run_leased_by_token: String,
+    pub released_at: String,
     pub claim: String,
     pub select_run: String,
     pub select_steps: String,
@@ -102,25 +104,33 @@ impl Statements {
                    UPDATE {runs} SET epoch = epoch + 1, executions = LEAST(executions, 2147483646) + 1, \
                      lease_owner = $2, lease_expires_at = $3, lease_token = $4, updated_at = $5 \
                    WHERE run_key = $1 AND state = 'incomplete' AND (lease_owner IS NULL \
-                     OR lease_expires_at IS NULL OR lease_expires_at <= $5 OR lease_token = $4) \
+                     OR lease_expires_at IS NULL OR lease_expires_at <= $5) \
                    RETURNING {run}), \
                  {} \
                  SELECT {run} FROM taken",
                 log_lease("taken")
             ),
-            // After a retry took a lease again: the lease its lost first
-            // attempt took ($1 key, $2 epoch, $3 owner, $4 acquired_at) ended then.
-            release_retaken: format!(
-                "UPDATE {leases} SET released_at = acquired_at \
-                 WHERE run_key = $1 AND epoch < $2 AND owner = $3 AND acquired_at = $4 \
-                   AND released_at IS NULL"
+            // The runs a lease request ($1 token) took: after a lost reply,
+            // its retry returns these instead of taking leases again.
+            leased_by_token: format!(
+                "SELECT {run} FROM {runs} WHERE lease_token = $1 AND state = 'incomplete' \
+                 ORDER BY wake_at, id"
+            ),
+            // Run $1 if lease request $2 took it.
+            run_leased_by_token: format!(
+                "SELECT {run} FROM {runs} \
+                 WHERE run_key = $1 AND lease_token = $2 AND state = 'incomplete'"
+            ),
+            // When lease ($1 key, $2 epoch) was given back, if it was.
+            released_at: format!(
+                "SELECT released_at FROM {leases} WHERE run_key = $1 AND epoch = $2"
             ),
             // $1 now, $2 owner, $3 until, $4 token, $5 limit.
             claim: format!(
                 "WITH due AS (\
                    SELECT id FROM {runs} \
                    WHERE state = 'incomplete' AND wake_at <= $1 AND (lease_owner IS NULL \
-                     OR lease_expires_at IS NULL OR lease_expires_at <= $1 OR lease_token = $4) \
+                     OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
                    ORDER BY wake_at, id LIMIT $5 FOR UPDATE SKIP LOCKED), \
                  taken AS (\
                    UPDATE {runs} r SET epoch = r.epoch + 1, \
