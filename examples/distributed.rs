@@ -37,7 +37,8 @@ struct Cli {
 enum Cmd {
     /// Execute runs until Ctrl-C, then hand unfinished ones back.
     Worker {
-        /// This worker's name, as leases and outcomes show it.
+        /// This worker's name, as leases and outcomes show it. Restarted
+        /// under the same name, it resumes at once the runs it left behind.
         #[arg(long, default_value = "worker")]
         id: String,
         /// Runs executed at once.
@@ -146,6 +147,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 id: id.clone(),
                 step_time: Duration::from_millis(step_ms),
             };
+            // The id is stable: take back at once what this worker's last
+            // process left leased when it died.
+            let recovered = rt.recover_leases().await?;
+            if recovered > 0 {
+                println!("worker {id}: resuming {recovered} runs its last process left behind");
+            }
             let completer = Completer::new(&rt)
                 .concurrency(concurrency)
                 .register(workflow!(Renderer::render), renderer)?

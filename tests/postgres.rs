@@ -345,6 +345,88 @@ impl Drop for KillOnDrop {
     }
 }
 
+// ---- a restarted worker with a stable id ----
+
+/// Not a test: the worker that `a_restarted_worker_...` kills mid-run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn stable_worker_child() {
+    let (url, schema) = child_env();
+    let mut effects = Effects::connect(&url, &schema).await;
+    effects.slow_step = Duration::from_secs(3600);
+    let journal = PostgresJournal::builder(&url)
+        .schema(&schema)
+        .open()
+        .await
+        .unwrap();
+    let rt = Runtime::builder(journal)
+        .worker_id("stable-worker")
+        .lease_duration(Duration::from_secs(3600))
+        .build();
+    let outcome = rt.run("left-behind", effects.slow(1)).await;
+    println!("outcome: {outcome:?}");
+}
+
+/// A worker killed while executing a run, whose lease would last an hour,
+/// restarts under the same id: its run resumes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_with_a_stable_id_resumes_its_runs_at_once() {
+    let Some(schema) = TestSchema::new("a_restarted_worker_resumes_its_runs") else {
+        return;
+    };
+    let effects = effects_for(&schema).await;
+    let child = child_command("stable_worker_child", &schema)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(Some(child));
+    eventually(
+        "the child to start its slow step",
+        Duration::from_secs(60),
+        async || effects.counts().await.contains_key("left-behind/slow#0"),
+    )
+    .await;
+    drop(child); // SIGKILL, with an hour of lease left
+
+    let journal = Arc::new(schema.journal().await);
+    let rt = Runtime::builder(journal.clone())
+        .worker_id("stable-worker")
+        .lease_duration(Duration::from_secs(3600))
+        .build();
+    let other = Runtime::builder(journal.clone()).worker_id("other").build();
+    assert_eq!(other.recover_leases().await.unwrap(), 0, "not its runs");
+    assert_eq!(rt.recover_leases().await.unwrap(), 1);
+    let info = rt.run_info("left-behind").await.unwrap().unwrap();
+    assert!(
+        info.last_error.unwrap().contains("restarted"),
+        "the reason stays visible"
+    );
+    let completer = Completer::new(&rt)
+        .poll_interval(Duration::from_secs(3600))
+        .register(workflow!(Effects::slow), effects.clone())
+        .unwrap()
+        .start();
+    const SLOW: WorkflowRef<(u64,), Result<u64, Failed>> = WorkflowRef::named("slow");
+    let client = Client::new(journal.clone());
+    let outcome = tokio::time::timeout(Duration::from_secs(60), client.wait(&SLOW, "left-behind"))
+        .await
+        .expect("resumed at once, not after the hour-long lease");
+    assert_eq!(outcome.unwrap(), Ok(4));
+    completer.shutdown().await.unwrap();
+    let counts = effects.counts().await;
+    assert_eq!(
+        counts["left-behind/before#0"], 1,
+        "a recorded step never runs again"
+    );
+    assert_eq!(
+        counts["left-behind/slow#0"], 2,
+        "the interrupted step runs again"
+    );
+    let history = journal.lease_history("left-behind").await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_leases_never_overlap("left-behind", &history);
+}
+
 fn signal(sig: &str, pid: &str) {
     let status = Command::new("kill").args([sig, pid]).status().unwrap();
     assert!(status.success(), "kill {sig} {pid} failed");

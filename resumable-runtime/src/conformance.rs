@@ -1160,6 +1160,7 @@ pub async fn list_runs_filters(journal: &dyn Journal) {
             state,
             workflow: workflow.cloned(),
             limit,
+            ..RunFilter::default()
         };
         async move {
             journal
@@ -1196,6 +1197,22 @@ pub async fn list_runs_filters(journal: &dyn Journal) {
             names(&runs),
             expected,
             "list_runs(state {state:?}, limit {limit:?}) returned the wrong runs"
+        );
+    }
+    for (owner, expected) in [(OWNER, &["a1", "a3"][..]), (OTHER, &[])] {
+        let filter = RunFilter {
+            workflow: Some(wf_a.clone()),
+            lease_owner: Some(owner.to_owned()),
+            ..RunFilter::default()
+        };
+        let runs = journal
+            .list_runs(&filter)
+            .await
+            .unwrap_or_else(|e| panic!("list_runs({filter:?}) failed: {e}"));
+        assert_eq!(
+            names(&runs),
+            expected,
+            "list_runs by lease owner {owner} must return the runs leased to it"
         );
     }
     let unknown = unique("wf-list-none");

@@ -67,7 +67,10 @@ pub struct RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
-    /// This worker's id, as stored in leases (default: pid and a random suffix).
+    /// This worker's id, as stored in leases (default: pid and a random
+    /// suffix). A stable id (a host or pod name) lets a restarted worker
+    /// take back at once the runs it left behind: see
+    /// [`Runtime::recover_leases`].
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.worker_id = Some(id.into());
         self
@@ -428,6 +431,65 @@ impl Runtime {
         if let Err(err) = self.inner.journal.write(lease, write).await {
             tracing::debug!(run = %lease.run_key, error = %err, "could not release the lease; it will expire");
         }
+    }
+
+    /// Gives back every incomplete run still leased under this runtime's
+    /// worker id, so that the runs a previous process with the same id was
+    /// executing when it died resume at once instead of after their leases
+    /// expire. Returns how many it gave back.
+    ///
+    /// For workers whose id is stable across restarts (a host or pod name,
+    /// set with [`RuntimeBuilder::worker_id`]): call it when the worker
+    /// starts, before it executes anything. The id must belong to one live
+    /// process at a time: a run that another live process with this id is
+    /// executing would be given back under it (it stops with
+    /// [`Error::LeaseLost`] once another worker takes the run).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable_runtime::Result<()> {
+    /// use resumable_runtime::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::builder(MemoryJournal::new()).worker_id("render-7").build();
+    /// assert_eq!(rt.recover_leases().await?, 0); // nothing was left behind
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recover_leases(&self) -> Result<usize> {
+        let filter = RunFilter {
+            state: Some(RunState::Incomplete),
+            lease_owner: Some(self.inner.worker_id.clone()),
+            ..RunFilter::default()
+        };
+        let mut given_back = 0;
+        for run in self.inner.journal.list_runs(&filter).await? {
+            let lease = Lease {
+                run_key: run.key,
+                owner: self.inner.worker_id.clone(),
+                epoch: run.epoch,
+                expires_at: run.lease_expires_at.unwrap_or_default(),
+            };
+            let now = Timestamp::now();
+            let reason = format!(
+                "worker '{}' restarted while executing run '{}'",
+                lease.owner, lease.run_key
+            );
+            let release = Write::Release {
+                last_error: Some(reason),
+                wake_at: now,
+                at: now,
+            };
+            match self.inner.journal.write(&lease, release).await {
+                Ok(()) => given_back += 1,
+                // Taken over meanwhile: not ours to give.
+                Err(Error::LeaseLost { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if given_back > 0 {
+            tracing::info!(worker = %self.inner.worker_id, runs = given_back, "gave back the runs a previous process left leased");
+        }
+        Ok(given_back)
     }
 
     /// Waits until every run that a dropped execution is handing back is back.

@@ -282,6 +282,12 @@ impl Journal for MemoryJournal {
                     .as_ref()
                     .is_none_or(|w| &r.record.workflow == w)
             })
+            .filter(|r| {
+                filter
+                    .lease_owner
+                    .as_ref()
+                    .is_none_or(|o| r.record.lease_owner.as_ref() == Some(o))
+            })
             .collect();
         found.sort_by_key(|r| r.order);
         Ok(found

@@ -338,6 +338,9 @@ pub struct RunFilter {
     pub state: Option<RunState>,
     /// Only runs of this workflow.
     pub workflow: Option<String>,
+    /// Only runs leased to this worker (the lease may have expired; a run
+    /// given back or finished has no lease).
+    pub lease_owner: Option<String>,
     /// At most this many (all if `None`), oldest first.
     pub limit: Option<usize>,
 }

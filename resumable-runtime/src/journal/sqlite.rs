@@ -801,6 +801,10 @@ fn list_runs(conn: &Connection, filter: &RunFilter) -> OpResult<Vec<RunRecord>> 
         sql.push_str(" AND workflow = ?");
         args.push(workflow);
     }
+    if let Some(owner) = &filter.lease_owner {
+        sql.push_str(" AND lease_owner = ?");
+        args.push(owner);
+    }
     let limit = filter.limit.map_or(i64::MAX, sql_limit);
     sql.push_str(" ORDER BY id LIMIT ?");
     args.push(&limit);

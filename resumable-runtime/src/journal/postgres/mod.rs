@@ -733,9 +733,11 @@ impl Journal for PostgresJournal {
         let limit = filter
             .limit
             .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let sql = self
-            .sql
-            .list_runs(state.is_some(), filter.workflow.is_some());
+        let sql = self.sql.list_runs(
+            state.is_some(),
+            filter.workflow.is_some(),
+            filter.lease_owner.is_some(),
+        );
         with_client!(self, |client, retry| async {
             let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
             if let Some(state) = &state {
@@ -743,6 +745,9 @@ impl Journal for PostgresJournal {
             }
             if let Some(workflow) = &filter.workflow {
                 args.push(workflow);
+            }
+            if let Some(owner) = &filter.lease_owner {
+                args.push(owner);
             }
             args.push(&limit);
             let rows = query(client, &sql, &args).await?;

@@ -234,15 +234,19 @@ impl Statements {
 
     /// `list_runs` with only the filter's conditions, so that a workflow
     /// filter can use its index. Parameters are numbered in the order
-    /// state, workflow, limit, skipping absent ones.
-    pub(super) fn list_runs(&self, state: bool, workflow: bool) -> String {
+    /// state, workflow, lease owner, limit, skipping absent ones.
+    pub(super) fn list_runs(&self, state: bool, workflow: bool, owner: bool) -> String {
         let mut sql = format!(
             "SELECT {} FROM {}.resumable_runs WHERE true",
             columns(""),
             self.schema
         );
         let mut n = 0;
-        for (present, column) in [(state, "state"), (workflow, "workflow")] {
+        for (present, column) in [
+            (state, "state"),
+            (workflow, "workflow"),
+            (owner, "lease_owner"),
+        ] {
             if present {
                 n += 1;
                 sql.push_str(&format!(" AND {column} = ${n}"));
