@@ -727,7 +727,7 @@ pub async fn step_failures_stay_visible(journal: &dyn Journal) {
 
 /// `Release` clears the lease, sets `wake_at` and `last_error` (replacing the
 /// previous one, also with `None`), and leaves the run incomplete at the same
-/// epoch. `open_run` leases a released run at once, whatever its `wake_at`.
+/// epoch; the released lease writes no more. `open_run` leases a released run at once, whatever its `wake_at`.
 pub async fn release_gives_run_back(journal: &dyn Journal) {
     let key = unique("release");
     let t = Timestamp::now();
@@ -769,6 +769,16 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         at(t, 5),
         "Release must set updated_at to its `at`"
     );
+    // A lease given back writes no more, though no other worker took the run.
+    let late = journal
+        .write(
+            &lease1,
+            step_completed("late#0", 0, b"late".to_vec(), at(t, 6)),
+        )
+        .await;
+    expect_lease_lost(late, &lease1, "a write under a lease that was given back");
+    let renewed = journal.renew(&lease1, at(t, 90_000)).await;
+    expect_lease_lost(renewed, &lease1, "renewing a lease that was given back");
 
     // open_run is an explicit request for the run: wake_at only paces claim_due.
     let (snapshot, lease2) =

@@ -70,7 +70,9 @@ impl MemoryJournal {
     ) -> Result<&'a mut StoredRun> {
         match runs.get_mut(&lease.run_key) {
             Some(run)
-                if run.record.epoch == lease.epoch && run.record.state == RunState::Incomplete =>
+                if run.record.epoch == lease.epoch
+                    && run.record.state == RunState::Incomplete
+                    && run.record.lease_owner.is_some() =>
             {
                 Ok(run)
             }

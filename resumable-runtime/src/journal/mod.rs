@@ -368,9 +368,11 @@ pub trait Journal: Send + Sync + Debug + 'static {
         limit: usize,
     ) -> Result<Vec<(RunSnapshot, Lease)>>;
 
-    /// Applies `write` atomically if `lease.epoch` is the run's current epoch
-    /// and the run is incomplete; otherwise [`Error::LeaseLost`]. Durable when
-    /// it returns `Ok`, to the level the backend promises.
+    /// Applies `write` atomically if `lease.epoch` is the run's current
+    /// epoch, the run is incomplete and the lease was not given back
+    /// ([`Write::Release`]); otherwise [`Error::LeaseLost`]. A lease that
+    /// expired but was not taken over still writes. Durable when it returns
+    /// `Ok`, to the level the backend promises.
     async fn write(&self, lease: &Lease, write: Write) -> Result<()>;
 
     /// Extends a lease to `until`, or [`Error::LeaseLost`] as for `write`.

@@ -627,15 +627,19 @@ fn claim_due(
     Ok(claimed)
 }
 
-/// Refuses with `LeaseLost` unless `lease` is the run's current epoch and
-/// the run is incomplete.
+/// Refuses with `LeaseLost` unless `lease` is the run's current epoch, the
+/// run is incomplete and its lease was not given back.
 fn fence(conn: &Connection, lease: &Lease) -> OpResult<()> {
-    let current: Option<(i64, String)> = conn
-        .prepare_cached("SELECT epoch, state FROM resumable_runs WHERE run_key = ?1")?
-        .query_row([&lease.run_key], |row| Ok((row.get(0)?, row.get(1)?)))
+    let current: Option<(i64, String, bool)> = conn
+        .prepare_cached(
+            "SELECT epoch, state, lease_owner IS NOT NULL FROM resumable_runs WHERE run_key = ?1",
+        )?
+        .query_row([&lease.run_key], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
     match current {
-        Some((epoch, state))
+        Some((epoch, state, true))
             if epoch as u64 == lease.epoch && state == RunState::Incomplete.as_str() =>
         {
             Ok(())

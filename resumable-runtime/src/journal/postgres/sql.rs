@@ -69,10 +69,11 @@ impl Statements {
         let run = columns("");
         let r_run = columns("r.");
         // Holds the run row's lock for the rest of the statement, and only
-        // if `lease` ($1 key, $2 epoch) is the run's current one.
+        // if `lease` ($1 key, $2 epoch) is the run's current one and was not
+        // given back. Every write and renewal is fenced the same way.
         let fence = format!(
             "fence AS (SELECT run_key FROM {runs} \
-             WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' FOR UPDATE)"
+             WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL FOR UPDATE)"
         );
         let log_lease = |from: &str| {
             format!(
@@ -195,7 +196,7 @@ impl Statements {
                 "WITH done AS (\
                    UPDATE {runs} SET state = $3, outcome = $4, lease_owner = NULL, \
                      lease_expires_at = NULL, lease_token = NULL, updated_at = $5 \
-                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' RETURNING run_key), \
+                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL RETURNING run_key), \
                  ended AS (UPDATE {leases} SET released_at = $5 \
                    WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM done)) \
                  SELECT count(*) FROM (SELECT pg_notify($6, $7) FROM done) AS notified"
@@ -205,7 +206,7 @@ impl Statements {
                 "WITH released AS (\
                    UPDATE {runs} SET last_error = $3, wake_at = $4, lease_owner = NULL, \
                      lease_expires_at = NULL, lease_token = NULL, updated_at = $5 \
-                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' RETURNING run_key), \
+                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL RETURNING run_key), \
                  ended AS (UPDATE {leases} SET released_at = $5 \
                    WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM released)) \
                  SELECT count(*) FROM (SELECT pg_notify($6, $7) FROM released) AS notified"
@@ -213,13 +214,13 @@ impl Statements {
             // $1 key, $2 epoch, $3 fingerprint, $4 at.
             pin: format!(
                 "UPDATE {runs} SET fingerprint = CASE WHEN fingerprint = 0 THEN $3 ELSE fingerprint END, \
-                 updated_at = $4 WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete'"
+                 updated_at = $4 WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL"
             ),
             // $1 key, $2 epoch, $3 until.
             renew: format!(
                 "WITH renewed AS (\
                    UPDATE {runs} SET lease_expires_at = $3 \
-                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' RETURNING run_key), \
+                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL RETURNING run_key), \
                  logged AS (UPDATE {leases} SET expires_at = $3 \
                    WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM renewed)) \
                  SELECT count(*) FROM renewed"
