@@ -737,20 +737,31 @@ fn child_command(entry: &str, schema: &TestSchema) -> Command {
 
 // ---- replies lost with their connection ----
 
-/// A TCP proxy to the server that, once armed with a needle, forwards the
-/// first client message containing it, then closes that connection
-/// without relaying the answer: the statement commits, its reply is lost.
+/// A TCP proxy to the server that can lose the reply to one chosen
+/// message: it forwards the message, then closes the client's connection
+/// without relaying the answer.
 struct LossyProxy {
     port: u16,
-    needle: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    trap: Arc<std::sync::Mutex<Option<Trap>>>,
+}
+
+/// Which message's reply to lose, and when to close the client's side.
+struct Trap {
+    /// Bytes the message contains (a run key, a worker id).
+    needle: Vec<u8>,
+    /// Messages with the needle to let through first.
+    skip: usize,
+    /// Close once the server answered (the statement is done), or at once
+    /// (it may still be running when the client retries).
+    after_answer: bool,
 }
 
 impl LossyProxy {
     async fn start(upstream: String) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let needle = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
-        let armed = needle.clone();
+        let trap = Arc::new(std::sync::Mutex::new(None::<Trap>));
+        let armed = trap.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
@@ -759,23 +770,70 @@ impl LossyProxy {
                 tokio::spawn(relay(client, server, armed.clone()));
             }
         });
-        LossyProxy { port, needle }
+        LossyProxy { port, trap }
     }
 
-    /// Loses the reply to the next message that contains `needle`.
+    /// Loses the reply to the next message that contains `needle`, once
+    /// the server has answered it.
     fn lose_reply_to(&self, needle: &str) {
-        *self.needle.lock().unwrap() = Some(needle.as_bytes().to_vec());
+        self.arm(needle, 0, true);
+    }
+
+    fn arm(&self, needle: &str, skip: usize, after_answer: bool) {
+        *self.trap.lock().unwrap() = Some(Trap {
+            needle: needle.as_bytes().to_vec(),
+            skip,
+            after_answer,
+        });
     }
 
     fn fired(&self) -> bool {
-        self.needle.lock().unwrap().is_none()
+        self.trap.lock().unwrap().is_none()
     }
+
+    /// A connection string for `config`'s database through this proxy.
+    fn url(&self, config: &tokio_postgres::Config) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={} dbname={}",
+            self.port,
+            config.get_user().unwrap_or("postgres"),
+            config.get_dbname().unwrap_or("postgres"),
+        )
+    }
+}
+
+/// A proxy in front of the test server, and the URL that goes through it.
+async fn proxied(schema: &TestSchema) -> (LossyProxy, String) {
+    let config: tokio_postgres::Config = schema.url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        #[allow(unreachable_patterns)]
+        _ => panic!("{URL_VAR} must name a TCP host for this test"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let proxy = LossyProxy::start(format!("{host}:{port}")).await;
+    let url = proxy.url(&config);
+    (proxy, url)
+}
+
+/// Whether `message` springs the trap (disarming it).
+fn springs(trap: &std::sync::Mutex<Option<Trap>>, message: &[u8]) -> Option<bool> {
+    let mut armed = trap.lock().unwrap();
+    let t = armed.as_mut()?;
+    if !message.windows(t.needle.len()).any(|w| w == t.needle) {
+        return None;
+    }
+    if t.skip > 0 {
+        t.skip -= 1;
+        return None;
+    }
+    armed.take().map(|t| t.after_answer)
 }
 
 async fn relay(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
-    needle: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    trap: Arc<std::sync::Mutex<Option<Trap>>>,
 ) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -795,23 +853,22 @@ async fn relay(
     };
     let mut buf = vec![0; 64 * 1024];
     while let Ok(n @ 1..) = from_client.read(&mut buf).await {
-        let hit = {
-            let mut armed = needle.lock().unwrap();
-            let hit = armed.as_ref().is_some_and(|needle| {
-                buf[..n]
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_slice())
-            });
-            if hit {
-                *armed = None;
-            }
-            hit
-        };
-        if hit {
+        let sprung = springs(&trap, &buf[..n]);
+        if sprung.is_some() {
             cut.store(true, Ordering::SeqCst);
         }
-        if to_server.write_all(&buf[..n]).await.is_err() || hit {
+        if to_server.write_all(&buf[..n]).await.is_err() {
             break;
+        }
+        match sprung {
+            Some(true) => break,
+            Some(false) => {
+                // The client sees its connection close while the server
+                // still runs the message (it finishes it all the same).
+                answers.abort();
+                return;
+            }
+            None => {}
         }
     }
     // The server still runs what it received; its answer goes nowhere.
@@ -827,20 +884,7 @@ async fn operations_whose_reply_was_lost_take_effect_once() {
     let Some(schema) = TestSchema::new("operations_whose_reply_was_lost") else {
         return;
     };
-    let config: tokio_postgres::Config = schema.url().parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        #[allow(unreachable_patterns)]
-        _ => panic!("{URL_VAR} must name a TCP host for this test"),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let proxy = LossyProxy::start(format!("{host}:{port}")).await;
-    let url = format!(
-        "host=127.0.0.1 port={} user={} dbname={}",
-        proxy.port,
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().unwrap_or("postgres"),
-    );
+    let (proxy, url) = proxied(&schema).await;
     let journal = PostgresJournal::builder(url)
         .schema(schema.name())
         .open()
@@ -934,4 +978,104 @@ async fn operations_whose_reply_was_lost_take_effect_once() {
     let owners: Vec<&str> = history.iter().map(|l| l.owner.as_str()).collect();
     assert_eq!(owners, ["first", "second"], "one lease per lease request");
     assert_leases_never_overlap(key, &history);
+}
+
+/// A retry can overtake its first attempt: the reply was lost while the
+/// statement still waited for a lock on the server. The retry waits for it
+/// and returns the lease that attempt took, instead of finding the run
+/// leased (to itself) and answering `Busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_overtakes_its_lost_first_attempt_returns_that_lease() {
+    use resumable::journal::{LeaseRequest, NewRun};
+    let Some(schema) = TestSchema::new("a_retry_that_overtakes_its_first_attempt") else {
+        return;
+    };
+    let (proxy, url) = proxied(&schema).await;
+    let journal = Arc::new(
+        PostgresJournal::builder(url)
+            .schema(schema.name())
+            .open()
+            .await
+            .unwrap(),
+    );
+    let key = "overtaken";
+    let t = Timestamp::now();
+    let request = move |owner: &str, now: i64| LeaseRequest {
+        owner: owner.to_owned(),
+        now: Timestamp(t.0 + now),
+        until: Timestamp(t.0 + now + 60_000),
+    };
+    let run = NewRun {
+        key: key.to_owned(),
+        workflow: "wf".to_owned(),
+        fingerprint: 7,
+        input: b"input".to_vec(),
+    };
+    // A run given back, free for the next lease.
+    let first = journal
+        .open_run(run.clone(), request("first", 0))
+        .await
+        .unwrap();
+    let release = Write::Release {
+        last_error: None,
+        wake_at: Timestamp(t.0 + 1),
+        at: Timestamp(t.0 + 1),
+    };
+    journal.write(&first.lease.unwrap(), release).await.unwrap();
+
+    // Hold the run row's lock, so that taking the lease has to wait.
+    let mut admin = schema.connect().await;
+    let tx = admin.transaction().await.unwrap();
+    let runs = format!("\"{}\".resumable_runs", schema.name());
+    tx.query(
+        &format!("SELECT 1 FROM {runs} WHERE run_key = $1 FOR UPDATE"),
+        &[&key],
+    )
+    .await
+    .unwrap();
+    // The owner's first message is the insert, which finds the run; the
+    // second takes the lease: its connection closes while it waits.
+    proxy.arm("overtaker", 1, false);
+    let opening = tokio::spawn({
+        let journal = journal.clone();
+        async move { journal.open_run(run, request("overtaker", 10)).await }
+    });
+    let monitor = schema.connect().await;
+    eventually(
+        "the lost attempt and its retry to wait for the lock",
+        Duration::from_secs(60),
+        async || {
+            let waiting: i64 = monitor
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+                    &[&schema.name()],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            waiting >= 2
+        },
+    )
+    .await;
+    assert!(proxy.fired());
+    tx.commit().await.unwrap();
+
+    let opened = opening.await.unwrap().unwrap();
+    let lease = opened
+        .lease
+        .expect("the retry returns the lease its first attempt took");
+    assert_eq!(lease.epoch, 2);
+    assert!(!opened.created);
+    let history = journal.lease_history(key).await.unwrap();
+    let owners: Vec<&str> = history.iter().map(|l| l.owner.as_str()).collect();
+    assert_eq!(
+        owners,
+        ["first", "overtaker"],
+        "one lease per lease request"
+    );
+    journal
+        .renew(&lease, Timestamp(t.0 + 90_000))
+        .await
+        .expect("the lease returned is the current one");
 }

@@ -442,8 +442,8 @@ impl Runtime {
     /// set with [`RuntimeBuilder::worker_id`]): call it when the worker
     /// starts, before it executes anything. The id must belong to one live
     /// process at a time: a run that another live process with this id is
-    /// executing would be given back under it (it stops with
-    /// [`Error::LeaseLost`] once another worker takes the run).
+    /// executing would be given back under it, and that process would stop
+    /// with [`Error::LeaseLost`] at its next write.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -153,10 +153,14 @@ impl Reconnect {
 
     /// `Some(result)` to return it, or `None` (after a backoff) to try again.
     async fn settle<T>(&mut self, result: Result<T>) -> Option<Result<T>> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
         match result {
-            Err(err) if is_connection_lost(&err) && Instant::now() < self.deadline => {
+            Err(err) if is_connection_lost(&err) && !left.is_zero() => {
                 tracing::debug!(error = %err, "lost the PostgreSQL connection; retrying on a new one");
-                tokio::time::sleep(self.backoff).await;
+                tokio::time::sleep(self.backoff.min(left)).await;
+                if Instant::now() >= self.deadline {
+                    return Some(Err(err));
+                }
                 self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
                 self.attempts += 1;
                 None
@@ -228,6 +232,26 @@ impl PostgresJournal {
         let args: [&(dyn ToSql + Sync); 5] = [&key, &req.owner, &req.until.0, &token, &req.now.0];
         let rows = query(client, &self.sql.take_lease, &args).await?;
         rows.first().map(run_from_row).transpose()
+    }
+
+    /// The run `key` as `open_run` returns it, if the lease request marked
+    /// `token` (an earlier attempt of this call) leased it.
+    async fn opened_by(
+        &self,
+        client: &Object,
+        key: &str,
+        token: i64,
+        req: &LeaseRequest,
+    ) -> Result<Option<Opened>> {
+        let rows = query(client, &self.sql.run_leased_by_token, &[&key, &token]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let run = run_from_row(row)?;
+        // Only an insert takes epoch 1: the earlier attempt created the run.
+        let created = run.epoch == 1;
+        let steps = self.load_steps(client, key).await?;
+        Ok(Some(opened(run, steps, req, created)))
     }
 
     /// Whether `lease` was given back at `at`: a retried `Release` whose
@@ -505,14 +529,19 @@ impl PostgresJournalBuilder {
         }
         // A silently dead server or network is noticed within about 30 s:
         // by keepalives on an idle connection, and by the user timeout on
-        // one waiting for an acknowledgement.
-        config
-            .connect_timeout(self.connect_timeout)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(15))
-            .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3)
-            .tcp_user_timeout(Duration::from_secs(30));
+        // one waiting for an acknowledgement. What the URL sets wins.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(self.connect_timeout);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        if config.get_keepalives_idle() == Config::new().get_keepalives_idle() {
+            config
+                .keepalives_idle(Duration::from_secs(15))
+                .keepalives_interval(Duration::from_secs(5))
+                .keepalives_retries(3);
+        }
         {
             let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
             let driver = tokio::spawn(connection);
@@ -565,7 +594,8 @@ impl PostgresJournalBuilder {
 }
 
 /// The connection string without its password, for error messages: the
-/// URL's user info, and `password=` in a query string or a `key=value` string.
+/// URL's user info, and every `password` value of a query string or a
+/// `key = value` string (quoted or not).
 fn redact(url: &str) -> String {
     let mut out = url.to_owned();
     if let (Some(scheme), Some(at)) = (out.find("://"), out.rfind('@')) {
@@ -575,11 +605,37 @@ fn redact(url: &str) -> String {
         }
     }
     let mut from = 0;
-    while let Some(found) = out[from..].find("password=") {
-        let start = from + found + "password=".len();
-        let len = out[start..]
-            .find(|c: char| c == '&' || c.is_whitespace())
-            .unwrap_or(out.len() - start);
+    while let Some(found) = out[from..].find("password") {
+        let mut start = from + found + "password".len();
+        let rest = &out[start..];
+        let Some(eq) = rest.trim_start().strip_prefix('=') else {
+            from = start;
+            continue;
+        };
+        start += rest.len() - eq.len();
+        let value = eq.trim_start();
+        start += eq.len() - value.len();
+        let len = match value.strip_prefix('\'') {
+            // Up to the closing quote; `\'` inside is an escaped quote.
+            Some(quoted) => {
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in quoted.char_indices() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '\'' if !escaped => {
+                            end = Some(i + 2);
+                            break;
+                        }
+                        _ => escaped = false,
+                    }
+                }
+                end.unwrap_or(value.len())
+            }
+            None => value
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(value.len()),
+        };
         out.replace_range(start..start + len, "***");
         from = start + 3;
     }
@@ -604,16 +660,8 @@ impl Journal for PostgresJournal {
         let token = fastrand::i64(..);
         let fingerprint = run.fingerprint as i64;
         with_client!(self, |client, retry| async {
-            if retry {
-                let rows =
-                    query(client, &self.sql.run_leased_by_token, &[&run.key, &token]).await?;
-                if let Some(row) = rows.first() {
-                    let found = run_from_row(row)?;
-                    // Only an insert takes epoch 1: the lost attempt created the run.
-                    let created = found.epoch == 1;
-                    let steps = self.load_steps(client, &run.key).await?;
-                    return Ok(opened(found, steps, &req, created));
-                }
+            if retry && let Some(found) = self.opened_by(client, &run.key, token, &req).await? {
+                return Ok(found);
             }
             let args: [&(dyn ToSql + Sync); 8] = [
                 &run.key,
@@ -631,6 +679,11 @@ impl Journal for PostgresJournal {
             if let Some(taken) = self.take_lease(client, &run.key, &req, token).await? {
                 let steps = self.load_steps(client, &run.key).await?;
                 return Ok(opened(taken, steps, &req, false));
+            }
+            // A lost first attempt may still have been running when this one
+            // looked; having waited for the row's lock, it is visible now.
+            if retry && let Some(found) = self.opened_by(client, &run.key, token, &req).await? {
+                return Ok(found);
             }
             let rows = query(client, &self.sql.select_run, &[&run.key]).await?;
             let row = rows.first().ok_or_else(|| {
@@ -1062,6 +1115,15 @@ mod tests {
             "postgres://app@db/x?password=***&sslmode=bogus"
         );
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redact("host=db password = s3cret user=app"),
+            "host=db password = *** user=app"
+        );
+        assert_eq!(
+            redact(r"host=db password='s3 c\'ret' user=app"),
+            "host=db password=*** user=app"
+        );
+        assert_eq!(redact("passwordless=1"), "passwordless=1");
     }
 
     #[test]

@@ -39,6 +39,9 @@ CREATE TABLE {s}.resumable_runs (
 );
 CREATE INDEX resumable_runs_due ON {s}.resumable_runs (wake_at, id) WHERE state = 'incomplete';
 CREATE INDEX resumable_runs_workflow ON {s}.resumable_runs (workflow, id);
+-- Finds the leases of a request retried after its reply was lost.
+CREATE INDEX resumable_runs_lease_token ON {s}.resumable_runs (lease_token)
+    WHERE lease_token IS NOT NULL;
 CREATE TABLE {s}.resumable_steps (
     run_key    TEXT    NOT NULL,
     step_id    TEXT    NOT NULL,
@@ -91,15 +94,25 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
             .await
             .map_err(pg_error)?;
     }
-    tx.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {s}.resumable_migrations (
+    // Likewise, a role that may only use the schema can open a journal
+    // whose tables exist.
+    let table = format!("{s}.resumable_migrations");
+    let has_table = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .and_then(|row| row.try_get::<_, bool>(0))
+        .map_err(pg_error)?;
+    if !has_table {
+        tx.batch_execute(&format!(
+            "CREATE TABLE {s}.resumable_migrations (
              version     BIGINT      PRIMARY KEY,
              description TEXT        NOT NULL,
              applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
          );"
-    ))
-    .await
-    .map_err(pg_error)?;
+        ))
+        .await
+        .map_err(pg_error)?;
+    }
     let found: i64 = tx
         .query_one(
             &format!("SELECT COALESCE(max(version), 0) FROM {s}.resumable_migrations"),

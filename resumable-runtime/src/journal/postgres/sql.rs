@@ -114,7 +114,7 @@ impl Statements {
             // The runs a lease request ($1 token) took: after a lost reply,
             // its retry returns these instead of taking leases again.
             leased_by_token: format!(
-                "SELECT {run} FROM {runs} WHERE lease_token = $1 AND state = 'incomplete' \
+                "SELECT {run} FROM {runs} WHERE lease_token = $1 \
                  ORDER BY wake_at, id"
             ),
             // Run $1 if lease request $2 took it.
