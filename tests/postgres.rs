@@ -224,19 +224,32 @@ const KEY_VAR: &str = "RESUMABLE_TEST_KEY";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "entry point of a child process"]
 async fn paused_worker_child() {
-    let (url, schema) = child_env();
     let key = std::env::var(KEY_VAR).unwrap();
+    // The slow step lasts long enough for the parent to see it start and
+    // stop this process.
+    run_slow_in_child(
+        &key,
+        "paused-worker",
+        Duration::from_millis(600),
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// What a child process does: run `Effects::slow` as `worker`, and print
+/// the outcome.
+async fn run_slow_in_child(key: &str, worker: &str, lease: Duration, slow_step: Duration) {
+    let (url, schema) = child_env();
     let mut effects = Effects::connect(&url, &schema).await;
-    // Long enough for the parent to see the step start and stop this process.
-    effects.slow_step = Duration::from_secs(10);
+    effects.slow_step = slow_step;
     let journal = PostgresJournal::builder(&url)
         .schema(&schema)
         .open()
         .await
         .unwrap();
     let rt = Runtime::builder(journal)
-        .worker_id("paused-worker")
-        .lease_duration(Duration::from_millis(600))
+        .worker_id(worker)
+        .lease_duration(lease)
         .build();
     let outcome = rt.run(key, effects.slow(1)).await;
     println!("outcome: {outcome:?}");
@@ -351,20 +364,8 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "entry point of a child process"]
 async fn stable_worker_child() {
-    let (url, schema) = child_env();
-    let mut effects = Effects::connect(&url, &schema).await;
-    effects.slow_step = Duration::from_secs(3600);
-    let journal = PostgresJournal::builder(&url)
-        .schema(&schema)
-        .open()
-        .await
-        .unwrap();
-    let rt = Runtime::builder(journal)
-        .worker_id("stable-worker")
-        .lease_duration(Duration::from_secs(3600))
-        .build();
-    let outcome = rt.run("left-behind", effects.slow(1)).await;
-    println!("outcome: {outcome:?}");
+    let hour = Duration::from_secs(3600);
+    run_slow_in_child("left-behind", "stable-worker", hour, hour).await;
 }
 
 /// A worker killed while executing a run, whose lease would last an hour,
