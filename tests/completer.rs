@@ -229,14 +229,14 @@ async fn a_started_completer_picks_up_new_runs_until_shut_down() {
     assert_eq!(handle.shutdown().await.unwrap().finished, 3);
 }
 
-/// A client without the workflow's code submits and waits; the journal's
-/// in-process wake-ups start the run on a completer that polls once an
-/// hour, wake the client, and a run given back with a backoff is retried
-/// when it falls due, not at the next poll.
-#[tokio::test]
-async fn a_client_submits_and_waits_while_an_idle_completer_is_woken() {
+/// A started completer and a client that both poll only once an hour, so
+/// that only the journal's wake-ups can make them act; runs stopped by an
+/// error wait `backoff`.
+fn idle_completer_and_client(
+    backoff: Duration,
+) -> (Runtime, Arc<Jobs>, resumable::CompleterHandle, Client) {
     let journal = Arc::new(MemoryJournal::new());
-    let rt = runtime(journal.clone(), Duration::from_millis(50));
+    let rt = runtime(journal.clone(), backoff);
     let jobs = Arc::new(Jobs::default());
     let hour = Duration::from_secs(3600);
     let completer = Completer::new(&rt)
@@ -244,7 +244,17 @@ async fn a_client_submits_and_waits_while_an_idle_completer_is_woken() {
         .register(workflow!(Jobs::job), jobs.clone())
         .unwrap()
         .start();
-    let client = Client::new(journal.clone()).poll_interval(hour);
+    let client = Client::new(journal).poll_interval(hour);
+    (rt, jobs, completer, client)
+}
+
+/// A client without the workflow's code submits and waits; the journal's
+/// in-process wake-ups start the run on a completer that polls once an
+/// hour, wake the client, and a run given back with a backoff is retried
+/// when it falls due, not at the next poll.
+#[tokio::test]
+async fn a_client_submits_and_waits_while_an_idle_completer_is_woken() {
+    let (rt, jobs, completer, client) = idle_completer_and_client(Duration::from_millis(50));
     let outcome = tokio::time::timeout(Duration::from_secs(30), client.run(&JOB, "c-1", (21,)))
         .await
         .expect("woken, not polled");
@@ -273,17 +283,8 @@ async fn a_client_submits_and_waits_while_an_idle_completer_is_woken() {
 /// idle completer when they fall due, not only the earliest of them.
 #[tokio::test]
 async fn an_idle_completer_wakes_for_every_run_that_falls_due() {
-    let journal = Arc::new(MemoryJournal::new());
-    let rt = runtime(journal.clone(), Duration::from_millis(300));
-    let jobs = Arc::new(Jobs::default());
+    let (rt, jobs, completer, client) = idle_completer_and_client(Duration::from_millis(300));
     jobs.broken.store(true, Ordering::SeqCst);
-    let hour = Duration::from_secs(3600);
-    let completer = Completer::new(&rt)
-        .poll_interval(hour)
-        .register(workflow!(Jobs::job), jobs.clone())
-        .unwrap()
-        .start();
-    let client = Client::new(journal.clone()).poll_interval(hour);
     client.submit(&JOB, "due-1", (1,)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     client.submit(&JOB, "due-2", (2,)).await.unwrap();

@@ -881,7 +881,7 @@ async fn relay(
 /// no second record, no false refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_whose_reply_was_lost_take_effect_once() {
-    use resumable::journal::{LeaseRequest, NewRun, RunState as State};
+    use resumable::journal::RunState as State;
     let Some(schema) = TestSchema::new("operations_whose_reply_was_lost") else {
         return;
     };
@@ -893,17 +893,8 @@ async fn operations_whose_reply_was_lost_take_effect_once() {
         .unwrap();
     let key = "lost-replies";
     let t = Timestamp::now();
-    let request = |owner: &str, now: i64| LeaseRequest {
-        owner: owner.to_owned(),
-        now: Timestamp(t.0 + now),
-        until: Timestamp(t.0 + now + 60_000),
-    };
-    let run = NewRun {
-        key: key.to_owned(),
-        workflow: "wf".to_owned(),
-        fingerprint: 7,
-        input: b"input".to_vec(),
-    };
+    let request = |owner: &str, now: i64| lease_request(t, owner, now);
+    let run = journal_run(key);
 
     proxy.lose_reply_to(key);
     let opened = journal.open_run(run, request("first", 0)).await.unwrap();
@@ -981,13 +972,31 @@ async fn operations_whose_reply_was_lost_take_effect_once() {
     assert_leases_never_overlap(key, &history);
 }
 
+/// A run as a journal test creates it directly.
+fn journal_run(key: &str) -> resumable::journal::NewRun {
+    resumable::journal::NewRun {
+        key: key.to_owned(),
+        workflow: "wf".to_owned(),
+        fingerprint: 7,
+        input: b"input".to_vec(),
+    }
+}
+
+/// A minute-long lease for `owner`, asked for `now` ms after `t`.
+fn lease_request(t: Timestamp, owner: &str, now: i64) -> resumable::journal::LeaseRequest {
+    resumable::journal::LeaseRequest {
+        owner: owner.to_owned(),
+        now: Timestamp(t.0 + now),
+        until: Timestamp(t.0 + now + 60_000),
+    }
+}
+
 /// A retry can overtake its first attempt: the reply was lost while the
 /// statement still waited for a lock on the server. The retry waits for it
 /// and returns the lease that attempt took, instead of finding the run
 /// leased (to itself) and answering `Busy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_that_overtakes_its_lost_first_attempt_returns_that_lease() {
-    use resumable::journal::{LeaseRequest, NewRun};
     let Some(schema) = TestSchema::new("a_retry_that_overtakes_its_first_attempt") else {
         return;
     };
@@ -1001,17 +1010,8 @@ async fn a_retry_that_overtakes_its_lost_first_attempt_returns_that_lease() {
     );
     let key = "overtaken";
     let t = Timestamp::now();
-    let request = move |owner: &str, now: i64| LeaseRequest {
-        owner: owner.to_owned(),
-        now: Timestamp(t.0 + now),
-        until: Timestamp(t.0 + now + 60_000),
-    };
-    let run = NewRun {
-        key: key.to_owned(),
-        workflow: "wf".to_owned(),
-        fingerprint: 7,
-        input: b"input".to_vec(),
-    };
+    let request = move |owner: &str, now: i64| lease_request(t, owner, now);
+    let run = journal_run(key);
     // A run given back, free for the next lease.
     let first = journal
         .open_run(run.clone(), request("first", 0))

@@ -10,9 +10,9 @@ use std::time::Duration;
 use crate::codec::{Bincode, Codec, Envelope};
 use crate::error::{Error, Result, Slot};
 use crate::journal::{
-    Journal, JournalEvent, LeaseRequest, NewRun, RunState, Subscription, Timestamp, UNPINNED, Write,
+    Journal, JournalEvent, LeaseRequest, NewRun, RunState, Subscription, Timestamp, UNPINNED,
 };
-use crate::runtime::validate_key;
+use crate::runtime::{mismatch, release, validate_key};
 use crate::workflow::{Journaled, WorkflowResult};
 
 /// A workflow as a client sees it: its name and its types, without its code.
@@ -150,30 +150,14 @@ impl Client {
         let request = LeaseRequest::new(&self.owner, Duration::from_secs(30));
         let opened = self.journal.open_run(new.clone(), request).await?;
         let run = &opened.snapshot.run;
-        let mismatch = if run.workflow != new.workflow {
-            Some(Error::WorkflowMismatch {
-                run: key,
-                journaled: run.workflow.clone(),
-                requested: new.workflow,
-            })
-        } else if run.input != new.input {
-            Some(Error::InputMismatch { run: key })
-        } else {
-            None
-        };
+        let mismatch = mismatch(run, &new, None);
         if let Some(lease) = &opened.lease {
             // Given back at once: due now, or when it was due if refused.
-            let now = Timestamp::now();
             let wake_at = match mismatch {
-                None => now,
-                Some(_) => run.wake_at.max(now),
+                None => Timestamp::now(),
+                Some(_) => run.wake_at,
             };
-            let release = Write::Release {
-                last_error: run.last_error.clone(),
-                wake_at,
-                at: now,
-            };
-            match self.journal.write(lease, release).await {
+            match release(&*self.journal, lease, run.last_error.clone(), wake_at).await {
                 // Taken already: a worker woken by the release has the run.
                 Ok(()) | Err(Error::LeaseLost { .. }) => {}
                 Err(err) => return Err(err),

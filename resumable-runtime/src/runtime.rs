@@ -272,23 +272,7 @@ impl Runtime {
             .open_run(new.clone(), self.lease_request())
             .await?;
         let run = &opened.snapshot.run;
-        let mismatch = if run.workflow != new.workflow {
-            Error::WorkflowMismatch {
-                run: key,
-                journaled: run.workflow.clone(),
-                requested: new.workflow,
-            }
-        } else if run.state == RunState::Incomplete && !meta.accepts(run.fingerprint) {
-            // Checked before the input: a new version may well take another input type.
-            Error::VersionMismatch {
-                run: key,
-                workflow: new.workflow,
-                journaled: run.fingerprint,
-                current: meta.fingerprint,
-            }
-        } else if run.input != new.input {
-            Error::InputMismatch { run: key }
-        } else {
+        let Some(mismatch) = mismatch(run, &new, Some(meta)) else {
             return Ok(opened);
         };
         if let Some(lease) = &opened.lease {
@@ -421,14 +405,7 @@ impl Runtime {
 
     /// Releases a lease, best effort: if this fails the lease simply expires.
     async fn give_back(&self, lease: &Lease, last_error: Option<String>, wake_at: Timestamp) {
-        let at = Timestamp::now();
-        let write = Write::Release {
-            last_error,
-            // Never due before it is given back: the next lease starts after this one ends.
-            wake_at: wake_at.max(at),
-            at,
-        };
-        if let Err(err) = self.inner.journal.write(lease, write).await {
+        if let Err(err) = release(&*self.inner.journal, lease, last_error, wake_at).await {
             tracing::debug!(run = %lease.run_key, error = %err, "could not release the lease; it will expire");
         }
     }
@@ -469,17 +446,12 @@ impl Runtime {
                 epoch: run.epoch,
                 expires_at: run.lease_expires_at.unwrap_or_default(),
             };
-            let now = Timestamp::now();
             let reason = format!(
                 "worker '{}' restarted while executing run '{}'",
                 lease.owner, lease.run_key
             );
-            let release = Write::Release {
-                last_error: Some(reason),
-                wake_at: now,
-                at: now,
-            };
-            match self.inner.journal.write(&lease, release).await {
+            let journal = &*self.inner.journal;
+            match release(journal, &lease, Some(reason), Timestamp::now()).await {
                 Ok(()) => given_back += 1,
                 // Taken over meanwhile: not ours to give.
                 Err(Error::LeaseLost { .. }) => {}
@@ -534,6 +506,55 @@ impl Runtime {
             })
             .collect())
     }
+}
+
+/// Why run `run`, found (or created) for `new`, is not the run `new` asks
+/// for: another workflow, a version `meta` cannot resume (when the code is
+/// known), or another input.
+pub(crate) fn mismatch(
+    run: &RunRecord,
+    new: &NewRun,
+    meta: Option<&WorkflowMeta>,
+) -> Option<Error> {
+    if run.workflow != new.workflow {
+        return Some(Error::WorkflowMismatch {
+            run: new.key.clone(),
+            journaled: run.workflow.clone(),
+            requested: new.workflow.clone(),
+        });
+    }
+    // Checked before the input: a new version may well take another input type.
+    if let Some(meta) = meta
+        && run.state == RunState::Incomplete
+        && !meta.accepts(run.fingerprint)
+    {
+        return Some(Error::VersionMismatch {
+            run: new.key.clone(),
+            workflow: new.workflow.clone(),
+            journaled: run.fingerprint,
+            current: meta.fingerprint,
+        });
+    }
+    (run.input != new.input).then(|| Error::InputMismatch {
+        run: new.key.clone(),
+    })
+}
+
+/// Gives `lease` back: its run keeps `last_error` and is due at `wake_at`,
+/// but never before now, since the next lease starts after this one ends.
+pub(crate) async fn release(
+    journal: &dyn Journal,
+    lease: &Lease,
+    last_error: Option<String>,
+    wake_at: Timestamp,
+) -> Result<()> {
+    let at = Timestamp::now();
+    let write = Write::Release {
+        last_error,
+        wake_at: wake_at.max(at),
+        at,
+    };
+    journal.write(lease, write).await
 }
 
 pub(crate) fn validate_key(key: &str) -> Result<()> {

@@ -68,13 +68,12 @@ impl Statements {
         let leases = format!("{s}.resumable_leases");
         let run = columns("");
         let r_run = columns("r.");
-        // Holds the run row's lock for the rest of the statement, and only
-        // if `lease` ($1 key, $2 epoch) is the run's current one and was not
-        // given back. Every write and renewal is fenced the same way.
-        let fence = format!(
-            "fence AS (SELECT run_key FROM {runs} \
-             WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL FOR UPDATE)"
-        );
+        // The fence of every write and renewal: `lease` ($1 key, $2 epoch) is
+        // the run's current one and was not given back.
+        let current =
+            "run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL";
+        // Holds the run row's lock for the rest of the statement.
+        let fence = format!("fence AS (SELECT run_key FROM {runs} WHERE {current} FOR UPDATE)");
         let log_lease = |from: &str| {
             format!(
                 "logged AS (INSERT INTO {leases} (run_key, epoch, owner, acquired_at, expires_at) \
@@ -86,6 +85,20 @@ impl Statements {
             format!(
                 "touched AS (UPDATE {runs} SET updated_at = {at} \
                  WHERE run_key IN (SELECT run_key FROM fence) AND EXISTS (SELECT 1 FROM step))"
+            )
+        };
+        // Ends lease ($1 key, $2 epoch) at $5 with `set` (finishing or
+        // giving back the run), records that in the history and, on commit,
+        // notifies channel $6 with payload $7.
+        let end_lease = |set: &str| {
+            format!(
+                "WITH ended AS (\
+                   UPDATE {runs} SET {set}, lease_owner = NULL, lease_expires_at = NULL, \
+                     lease_token = NULL, updated_at = $5 \
+                   WHERE {current} RETURNING run_key), \
+                 history AS (UPDATE {leases} SET released_at = $5 \
+                   WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM ended)) \
+                 SELECT count(*) FROM (SELECT pg_notify($6, $7) FROM ended) AS notified"
             )
         };
         Statements {
@@ -192,35 +205,19 @@ impl Statements {
                 touch("$8::bigint")
             ),
             // $1 key, $2 epoch, $3 state, $4 outcome, $5 at, $6 channel, $7 payload.
-            run_finished: format!(
-                "WITH done AS (\
-                   UPDATE {runs} SET state = $3, outcome = $4, lease_owner = NULL, \
-                     lease_expires_at = NULL, lease_token = NULL, updated_at = $5 \
-                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL RETURNING run_key), \
-                 ended AS (UPDATE {leases} SET released_at = $5 \
-                   WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM done)) \
-                 SELECT count(*) FROM (SELECT pg_notify($6, $7) FROM done) AS notified"
-            ),
+            run_finished: end_lease("state = $3, outcome = $4"),
             // $1 key, $2 epoch, $3 last_error, $4 wake_at, $5 at, $6 channel, $7 payload.
-            release: format!(
-                "WITH released AS (\
-                   UPDATE {runs} SET last_error = $3, wake_at = $4, lease_owner = NULL, \
-                     lease_expires_at = NULL, lease_token = NULL, updated_at = $5 \
-                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL RETURNING run_key), \
-                 ended AS (UPDATE {leases} SET released_at = $5 \
-                   WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM released)) \
-                 SELECT count(*) FROM (SELECT pg_notify($6, $7) FROM released) AS notified"
-            ),
+            release: end_lease("last_error = $3, wake_at = $4"),
             // $1 key, $2 epoch, $3 fingerprint, $4 at.
             pin: format!(
                 "UPDATE {runs} SET fingerprint = CASE WHEN fingerprint = 0 THEN $3 ELSE fingerprint END, \
-                 updated_at = $4 WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL"
+                 updated_at = $4 WHERE {current}"
             ),
             // $1 key, $2 epoch, $3 until.
             renew: format!(
                 "WITH renewed AS (\
                    UPDATE {runs} SET lease_expires_at = $3 \
-                   WHERE run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL RETURNING run_key), \
+                   WHERE {current} RETURNING run_key), \
                  logged AS (UPDATE {leases} SET expires_at = $3 \
                    WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM renewed)) \
                  SELECT count(*) FROM renewed"
