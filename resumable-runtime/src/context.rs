@@ -134,7 +134,10 @@ impl RunCtx {
         retry: RetryPolicy,
         workflow: &'static str,
     ) -> Self {
-        let mut state = ReplayState::default();
+        let mut state = ReplayState {
+            recorded: HashMap::with_capacity(snapshot.steps.len()),
+            ..ReplayState::default()
+        };
         for step in snapshot.steps.drain(..) {
             match step.state {
                 StepState::Completed | StepState::Failed => {

@@ -50,7 +50,8 @@ pub struct RunInfo {
     pub lease_owner: Option<String>,
     /// When it was created.
     pub created_at: SystemTime,
-    /// When it last changed.
+    /// When it or one of its steps last changed (for a run listed without
+    /// its steps, when the run itself last changed: leased, given back, finished).
     pub updated_at: SystemTime,
     /// Its steps, ordered by completion, then retrying ones.
     pub steps: Vec<StepInfo>,
@@ -103,7 +104,12 @@ impl RunInfo {
                 .lease_owner
                 .filter(|_| run.lease_expires_at.is_some_and(|t| t > now)),
             created_at: run.created_at.to_system_time(),
-            updated_at: run.updated_at.to_system_time(),
+            // The run's row is not rewritten per step: its latest change may be a step's.
+            updated_at: steps
+                .iter()
+                .map(|s| s.updated_at)
+                .fold(run.updated_at, Timestamp::max)
+                .to_system_time(),
             steps: steps
                 .into_iter()
                 .map(|s| StepInfo {

@@ -1,6 +1,7 @@
 //! A journal in memory: for tests and examples. Nothing survives the process.
 
-use std::collections::HashMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -30,7 +31,9 @@ pub struct MemoryJournal {
 #[derive(Debug)]
 struct StoredRun {
     record: RunRecord,
-    steps: HashMap<String, StepRecord>,
+    /// A B-tree rather than a hash map: a run's steps grow one by one,
+    /// and a hash map would copy them all each time it grows.
+    steps: BTreeMap<String, StepRecord>,
     order: u64,
 }
 
@@ -84,15 +87,11 @@ impl MemoryJournal {
     }
 }
 
-fn refuse_if_recorded(run: &StoredRun, lease: &Lease, step_id: &str) -> Result<()> {
-    if run
-        .steps
-        .get(step_id)
-        .is_some_and(|s| s.state.is_recorded())
-    {
+fn refuse_if_recorded(step: &StepRecord, lease: &Lease) -> Result<()> {
+    if step.state.is_recorded() {
         return Err(Error::StepAlreadyRecorded {
             run: lease.run_key.clone(),
-            step: step_id.to_owned(),
+            step: step.step_id.clone(),
         });
     }
     Ok(())
@@ -123,7 +122,7 @@ impl Journal for MemoryJournal {
                     created_at: req.now,
                     updated_at: req.now,
                 },
-                steps: HashMap::new(),
+                steps: BTreeMap::new(),
                 order,
             }
         });
@@ -182,25 +181,31 @@ impl Journal for MemoryJournal {
                 started_at,
                 at,
             } => {
-                refuse_if_recorded(run, lease, &step_id)?;
-                let last_error =
-                    error.or_else(|| run.steps.get(&step_id).and_then(|s| s.last_error.clone()));
-                run.steps.insert(
-                    step_id.clone(),
-                    StepRecord {
-                        step_id,
-                        seq: Some(seq),
-                        state,
-                        output: Some(output),
-                        attempts,
-                        last_error,
-                        retry_at: None,
-                        epoch: lease.epoch,
-                        started_at,
-                        updated_at: at,
-                    },
-                );
-                run.record.updated_at = at;
+                let mut record = StepRecord {
+                    step_id: step_id.clone(),
+                    seq: Some(seq),
+                    state,
+                    output: Some(output),
+                    attempts,
+                    last_error: error,
+                    retry_at: None,
+                    epoch: lease.epoch,
+                    started_at,
+                    updated_at: at,
+                };
+                match run.steps.entry(step_id) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(record);
+                    }
+                    Entry::Occupied(mut retrying) => {
+                        refuse_if_recorded(retrying.get(), lease)?;
+                        // Without a final error, the failed attempts' last error stays.
+                        if record.last_error.is_none() {
+                            record.last_error = retrying.get_mut().last_error.take();
+                        }
+                        retrying.insert(record);
+                    }
+                }
             }
             Write::AttemptFailed {
                 step_id,
@@ -210,7 +215,9 @@ impl Journal for MemoryJournal {
                 started_at,
                 at,
             } => {
-                refuse_if_recorded(run, lease, &step_id)?;
+                if let Some(existing) = run.steps.get(&step_id) {
+                    refuse_if_recorded(existing, lease)?;
+                }
                 run.steps.insert(
                     step_id.clone(),
                     StepRecord {
@@ -226,7 +233,6 @@ impl Journal for MemoryJournal {
                         updated_at: at,
                     },
                 );
-                run.record.updated_at = at;
             }
             Write::RunFinished { state, outcome, at } => {
                 let r = &mut run.record;

@@ -169,7 +169,9 @@ pub struct RunRecord {
     pub last_error: Option<String>,
     /// When it was created.
     pub created_at: Timestamp,
-    /// When it last changed.
+    /// When the run itself last changed: created, leased, pinned, given
+    /// back or finished. Step writes do not change it (each step record has
+    /// its own `updated_at`), so that a step costs one row write.
     pub updated_at: Timestamp,
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Every write is one statement, so one round trip and one commit: its
 //! fence (the run's epoch and state, checked under the run row's lock),
-//! its change, and its bookkeeping (the run's `updated_at`, the lease
-//! history, a `NOTIFY`) are common table expressions of that statement.
+//! its change, and its bookkeeping (the lease history, a `NOTIFY`) are
+//! common table expressions of that statement. A step write leaves the run
+//! row as it is (but for the fence's row lock): a step costs one row write.
 
 use super::schema::quoted;
 
@@ -78,13 +79,6 @@ impl Statements {
             format!(
                 "logged AS (INSERT INTO {leases} (run_key, epoch, owner, acquired_at, expires_at) \
                  SELECT run_key, epoch, lease_owner, updated_at, lease_expires_at FROM {from})"
-            )
-        };
-        // A step row touched by a step write also marks the run as changed.
-        let touch = |at: &str| {
-            format!(
-                "touched AS (UPDATE {runs} SET updated_at = {at} \
-                 WHERE run_key IN (SELECT run_key FROM fence) AND EXISTS (SELECT 1 FROM step))"
             )
         };
         // Ends lease ($1 key, $2 epoch) at $5 with `set` (finishing or
@@ -181,10 +175,8 @@ impl Statements {
                      retry_at = NULL, last_error = COALESCE(excluded.last_error, s.last_error), \
                      epoch = excluded.epoch, started_at = excluded.started_at, \
                      updated_at = excluded.updated_at \
-                   WHERE s.state = 'retrying' RETURNING 1), \
-                 {} \
-                 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM step)",
-                touch("$9::bigint")
+                   WHERE s.state = 'retrying' RETURNING 1) \
+                 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM step)"
             ),
             // $1 key, $2 epoch, $3 step, $4 attempts, $5 error, $6 retry_at,
             // $7 started_at, $8 at.
@@ -199,10 +191,8 @@ impl Statements {
                      output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
                      retry_at = excluded.retry_at, epoch = excluded.epoch, \
                      started_at = excluded.started_at, updated_at = excluded.updated_at \
-                   WHERE s.state = 'retrying' RETURNING 1), \
-                 {} \
-                 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM step)",
-                touch("$8::bigint")
+                   WHERE s.state = 'retrying' RETURNING 1) \
+                 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM step)"
             ),
             // $1 key, $2 epoch, $3 state, $4 outcome, $5 at, $6 channel, $7 payload.
             run_finished: end_lease("state = $3, outcome = $4"),
