@@ -1,0 +1,90 @@
+//! The price of `#[resumable]` itself: a workflow of 1,000 trivial steps on
+//! the in-memory journal, fresh and replayed, against the same `async fn`
+//! without it. Criterion's throughput is in steps.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{Steps, fresh_key, plain_sequence, quiet_deliberate_panics, time_each};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use resumable::{MemoryJournal, Runtime};
+
+const STEPS: u32 = 1_000;
+
+fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn step_overhead(c: &mut Criterion) {
+    quiet_deliberate_panics();
+    let rt = tokio();
+    let mut group = c.benchmark_group("in_memory");
+    group.throughput(Throughput::Elements(u64::from(STEPS)));
+
+    group.bench_function(BenchmarkId::new("plain_fn", STEPS), |b| {
+        let steps = Steps::new();
+        b.to_async(&rt)
+            .iter(|| async { plain_sequence(&steps, STEPS).await.unwrap() });
+    });
+
+    group.bench_function(BenchmarkId::new("fresh", STEPS), |b| {
+        let steps = Steps::new();
+        b.to_async(&rt).iter_custom(|iters| {
+            let steps = steps.clone();
+            async move {
+                time_each(iters, || async {
+                    // A journal per run, so runs do not pile up in memory.
+                    let runtime = Runtime::new(MemoryJournal::new());
+                    let started = Instant::now();
+                    runtime
+                        .run(fresh_key("fresh"), steps.sequence(STEPS))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    started.elapsed()
+                })
+                .await
+            }
+        });
+    });
+
+    group.bench_function(BenchmarkId::new("replay", STEPS), |b| {
+        let steps = Steps::new();
+        b.to_async(&rt).iter_custom(|iters| {
+            let steps = steps.clone();
+            async move {
+                time_each(iters, || async {
+                    // Untimed: a run that recorded every step, then crashed.
+                    let runtime = Runtime::new(MemoryJournal::new());
+                    let key = fresh_key("replay");
+                    steps.crash_at_end.store(true, Ordering::Relaxed);
+                    let crashed = runtime.run(key.clone(), steps.sequence(STEPS)).await;
+                    assert!(crashed.is_err(), "the seeded run should have crashed");
+                    steps.crash_at_end.store(false, Ordering::Relaxed);
+                    // Timed: resuming it replays all 1,000 steps, then finishes.
+                    let started = Instant::now();
+                    runtime
+                        .run(key, steps.sequence(STEPS))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    started.elapsed()
+                })
+                .await
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5));
+    targets = step_overhead
+}
+criterion_main!(benches);
