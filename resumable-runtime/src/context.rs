@@ -2,6 +2,7 @@
 //! code has asked for, and how an infrastructure failure stops the workflow.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -31,7 +32,9 @@ struct Scope {
     /// Empty for the workflow body, else `2` or `2.1` (child 1 of child 2).
     path: String,
     children: AtomicU32,
-    occurrences: Mutex<HashMap<&'static str, u32>>,
+    /// How often each step name was reached in this scope. A workflow has
+    /// few step names: a list is quicker than hashing each name.
+    occurrences: Mutex<Vec<(&'static str, u32)>>,
 }
 
 impl Ctx {
@@ -67,14 +70,28 @@ impl Ctx {
             .occurrences
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let n = occurrences.entry(name).or_insert(0);
-        let occurrence = *n;
-        *n = n.saturating_add(1);
-        if self.scope.path.is_empty() {
-            format!("{name}#{occurrence}")
-        } else {
-            format!("{name}@{}#{occurrence}", self.scope.path)
+        let occurrence = match occurrences.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => {
+                let occurrence = *count;
+                *count = count.saturating_add(1);
+                occurrence
+            }
+            None => {
+                occurrences.push((name, 1));
+                0
+            }
+        };
+        let path = &self.scope.path;
+        let mut id = String::with_capacity(name.len() + path.len() + 12);
+        id.push_str(name);
+        if !path.is_empty() {
+            id.push('@');
+            id.push_str(path);
         }
+        id.push('#');
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{occurrence}");
+        id
     }
 }
 
@@ -107,7 +124,7 @@ pub(crate) enum Decision {
 #[derive(Debug, Default)]
 struct ReplayState {
     /// Recorded steps the code has not asked for yet.
-    recorded: HashMap<String, StepRecord>,
+    recorded: Recorded,
     /// Steps with failed attempts and nothing recorded.
     retrying: HashMap<String, StepRecord>,
     next_seq: u64,
@@ -134,22 +151,21 @@ impl RunCtx {
         retry: RetryPolicy,
         workflow: &'static str,
     ) -> Self {
-        let mut state = ReplayState {
-            recorded: HashMap::with_capacity(snapshot.steps.len()),
-            ..ReplayState::default()
-        };
+        let mut state = ReplayState::default();
+        let mut recorded = Vec::with_capacity(snapshot.steps.len());
         for step in snapshot.steps.drain(..) {
             match step.state {
                 StepState::Completed | StepState::Failed => {
                     let after = step.seq.unwrap_or(0).saturating_add(1);
                     state.next_seq = state.next_seq.max(after);
-                    state.recorded.insert(step.step_id.clone(), step);
+                    recorded.push(step);
                 }
                 StepState::Retrying => {
                     state.retrying.insert(step.step_id.clone(), step);
                 }
             }
         }
+        state.recorded = Recorded::new(recorded);
         RunCtx {
             run_key: snapshot.run.key.clone(),
             workflow,
@@ -196,8 +212,10 @@ impl RunCtx {
             // The run is stopping: start nothing more.
             return Poll::Pending;
         }
-        if let Some(record) = st.recorded.remove(id) {
-            st.gated.remove(id);
+        if let Some(record) = st.recorded.take(id) {
+            if !st.gated.is_empty() {
+                st.gated.remove(id);
+            }
             if st.recorded.is_empty() {
                 for (_, gated) in st.gated.drain() {
                     gated.waker.wake();
@@ -223,9 +241,16 @@ impl RunCtx {
             }
             return Poll::Pending;
         }
-        st.gated.remove(id);
+        if !st.gated.is_empty() {
+            st.gated.remove(id);
+        }
         st.executing += 1;
-        let decision = match st.retrying.remove(id) {
+        let retrying = if st.retrying.is_empty() {
+            None
+        } else {
+            st.retrying.remove(id)
+        };
+        let decision = match retrying {
             Some(r) => Decision::Execute {
                 attempts: r.attempts,
                 started_at: r.started_at,
@@ -280,7 +305,7 @@ impl RunCtx {
         let (found, gated) = st.gated.iter().min_by_key(|(_, g)| g.issued)?;
         Some(Error::NonDeterminism {
             run: self.run_key.clone(),
-            expected: earliest(&st.recorded),
+            expected: st.recorded.earliest(),
             found: found.clone(),
             location: gated.location,
         })
@@ -289,16 +314,80 @@ impl RunCtx {
     /// At the end of the workflow: the first recorded step never asked for, if any.
     pub fn unreplayed(&self) -> Option<String> {
         let st = self.state();
-        (!st.recorded.is_empty()).then(|| earliest(&st.recorded))
+        (!st.recorded.is_empty()).then(|| st.recorded.earliest())
     }
 }
 
-fn earliest(recorded: &HashMap<String, StepRecord>) -> String {
-    recorded
-        .values()
-        .min_by_key(|r| (r.seq, r.step_id.as_str()))
-        .map(|r| r.step_id.clone())
-        .unwrap_or_default()
+/// The recorded steps not yet replayed, in the order they were recorded.
+///
+/// Code that replays asks for its steps in the order it recorded them, but
+/// for concurrent branches: the next one in order is found by comparing one
+/// id, and an index by id is built only when a step is asked for out of order.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// Ordered by `(seq, step_id)`; `None` once replayed.
+    steps: Vec<Option<StepRecord>>,
+    /// Steps before this position have all been replayed.
+    next: usize,
+    left: usize,
+    by_id: Option<HashMap<String, usize>>,
+}
+
+impl Recorded {
+    fn new(mut steps: Vec<StepRecord>) -> Self {
+        let order = |a: &StepRecord, b: &StepRecord| (a.seq, &a.step_id).cmp(&(b.seq, &b.step_id));
+        // Journals load steps in this order already; sorting would move every record.
+        if !steps.is_sorted_by(|a, b| order(a, b).is_le()) {
+            steps.sort_by(order);
+        }
+        Recorded {
+            left: steps.len(),
+            steps: steps.into_iter().map(Some).collect(),
+            next: 0,
+            by_id: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+
+    /// Takes step `id`'s record, if it is recorded and not yet replayed.
+    fn take(&mut self, id: &str) -> Option<StepRecord> {
+        if self.left == 0 {
+            return None;
+        }
+        while matches!(self.steps.get(self.next), Some(None)) {
+            self.next += 1;
+        }
+        let position = match self.steps.get(self.next) {
+            Some(Some(next)) if next.step_id == id => self.next,
+            _ => {
+                let steps = &self.steps;
+                let by_id = self.by_id.get_or_insert_with(|| {
+                    steps
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| Some((s.as_ref()?.step_id.clone(), i)))
+                        .collect()
+                });
+                by_id.remove(id)?
+            }
+        };
+        let record = self.steps[position].take()?;
+        self.left -= 1;
+        Some(record)
+    }
+
+    /// The first recorded step not yet replayed (empty if none).
+    fn earliest(&self) -> String {
+        self.steps[self.next..]
+            .iter()
+            .flatten()
+            .next()
+            .map(|r| r.step_id.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Turns a panic payload into its message.
@@ -309,5 +398,49 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(ids: &[&str]) -> Recorded {
+        let steps = ids
+            .iter()
+            .enumerate()
+            .map(|(seq, id)| StepRecord {
+                step_id: (*id).to_owned(),
+                seq: Some(seq as u64),
+                state: StepState::Completed,
+                output: Some(Vec::new()),
+                attempts: 1,
+                last_error: None,
+                retry_at: None,
+                epoch: 1,
+                started_at: Timestamp(0),
+                updated_at: Timestamp(0),
+            })
+            // Loaded in another order than recorded.
+            .rev()
+            .collect();
+        Recorded::new(steps)
+    }
+
+    #[test]
+    fn recorded_steps_are_found_in_order_and_out_of_order() {
+        let mut steps = recorded(&["a#0", "b#0", "c#0", "d#0"]);
+        assert_eq!(steps.earliest(), "a#0");
+        assert_eq!(steps.take("a#0").unwrap().step_id, "a#0");
+        // Out of order, as concurrent branches may ask.
+        assert_eq!(steps.take("c#0").unwrap().step_id, "c#0");
+        assert!(steps.take("c#0").is_none(), "a step is replayed once");
+        assert!(steps.take("x#0").is_none());
+        assert_eq!(steps.earliest(), "b#0");
+        assert_eq!(steps.take("b#0").unwrap().step_id, "b#0");
+        assert!(!steps.is_empty());
+        assert_eq!(steps.take("d#0").unwrap().step_id, "d#0");
+        assert!(steps.is_empty());
+        assert_eq!(steps.earliest(), "");
     }
 }

@@ -38,10 +38,13 @@ struct StoredRun {
 }
 
 impl StoredRun {
+    /// The run and its steps, these ordered by `seq` as the other journals load them.
     fn snapshot(&self) -> RunSnapshot {
+        let mut steps: Vec<&StepRecord> = self.steps.values().collect();
+        steps.sort_by_key(|s| s.seq);
         RunSnapshot {
             run: self.record.clone(),
-            steps: self.steps.values().cloned().collect(),
+            steps: steps.into_iter().cloned().collect(),
         }
     }
 
