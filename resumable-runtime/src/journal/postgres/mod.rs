@@ -265,17 +265,19 @@ impl PostgresJournal {
         }
     }
 
-    /// Why a fenced write changed nothing: a lost lease, or (after a
-    /// retry) nothing at all, because the lost first attempt did it.
+    /// Why a step write changed nothing: a lost lease, a step already
+    /// recorded, or (after a retry) nothing at all, because the lost first
+    /// attempt did it.
     async fn refused_step(
         &self,
         client: &Object,
         lease: &Lease,
         step_id: &str,
-        fenced: bool,
         already_done: Option<(StepState, &[u8])>,
     ) -> Result<()> {
-        if !fenced {
+        let epoch = lease.epoch as i64;
+        let holds = query_one(client, &self.sql.fence_holds, &[&lease.run_key, &epoch]).await?;
+        if get::<i64>(&holds, 0)? == 0 {
             return Err(lease_lost(lease));
         }
         let rows = query(client, &self.sql.select_step, &[&lease.run_key, &step_id]).await?;
@@ -318,7 +320,7 @@ impl PostgresJournal {
             } => {
                 let seq = *seq as i64;
                 let attempts = attempts_i32(*attempts);
-                let row = query_one(
+                let written = query(
                     client,
                     &self.sql.step_recorded,
                     &[
@@ -335,12 +337,9 @@ impl PostgresJournal {
                     ],
                 )
                 .await?;
-                let (fenced, written) = (get::<i64>(&row, 0)?, get::<i64>(&row, 1)?);
-                if written == 0 {
+                if written.is_empty() {
                     let done = retry.then_some((*state, output.as_slice()));
-                    return self
-                        .refused_step(client, lease, step_id, fenced > 0, done)
-                        .await;
+                    return self.refused_step(client, lease, step_id, done).await;
                 }
             }
             Write::AttemptFailed {
@@ -353,7 +352,7 @@ impl PostgresJournal {
             } => {
                 let attempts = attempts_i32(*attempts);
                 let retry_at = retry_at.map(|t| t.0);
-                let row = query_one(
+                let written = query(
                     client,
                     &self.sql.attempt_failed,
                     &[
@@ -368,11 +367,8 @@ impl PostgresJournal {
                     ],
                 )
                 .await?;
-                let (fenced, written) = (get::<i64>(&row, 0)?, get::<i64>(&row, 1)?);
-                if written == 0 {
-                    return self
-                        .refused_step(client, lease, step_id, fenced > 0, None)
-                        .await;
+                if written.is_empty() {
+                    return self.refused_step(client, lease, step_id, None).await;
                 }
             }
             Write::RunFinished { state, outcome, at } => {

@@ -1,10 +1,12 @@
 //! The statements of the PostgreSQL journal, written once per schema.
 //!
 //! Every write is one statement, so one round trip and one commit: its
-//! fence (the run's epoch and state, checked under the run row's lock),
-//! its change, and its bookkeeping (the lease history, a `NOTIFY`) are
-//! common table expressions of that statement. A step write leaves the run
-//! row as it is (but for the fence's row lock): a step costs one row write.
+//! fence (the run's epoch and state, checked under the run row's lock), its
+//! change, and its bookkeeping (the lease history, a `NOTIFY`). A step
+//! write, the most frequent, is a plain `INSERT … SELECT … FOR UPDATE` that
+//! leaves the run row as it is but for the lock: one row written, and the
+//! least work for the server. Only when it is refused does a second query
+//! say why.
 
 use super::schema::quoted;
 
@@ -38,6 +40,7 @@ pub(super) struct Statements {
     pub leased_by_token: String,
     pub run_leased_by_token: String,
     pub released_at: String,
+    pub fence_holds: String,
     pub claim: String,
     pub select_run: String,
     pub select_steps: String,
@@ -73,8 +76,6 @@ impl Statements {
         // the run's current one and was not given back.
         let current =
             "run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL";
-        // Holds the run row's lock for the rest of the statement.
-        let fence = format!("fence AS (SELECT run_key FROM {runs} WHERE {current} FOR UPDATE)");
         let log_lease = |from: &str| {
             format!(
                 "logged AS (INSERT INTO {leases} (run_key, epoch, owner, acquired_at, expires_at) \
@@ -130,6 +131,9 @@ impl Statements {
                  WHERE run_key = $1 AND lease_token = $2 AND state = 'incomplete'"
             ),
             // When lease ($1 key, $2 epoch) was given back, if it was.
+            // Whether lease ($1 key, $2 epoch) is still the run's: after a
+            // step write was refused, whether the fence refused it.
+            fence_holds: format!("SELECT count(*) FROM {runs} WHERE {current}"),
             released_at: format!(
                 "SELECT released_at FROM {leases} WHERE run_key = $1 AND epoch = $2"
             ),
@@ -164,35 +168,29 @@ impl Statements {
             // $1 key, $2 epoch, $3 step, $4 seq, $5 state, $6 output,
             // $7 attempts, $8 started_at, $9 at, $10 error.
             step_recorded: format!(
-                "WITH {fence}, \
-                 step AS (\
-                   INSERT INTO {steps} AS s (run_key, step_id, seq, state, output, attempts, epoch, \
-                     started_at, updated_at, last_error) \
-                   SELECT run_key, $3::text, $4::bigint, $5::text, $6::bytea, $7::integer, $2::bigint, \
-                     $8::bigint, $9::bigint, $10::text FROM fence \
-                   ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, \
-                     state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
-                     retry_at = NULL, last_error = COALESCE(excluded.last_error, s.last_error), \
-                     epoch = excluded.epoch, started_at = excluded.started_at, \
-                     updated_at = excluded.updated_at \
-                   WHERE s.state = 'retrying' RETURNING 1) \
-                 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM step)"
+                "INSERT INTO {steps} AS s (run_key, step_id, seq, state, output, attempts, epoch, \
+                   started_at, updated_at, last_error) \
+                 SELECT run_key, $3::text, $4::bigint, $5::text, $6::bytea, $7::integer, $2::bigint, \
+                   $8::bigint, $9::bigint, $10::text FROM {runs} WHERE {current} FOR UPDATE \
+                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, \
+                   state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
+                   retry_at = NULL, last_error = COALESCE(excluded.last_error, s.last_error), \
+                   epoch = excluded.epoch, started_at = excluded.started_at, \
+                   updated_at = excluded.updated_at \
+                 WHERE s.state = 'retrying' RETURNING 1"
             ),
             // $1 key, $2 epoch, $3 step, $4 attempts, $5 error, $6 retry_at,
             // $7 started_at, $8 at.
             attempt_failed: format!(
-                "WITH {fence}, \
-                 step AS (\
-                   INSERT INTO {steps} AS s (run_key, step_id, state, attempts, last_error, retry_at, \
-                     epoch, started_at, updated_at) \
-                   SELECT run_key, $3::text, 'retrying', $4::integer, $5::text, $6::bigint, $2::bigint, \
-                     $7::bigint, $8::bigint FROM fence \
-                   ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
-                     output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
-                     retry_at = excluded.retry_at, epoch = excluded.epoch, \
-                     started_at = excluded.started_at, updated_at = excluded.updated_at \
-                   WHERE s.state = 'retrying' RETURNING 1) \
-                 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM step)"
+                "INSERT INTO {steps} AS s (run_key, step_id, state, attempts, last_error, retry_at, \
+                   epoch, started_at, updated_at) \
+                 SELECT run_key, $3::text, 'retrying', $4::integer, $5::text, $6::bigint, $2::bigint, \
+                   $7::bigint, $8::bigint FROM {runs} WHERE {current} FOR UPDATE \
+                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
+                   output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
+                   retry_at = excluded.retry_at, epoch = excluded.epoch, \
+                   started_at = excluded.started_at, updated_at = excluded.updated_at \
+                 WHERE s.state = 'retrying' RETURNING 1"
             ),
             // $1 key, $2 epoch, $3 state, $4 outcome, $5 at, $6 channel, $7 payload.
             run_finished: end_lease("state = $3, outcome = $4"),
