@@ -54,29 +54,20 @@ fn step_overhead(c: &mut Criterion) {
     });
 
     group.bench_function(BenchmarkId::new("replay", STEPS), |b| {
+        // A run that recorded every step, then crashed before finishing.
+        // Resuming it replays all 1,000 steps and crashes again at the same
+        // place, so each iteration replays the same run.
         let steps = Steps::new();
-        b.to_async(&rt).iter_custom(|iters| {
-            let steps = steps.clone();
-            async move {
-                time_each(iters, || async {
-                    // Untimed: a run that recorded every step, then crashed.
-                    let runtime = Runtime::new(MemoryJournal::new());
-                    let key = fresh_key("replay");
-                    steps.crash_at_end.store(true, Ordering::Relaxed);
-                    let crashed = runtime.run(key.clone(), steps.sequence(STEPS)).await;
-                    assert!(crashed.is_err(), "the seeded run should have crashed");
-                    steps.crash_at_end.store(false, Ordering::Relaxed);
-                    // Timed: resuming it replays all 1,000 steps, then finishes.
-                    let started = Instant::now();
-                    runtime
-                        .run(key, steps.sequence(STEPS))
-                        .await
-                        .unwrap()
-                        .unwrap();
-                    started.elapsed()
-                })
-                .await
-            }
+        steps.crash_at_end.store(true, Ordering::Relaxed);
+        let runtime = Runtime::new(MemoryJournal::new());
+        let crashed = rt.block_on(runtime.run("replay", steps.sequence(STEPS)));
+        assert!(crashed.is_err(), "the seeded run should have crashed");
+        b.to_async(&rt).iter(|| async {
+            let replayed = runtime.run("replay", steps.sequence(STEPS)).await;
+            assert!(
+                replayed.is_err(),
+                "the replayed run should have crashed again"
+            );
         });
     });
     group.finish();

@@ -152,19 +152,20 @@ impl RunCtx {
         workflow: &'static str,
     ) -> Self {
         let mut state = ReplayState::default();
-        let mut recorded = Vec::with_capacity(snapshot.steps.len());
-        for step in snapshot.steps.drain(..) {
-            match step.state {
-                StepState::Completed | StepState::Failed => {
-                    let after = step.seq.unwrap_or(0).saturating_add(1);
-                    state.next_seq = state.next_seq.max(after);
-                    recorded.push(step);
-                }
-                StepState::Retrying => {
-                    state.retrying.insert(step.step_id.clone(), step);
-                }
+        // In place: a long run's steps are a large allocation, not to be copied.
+        let mut recorded = std::mem::take(&mut snapshot.steps);
+        recorded.retain(|step| match step.state {
+            StepState::Completed | StepState::Failed => {
+                let after = step.seq.unwrap_or(0).saturating_add(1);
+                state.next_seq = state.next_seq.max(after);
+                true
             }
-        }
+            StepState::Retrying => {
+                // Rare: a step whose earlier attempts failed.
+                state.retrying.insert(step.step_id.clone(), step.clone());
+                false
+            }
+        });
         state.recorded = Recorded::new(recorded);
         RunCtx {
             run_key: snapshot.run.key.clone(),
