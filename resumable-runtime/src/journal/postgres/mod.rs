@@ -68,6 +68,7 @@ pub struct PostgresJournal {
     channel: String,
     events: EventSender,
     reconnect_timeout: Duration,
+    step_writes: batch::StepWrites,
     _listener: Option<AbortOnDrop>,
 }
 
@@ -127,6 +128,9 @@ macro_rules! with_client {
         }
     }};
 }
+
+// After `with_client!`, which it uses.
+mod batch;
 
 /// The retry schedule of one call of [`with_client!`].
 struct Reconnect {
@@ -584,6 +588,7 @@ impl PostgresJournalBuilder {
             channel,
             events,
             reconnect_timeout: self.reconnect_timeout,
+            step_writes: batch::StepWrites::default(),
             _listener: listener,
         })
     }
@@ -737,6 +742,9 @@ impl Journal for PostgresJournal {
     }
 
     async fn write(&self, lease: &Lease, write: Write) -> Result<()> {
+        if let Write::StepRecorded { .. } = write {
+            return self.record_step(lease, write).await;
+        }
         with_client!(self, |client, retry| self
             .write_once(client, lease, &write, retry))
     }
@@ -995,6 +1003,88 @@ mod tests {
                 return;
             };
             crate::conformance::run_all(Arc::new(schema.journal().await)).await;
+        }
+
+        /// Steps written at once share a statement, and each is still
+        /// fenced and refused on its own.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn steps_written_together_are_batched_and_fenced_each() {
+            let Some(schema) = TestSchema::new("postgres::batched_steps") else {
+                return;
+            };
+            let journal = schema.journal().await;
+            let mut leases = Vec::new();
+            for run in ["r0", "r1", "r2", "r3"] {
+                let new = NewRun {
+                    key: run.to_owned(),
+                    workflow: "w".to_owned(),
+                    fingerprint: 7,
+                    input: vec![1],
+                };
+                let request = LeaseRequest::new("worker", Duration::from_secs(60));
+                let opened = journal.open_run(new, request).await.unwrap();
+                leases.push(opened.lease.unwrap());
+            }
+            let step = |id: &str, seq: u64, output: u8| Write::StepRecorded {
+                step_id: id.to_owned(),
+                seq,
+                state: StepState::Completed,
+                output: vec![output],
+                error: None,
+                attempts: 1,
+                started_at: Timestamp(1),
+                at: Timestamp(2),
+            };
+            journal.write(&leases[2], step("a#0", 0, 9)).await.unwrap();
+            let stale = Lease {
+                epoch: leases[3].epoch + 1,
+                ..leases[3].clone()
+            };
+            let writes = [
+                (&leases[0], step("a#0", 0, 1)),
+                (&leases[1], step("a#0", 0, 2)),
+                (&leases[2], step("a#0", 1, 3)),
+                (&stale, step("a#0", 0, 4)),
+                (&leases[0], step("b#0", 1, 5)),
+                (&leases[1], step("b#0", 1, 6)),
+            ];
+            let results = futures_util::future::join_all(
+                writes
+                    .into_iter()
+                    .map(|(lease, write)| journal.write(lease, write)),
+            )
+            .await;
+            assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+            assert!(
+                matches!(results[2], Err(Error::StepAlreadyRecorded { .. })),
+                "{results:?}"
+            );
+            assert!(
+                matches!(results[3], Err(Error::LeaseLost { .. })),
+                "{results:?}"
+            );
+            assert!(results[4].is_ok() && results[5].is_ok(), "{results:?}");
+            let outputs = |snapshot: RunSnapshot| -> Vec<(String, Vec<u8>)> {
+                snapshot
+                    .steps
+                    .into_iter()
+                    .map(|s| (s.step_id, s.output.unwrap()))
+                    .collect()
+            };
+            let loaded = |key: &'static str| journal.load_run(key);
+            assert_eq!(
+                outputs(loaded("r0").await.unwrap().unwrap()),
+                [("a#0".to_owned(), vec![1]), ("b#0".to_owned(), vec![5])]
+            );
+            assert_eq!(
+                outputs(loaded("r2").await.unwrap().unwrap()),
+                [("a#0".to_owned(), vec![9])]
+            );
+            assert!(loaded("r3").await.unwrap().unwrap().steps.is_empty());
+            assert!(
+                journal.step_writes.batches() > 0,
+                "the writes that queued behind the first should have shared a statement"
+            );
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

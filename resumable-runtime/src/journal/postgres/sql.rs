@@ -47,6 +47,7 @@ pub(super) struct Statements {
     pub select_steps_of: String,
     pub select_step: String,
     pub step_recorded: String,
+    pub step_recorded_batch: String,
     pub attempt_failed: String,
     pub run_finished: String,
     pub release: String,
@@ -178,6 +179,33 @@ impl Statements {
                    epoch = excluded.epoch, started_at = excluded.started_at, \
                    updated_at = excluded.updated_at \
                  WHERE s.state = 'retrying' RETURNING 1"
+            ),
+            // Many steps of `step_recorded` as parallel arrays: $1 keys,
+            // $2 epochs, $3 steps, $4 seqs, $5 states, $6 outputs,
+            // $7 attempts, $8 started_at, $9 at, $10 errors. Locks the runs
+            // in key order, so that two batches never wait for each other in
+            // a cycle; returns the steps it wrote.
+            step_recorded_batch: format!(
+                "WITH fence AS (\
+                   SELECT run_key, epoch FROM {runs} \
+                   WHERE run_key = ANY($1::text[]) AND state = 'incomplete' \
+                     AND lease_owner IS NOT NULL \
+                   ORDER BY run_key FOR UPDATE) \
+                 INSERT INTO {steps} AS s (run_key, step_id, seq, state, output, attempts, epoch, \
+                   started_at, updated_at, last_error) \
+                 SELECT b.run_key, b.step_id, b.seq, b.state, b.output, b.attempts, b.epoch, \
+                   b.started_at, b.updated_at, b.last_error \
+                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], \
+                   $6::bytea[], $7::integer[], $8::bigint[], $9::bigint[], $10::text[]) \
+                   AS b(run_key, epoch, step_id, seq, state, output, attempts, started_at, \
+                     updated_at, last_error) \
+                 JOIN fence f ON f.run_key = b.run_key AND f.epoch = b.epoch \
+                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, \
+                   state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
+                   retry_at = NULL, last_error = COALESCE(excluded.last_error, s.last_error), \
+                   epoch = excluded.epoch, started_at = excluded.started_at, \
+                   updated_at = excluded.updated_at \
+                 WHERE s.state = 'retrying' RETURNING s.run_key, s.step_id"
             ),
             // $1 key, $2 epoch, $3 step, $4 attempts, $5 error, $6 retry_at,
             // $7 started_at, $8 at.
