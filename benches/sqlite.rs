@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Steps, Tally, close_sqlite, concurrent_runs, fresh_key, time_each};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use resumable::{Durability, Runtime, SqliteJournal};
+use resumable::{Durability, Journal, Runtime, SqliteJournal};
 
 const SEQUENTIAL_STEPS: u32 = 1_000;
 const CONCURRENT_STEPS: u32 = 10;
@@ -86,6 +86,20 @@ fn write_and_sync(file: &File, n: &mut u64, bytes: usize) {
     file.write_all_at(&n.to_le_bytes().repeat(bytes / 8), offset)
         .unwrap();
     file.sync_data().unwrap();
+}
+
+/// What every request pays besides its SQL: the trip to the writer thread
+/// and back, and an empty transaction (a read of a run that does not exist).
+fn round_trip(c: &mut Criterion) {
+    let rt = tokio();
+    let journal = rt.block_on(journal("round_trip", Durability::ProcessCrash));
+    let mut group = c.benchmark_group("sqlite");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("round_trip", |b| {
+        b.to_async(&rt)
+            .iter(|| async { journal.load_run("missing").await.unwrap() });
+    });
+    group.finish();
 }
 
 /// One run of 1,000 sequential steps at a time, under each durability.
@@ -204,6 +218,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    targets = fdatasync_floor, sequential, concurrent, journal_size
+    targets = fdatasync_floor, round_trip, sequential, concurrent, journal_size
 }
 criterion_main!(benches);

@@ -1,7 +1,6 @@
 //! A journal in memory: for tests and examples. Nothing survives the process.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -31,20 +30,57 @@ pub struct MemoryJournal {
 #[derive(Debug)]
 struct StoredRun {
     record: RunRecord,
-    /// A B-tree rather than a hash map: a run's steps grow one by one,
-    /// and a hash map would copy them all each time it grows.
-    steps: BTreeMap<String, StepRecord>,
+    steps: Steps,
     order: u64,
+}
+
+/// A run's step records in the order they were first written (which is
+/// `seq` order but for steps that failed attempts first), with an index by id.
+#[derive(Debug, Default)]
+struct Steps {
+    records: Vec<StepRecord>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Steps {
+    /// Writes `record` as its step's record. If the step has one already,
+    /// `replace` sees both first: it may refuse (changing nothing) or carry
+    /// something over into `record`.
+    fn put(
+        &mut self,
+        mut record: StepRecord,
+        replace: impl FnOnce(&StepRecord, &mut StepRecord) -> Result<()>,
+    ) -> Result<()> {
+        match self.by_id.get(&record.step_id) {
+            Some(&i) => {
+                let current = &mut self.records[i];
+                replace(current, &mut record)?;
+                *current = record;
+            }
+            None => {
+                self.by_id
+                    .insert(record.step_id.clone(), self.records.len());
+                self.records.push(record);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl StoredRun {
     /// The run and its steps, these ordered by `seq` as the other journals load them.
     fn snapshot(&self) -> RunSnapshot {
-        let mut steps: Vec<&StepRecord> = self.steps.values().collect();
-        steps.sort_by_key(|s| s.seq);
+        let records = &self.steps.records;
+        let steps = if records.is_sorted_by_key(|s| s.seq) {
+            records.clone()
+        } else {
+            let mut sorted: Vec<&StepRecord> = records.iter().collect();
+            sorted.sort_by_key(|s| s.seq);
+            sorted.into_iter().cloned().collect()
+        };
         RunSnapshot {
             run: self.record.clone(),
-            steps: steps.into_iter().cloned().collect(),
+            steps,
         }
     }
 
@@ -125,7 +161,7 @@ impl Journal for MemoryJournal {
                     created_at: req.now,
                     updated_at: req.now,
                 },
-                steps: BTreeMap::new(),
+                steps: Steps::default(),
                 order,
             }
         });
@@ -184,8 +220,8 @@ impl Journal for MemoryJournal {
                 started_at,
                 at,
             } => {
-                let mut record = StepRecord {
-                    step_id: step_id.clone(),
+                let record = StepRecord {
+                    step_id,
                     seq: Some(seq),
                     state,
                     output: Some(output),
@@ -196,19 +232,14 @@ impl Journal for MemoryJournal {
                     started_at,
                     updated_at: at,
                 };
-                match run.steps.entry(step_id) {
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(record);
+                run.steps.put(record, |retrying, record| {
+                    refuse_if_recorded(retrying, lease)?;
+                    // Without a final error, the failed attempts' last error stays.
+                    if record.last_error.is_none() {
+                        record.last_error.clone_from(&retrying.last_error);
                     }
-                    Entry::Occupied(mut retrying) => {
-                        refuse_if_recorded(retrying.get(), lease)?;
-                        // Without a final error, the failed attempts' last error stays.
-                        if record.last_error.is_none() {
-                            record.last_error = retrying.get_mut().last_error.take();
-                        }
-                        retrying.insert(record);
-                    }
-                }
+                    Ok(())
+                })?;
             }
             Write::AttemptFailed {
                 step_id,
@@ -218,24 +249,20 @@ impl Journal for MemoryJournal {
                 started_at,
                 at,
             } => {
-                if let Some(existing) = run.steps.get(&step_id) {
-                    refuse_if_recorded(existing, lease)?;
-                }
-                run.steps.insert(
-                    step_id.clone(),
-                    StepRecord {
-                        step_id,
-                        seq: None,
-                        state: StepState::Retrying,
-                        output: None,
-                        attempts,
-                        last_error: Some(error),
-                        retry_at,
-                        epoch: lease.epoch,
-                        started_at,
-                        updated_at: at,
-                    },
-                );
+                let record = StepRecord {
+                    step_id,
+                    seq: None,
+                    state: StepState::Retrying,
+                    output: None,
+                    attempts,
+                    last_error: Some(error),
+                    retry_at,
+                    epoch: lease.epoch,
+                    started_at,
+                    updated_at: at,
+                };
+                run.steps
+                    .put(record, |current, _| refuse_if_recorded(current, lease))?;
             }
             Write::RunFinished { state, outcome, at } => {
                 let r = &mut run.record;
