@@ -178,7 +178,7 @@ fn concurrent(c: &mut Criterion) {
                     "sqlite/concurrent/{}/{runs}x{CONCURRENT_STEPS}",
                     label(durability)
                 ),
-                "commit (one fsync each with power_loss)",
+                commit(durability),
             );
         }
     }
