@@ -5,9 +5,9 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Steps, fresh_key, plain_sequence, quiet_deliberate_panics, time_each};
+use common::{Steps, plain_sequence, quiet_deliberate_panics, sequential_run, time_each};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use resumable::{MemoryJournal, Runtime};
 
@@ -40,13 +40,7 @@ fn step_overhead(c: &mut Criterion) {
                 time_each(iters, || async {
                     // A journal per run, so runs do not pile up in memory.
                     let runtime = Runtime::new(MemoryJournal::new());
-                    let started = Instant::now();
-                    runtime
-                        .run(fresh_key("fresh"), steps.sequence(STEPS))
-                        .await
-                        .unwrap()
-                        .unwrap();
-                    started.elapsed()
+                    sequential_run(&runtime, &steps, STEPS).await
                 })
                 .await
             }

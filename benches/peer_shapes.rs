@@ -13,7 +13,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Steps, completed, concurrent_runs, fresh_key, seed_interrupted};
+use common::{Steps, completed, concurrent_runs, seed_interrupted, sequential_run};
 use resumable::conformance::postgres::TestSchema;
 use resumable::{Completer, PostgresJournal, Runtime, workflow};
 
@@ -65,21 +65,14 @@ async fn sequential() -> Option<Figure> {
     let schema = TestSchema::new("peer_shapes sequential")?;
     let rt = Runtime::new(journal(&schema).await);
     let steps = Steps::new();
-    rt.run("warm-up", steps.sequence(10))
-        .await
-        .unwrap()
-        .unwrap();
-    let started = Instant::now();
-    rt.run(fresh_key("seq"), steps.sequence(SEQUENTIAL_STEPS))
-        .await
-        .unwrap()
-        .unwrap();
+    sequential_run(&rt, &steps, 10).await; // warm-up
+    let took = sequential_run(&rt, &steps, SEQUENTIAL_STEPS).await;
     Some(Figure {
         shape: "sequential",
         workflows: 1,
         steps_per_workflow: SEQUENTIAL_STEPS,
         steps_timed: SEQUENTIAL_STEPS as usize,
-        took: started.elapsed(),
+        took,
         note: "Runtime::run, one run".into(),
     })
 }

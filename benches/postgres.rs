@@ -6,9 +6,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Steps, concurrent_runs, fresh_key, time_each};
+use common::{Steps, concurrent_runs, sequential_run, time_each, tokio_runtime};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use resumable::conformance::postgres::TestSchema;
 use resumable::{PostgresJournal, Runtime};
@@ -17,13 +17,6 @@ const SEQUENTIAL_STEPS: u32 = 1_000;
 const CONCURRENT_STEPS: u32 = 10;
 /// Connections in the journal's pool for the concurrent runs.
 const POOL: usize = 32;
-
-fn tokio() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn journal(schema: &TestSchema, pool: usize) -> Arc<PostgresJournal> {
     Arc::new(schema.builder().pool_size(pool).open().await.unwrap())
@@ -34,7 +27,7 @@ fn single_row_commit_floor(c: &mut Criterion) {
     let Some(schema) = TestSchema::new("bench single_row_commit") else {
         return;
     };
-    let rt = tokio();
+    let rt = tokio_runtime();
     let client = rt.block_on(async {
         let client = schema.connect().await;
         let table = format!("\"{}\".floor", schema.name());
@@ -66,7 +59,7 @@ fn sequential(c: &mut Criterion) {
     let Some(schema) = TestSchema::new("bench postgres/sequential") else {
         return;
     };
-    let rt = tokio();
+    let rt = tokio_runtime();
     let journal = rt.block_on(journal(&schema, 4));
     let runtime = Runtime::new(journal);
     let steps = Steps::new();
@@ -76,16 +69,7 @@ fn sequential(c: &mut Criterion) {
     group.bench_function(BenchmarkId::from_parameter(SEQUENTIAL_STEPS), |b| {
         let (runtime, steps) = (&runtime, &steps);
         b.to_async(&rt).iter_custom(|iters| async move {
-            time_each(iters, || async {
-                let started = Instant::now();
-                runtime
-                    .run(fresh_key("seq"), steps.sequence(SEQUENTIAL_STEPS))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                started.elapsed()
-            })
-            .await
+            time_each(iters, || sequential_run(runtime, steps, SEQUENTIAL_STEPS)).await
         });
     });
     group.finish();
@@ -96,7 +80,7 @@ fn concurrent(c: &mut Criterion) {
     let Some(schema) = TestSchema::new("bench postgres/concurrent") else {
         return;
     };
-    let rt = tokio();
+    let rt = tokio_runtime();
     let journal = rt.block_on(journal(&schema, POOL));
     let runtime = Runtime::new(journal);
     let mut group = c.benchmark_group("postgres/concurrent");
@@ -123,7 +107,7 @@ fn concurrent(c: &mut Criterion) {
 fn journal_size(_: &mut Criterion) {
     const RUNS: usize = 500;
     const STEPS: u32 = 10;
-    let rt = tokio();
+    let rt = tokio_runtime();
     for size in [8usize, 1024] {
         let Some(schema) = TestSchema::new("bench postgres/journal_size") else {
             return;

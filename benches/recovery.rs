@@ -6,11 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Steps, close_sqlite, completed, seed_interrupted, time_each};
+use common::{
+    Steps, close_sqlite, completed, remove_sqlite_files, seed_interrupted, time_each, tokio_runtime,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use resumable::{Completer, Durability, Runtime, SqliteJournal, workflow};
 
@@ -19,22 +21,14 @@ const STEPS: u32 = 6;
 const CONCURRENCY: usize = 256;
 
 fn bench_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-recovery");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn remove_db(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    common::bench_dir("bench-recovery")
 }
 
 /// A journal file holding `runs` runs interrupted inside step `hold_at`,
 /// checkpointed and closed, ready to be copied.
 async fn seeded(runs: usize, hold_at: u32) -> PathBuf {
     let path = bench_dir().join(format!("seed-{runs}-{hold_at}-{}.db", std::process::id()));
-    remove_db(&path);
+    remove_sqlite_files(&path);
     let journal = SqliteJournal::builder(&path)
         .durability(Durability::ProcessCrash)
         .open()
@@ -51,10 +45,7 @@ async fn seeded(runs: usize, hold_at: u32) -> PathBuf {
 }
 
 fn recovery(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = tokio_runtime();
     let mut group = c.benchmark_group("sqlite/recovery");
     group.sample_size(10);
     for (runs, hold_at) in [(10_000usize, 5u32), (1_000, 3)] {
@@ -70,7 +61,7 @@ fn recovery(c: &mut Criterion) {
             b.to_async(&tokio).iter_custom(|iters| async move {
                 time_each(iters, || async {
                     // Untimed: a fresh copy of the interrupted journal, opened.
-                    remove_db(copy);
+                    remove_sqlite_files(copy);
                     std::fs::copy(seed, copy).unwrap();
                     let journal = Arc::new(SqliteJournal::open(copy).await.unwrap());
                     let rt = Runtime::new(journal.clone());
@@ -88,8 +79,8 @@ fn recovery(c: &mut Criterion) {
                 .await
             });
         });
-        remove_db(&seed);
-        remove_db(&copy);
+        remove_sqlite_files(&seed);
+        remove_sqlite_files(&copy);
     }
     group.finish();
 }

@@ -6,11 +6,14 @@ mod common;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Steps, Tally, close_sqlite, concurrent_runs, fresh_key, time_each};
+use common::{
+    Steps, Tally, close_sqlite, concurrent_runs, remove_sqlite_files, sequential_run, time_each,
+    tokio_runtime,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use resumable::{Durability, Journal, Runtime, SqliteJournal};
 
@@ -19,16 +22,7 @@ const CONCURRENT_STEPS: u32 = 10;
 
 /// Where the journals go: under `target/`, on the project's file system.
 fn bench_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-sqlite");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn tokio() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    common::bench_dir("bench-sqlite")
 }
 
 fn label(durability: Durability) -> &'static str {
@@ -48,9 +42,7 @@ fn commit(durability: Durability) -> &'static str {
 
 async fn journal(name: &str, durability: Durability) -> Arc<SqliteJournal> {
     let path = bench_dir().join(format!("{name}-{}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    remove_sqlite_files(&path);
     let journal = SqliteJournal::builder(&path)
         .durability(durability)
         .open()
@@ -99,7 +91,7 @@ fn write_and_sync(file: &File, n: &mut u64, bytes: usize) {
 /// What every request pays besides its SQL: the trip to the writer thread
 /// and back, and an empty transaction (a read of a run that does not exist).
 fn round_trip(c: &mut Criterion) {
-    let rt = tokio();
+    let rt = tokio_runtime();
     let journal = rt.block_on(journal("round_trip", Durability::ProcessCrash));
     let mut group = c.benchmark_group("sqlite");
     group.throughput(Throughput::Elements(1));
@@ -112,7 +104,7 @@ fn round_trip(c: &mut Criterion) {
 
 /// One run of 1,000 sequential steps at a time, under each durability.
 fn sequential(c: &mut Criterion) {
-    let rt = tokio();
+    let rt = tokio_runtime();
     let mut group = c.benchmark_group("sqlite/sequential");
     group.throughput(Throughput::Elements(u64::from(SEQUENTIAL_STEPS)));
     group.sample_size(10);
@@ -125,16 +117,8 @@ fn sequential(c: &mut Criterion) {
             let (journal, runtime, steps, tally) = (&journal, &runtime, &steps, &tally);
             b.to_async(&rt).iter_custom(|iters| async move {
                 let before = journal.stats();
-                let took = time_each(iters, || async {
-                    let started = Instant::now();
-                    runtime
-                        .run(fresh_key("seq"), steps.sequence(SEQUENTIAL_STEPS))
-                        .await
-                        .unwrap()
-                        .unwrap();
-                    started.elapsed()
-                })
-                .await;
+                let took =
+                    time_each(iters, || sequential_run(runtime, steps, SEQUENTIAL_STEPS)).await;
                 let commits = journal.stats().commits - before.commits;
                 tally.add(iters * u64::from(SEQUENTIAL_STEPS), commits);
                 took
@@ -150,7 +134,7 @@ fn sequential(c: &mut Criterion) {
 
 /// Many runs of 10 steps at once: concurrent runs share commits (and fsyncs).
 fn concurrent(c: &mut Criterion) {
-    let rt = tokio();
+    let rt = tokio_runtime();
     let mut group = c.benchmark_group("sqlite/concurrent");
     group.sample_size(10);
     for durability in [Durability::PowerLoss, Durability::ProcessCrash] {
@@ -188,7 +172,7 @@ fn concurrent(c: &mut Criterion) {
 /// Bytes on disk per step, for an 8-byte and a 1 KiB output: the growth of
 /// the checkpointed database file between runs of 10 and of 20 steps.
 fn journal_size(_: &mut Criterion) {
-    let rt = tokio();
+    let rt = tokio_runtime();
     const RUNS: usize = 500;
     for size in [8usize, 1024] {
         let bytes = |steps: u32| {

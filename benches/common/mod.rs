@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -163,6 +164,39 @@ pub async fn concurrent_runs(rt: &Runtime, runs: usize, steps: u32) -> Duration 
         outcome.unwrap().unwrap().unwrap();
     }
     started.elapsed()
+}
+
+/// Runs one workflow of `n` sequential steps under a fresh key, and returns
+/// how long it took.
+pub async fn sequential_run(rt: &Runtime, steps: &Steps, n: u32) -> Duration {
+    let started = Instant::now();
+    rt.run(fresh_key("seq"), steps.sequence(n))
+        .await
+        .unwrap()
+        .unwrap();
+    started.elapsed()
+}
+
+/// A multi-threaded tokio runtime, one worker per core, as a server has.
+pub fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A directory for `bench`'s files under `target/`, on the project's file system.
+pub fn bench_dir(bench: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(bench);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Removes a SQLite database and its log files, if there are any.
+pub fn remove_sqlite_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
 }
 
 /// A key no earlier iteration used.

@@ -32,9 +32,17 @@ struct Scope {
     /// Empty for the workflow body, else `2` or `2.1` (child 1 of child 2).
     path: String,
     children: AtomicU32,
+    ids: Mutex<StepIds>,
+}
+
+/// What a scope needs to name its steps.
+#[derive(Debug, Default)]
+struct StepIds {
     /// How often each step name was reached in this scope. A workflow has
     /// few step names: a list is quicker than hashing each name.
-    occurrences: Mutex<Vec<(&'static str, u32)>>,
+    occurrences: Vec<(&'static str, u32)>,
+    /// Where an id is written before it is copied into its own allocation.
+    buffer: String,
 }
 
 impl Ctx {
@@ -64,12 +72,12 @@ impl Ctx {
 
     /// The id of the next call of step `name` in this scope: `name#3` in the
     /// workflow body, `name@2.1#0` in a concurrent block.
-    pub(crate) fn next_step_id(&self, name: &'static str) -> String {
-        let mut occurrences = self
-            .scope
-            .occurrences
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    pub(crate) fn next_step_id(&self, name: &'static str) -> Arc<str> {
+        let mut ids = self.scope.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let StepIds {
+            occurrences,
+            buffer: id,
+        } = &mut *ids;
         let occurrence = match occurrences.iter_mut().find(|(n, _)| *n == name) {
             Some((_, count)) => {
                 let occurrence = *count;
@@ -82,7 +90,7 @@ impl Ctx {
             }
         };
         let path = &self.scope.path;
-        let mut id = String::with_capacity(name.len() + path.len() + 12);
+        id.clear();
         id.push_str(name);
         if !path.is_empty() {
             id.push('@');
@@ -91,7 +99,7 @@ impl Ctx {
         id.push('#');
         // Writing to a String cannot fail.
         let _ = write!(id, "{occurrence}");
-        id
+        Arc::from(id.as_str())
     }
 }
 

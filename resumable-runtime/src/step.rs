@@ -146,7 +146,7 @@ impl<'c, E> Step<'c, E> {
             run,
             errors,
             site,
-            id: ctx.next_step_id(site.name).into(),
+            id: ctx.next_step_id(site.name),
             policy: policy.unwrap_or(run.retry),
             attempts: 0,
             started_at: Timestamp(0),

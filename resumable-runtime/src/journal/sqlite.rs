@@ -679,6 +679,19 @@ fn fence(conn: &Connection, lease: &Lease) -> OpResult<()> {
     }
 }
 
+/// A step's output or final error, written only under the run's current
+/// lease (the fence is the `WHERE`), and only over a retrying step. Without
+/// a final error, `last_error` stays as the failed attempts set it.
+const RECORD_STEP: &str = "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, \
+     attempts, epoch, started_at, updated_at, last_error) \
+     SELECT run_key, ?2, ?3, ?4, ?5, ?6, epoch, ?8, ?9, ?10 FROM resumable_runs \
+     WHERE run_key = ?1 AND epoch = ?7 AND state = 'incomplete' AND lease_owner IS NOT NULL \
+     ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, \
+     output = excluded.output, attempts = excluded.attempts, retry_at = NULL, \
+     last_error = COALESCE(?10, last_error), epoch = excluded.epoch, \
+     started_at = excluded.started_at, updated_at = excluded.updated_at \
+     WHERE resumable_steps.state = 'retrying'";
+
 fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
     // A step write, the most frequent, checks its fence in its own statement.
     if !matches!(write, Write::StepRecorded { .. }) {
@@ -695,20 +708,7 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
             started_at,
             at,
         } => {
-            let changed = conn
-            .prepare_cached(
-                "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, epoch, \
-                 started_at, updated_at, last_error) \
-                 SELECT run_key, ?2, ?3, ?4, ?5, ?6, epoch, ?8, ?9, ?10 FROM resumable_runs \
-                 WHERE run_key = ?1 AND epoch = ?7 AND state = 'incomplete' AND lease_owner IS NOT NULL \
-                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, \
-                 output = excluded.output, attempts = excluded.attempts, retry_at = NULL, \
-                 last_error = COALESCE(?10, last_error), epoch = excluded.epoch, \
-                 started_at = excluded.started_at, updated_at = excluded.updated_at \
-                 WHERE resumable_steps.state = 'retrying'",
-            )?
-            // Without a final error, `last_error` stays as the failed attempts set it.
-            .execute(params![
+            let changed = conn.prepare_cached(RECORD_STEP)?.execute(params![
                 lease.run_key,
                 step_id,
                 *seq as i64,
