@@ -250,7 +250,8 @@ impl Tally {
     }
 }
 
-/// The journal's outcome for a key, for checks that a benchmark did its work.
+/// Whether exactly `runs` runs in the journal are completed: a check that a
+/// benchmark did its work.
 pub async fn completed(journal: &dyn Journal, runs: usize) -> bool {
     let done = RunFilter {
         state: Some(RunState::Completed),

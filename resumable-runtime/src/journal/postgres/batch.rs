@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
@@ -24,13 +25,17 @@ use deadpool_postgres::Object;
 
 // `Reconnect` and `pool_error` are used by `with_client!`.
 use super::{
-    BACKEND, PostgresJournal, Reconnect, attempts_i32, get, is_connection_lost, pool_error, query,
+    BACKEND, PostgresJournal, Reconnect, Unavailable, attempts_i32, get, is_connection_lost,
+    pool_error, query,
 };
 use crate::error::{Error, Result};
 use crate::journal::{Lease, Write};
 
 /// The most steps written in one statement.
 const MAX_BATCH: usize = 256;
+/// The most output bytes written in one statement (a larger output is
+/// written alone), well under the server's 1 GB message limit.
+const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Step writes waiting for a leader.
 #[derive(Debug, Default)]
@@ -48,7 +53,22 @@ struct Queued {
     write: Write,
     /// A batch holding it was dropped in flight: it may have taken effect.
     retry: bool,
+    /// Until when it may be retried after lost connections: the journal's
+    /// reconnect timeout from when it was queued, however long it waited.
+    deadline: Option<Instant>,
     reply: oneshot::Sender<Result<()>>,
+}
+
+impl Queued {
+    /// The step's id and output (a queued write is always a `StepRecorded`).
+    fn step(&self) -> (&str, &[u8]) {
+        match &self.write {
+            Write::StepRecorded {
+                step_id, output, ..
+            } => (step_id, output),
+            _ => ("", &[]),
+        }
+    }
 }
 
 impl StepWrites {
@@ -62,18 +82,27 @@ impl StepWrites {
         self.queued.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Up to [`MAX_BATCH`] queued writes, at most one per step: a statement
-    /// cannot write one row twice. Others wait for the next batch.
+    /// Up to [`MAX_BATCH`] queued writes and [`MAX_BATCH_BYTES`] of output
+    /// (but at least one write), at most one per step: a statement cannot
+    /// write one row twice. Others wait for the next batch. Writes nobody
+    /// waits for any more (their runs' executions were dropped) are dropped:
+    /// their runs resume from what is recorded.
     fn take_batch(&self) -> Vec<Queued> {
         let mut queued = self.queued();
+        queued.retain(|q| !q.reply.is_closed());
         if queued.len() <= 1 {
             return std::mem::take(&mut *queued);
         }
         let mut steps = HashSet::new();
+        let mut bytes = 0;
         let mut batch = Vec::new();
         let mut rest = Vec::new();
         for q in queued.drain(..) {
-            if batch.len() < MAX_BATCH && steps.insert(step_key(&q)) {
+            let (step_id, output) = q.step();
+            let fits = batch.is_empty()
+                || (batch.len() < MAX_BATCH && bytes + output.len() <= MAX_BATCH_BYTES);
+            if fits && steps.insert((q.lease.run_key.clone(), step_id.to_owned())) {
+                bytes += output.len();
                 batch.push(q);
             } else {
                 rest.push(q);
@@ -82,14 +111,6 @@ impl StepWrites {
         *queued = rest;
         batch
     }
-}
-
-fn step_key(q: &Queued) -> (String, String) {
-    let step = match &q.write {
-        Write::StepRecorded { step_id, .. } => step_id.clone(),
-        _ => String::new(),
-    };
-    (q.lease.run_key.clone(), step)
 }
 
 /// A batch being written. Dropped unanswered, it goes back to the queue.
@@ -129,6 +150,7 @@ impl PostgresJournal {
             lease: lease.clone(),
             write,
             retry: false,
+            deadline: Instant::now().checked_add(self.reconnect_timeout),
             reply,
         });
         loop {
@@ -153,22 +175,42 @@ impl PostgresJournal {
 
     /// One result per write, in order.
     async fn write_batch(&self, batch: &[Queued]) -> Vec<Result<()>> {
-        if batch.len() > 1 {
-            let written = with_client!(self, |client, retry| self
-                .write_batch_once(client, batch, retry));
-            if let Ok(results) = written {
-                return results;
-            }
-            // The statement failed for good: write each step alone, so that
-            // each gets its own error (and a step the server refuses fails alone).
-        }
-        join_all(batch.iter().map(|q| async move {
-            with_client!(self, |client, retry| self.write_once(
+        // Retried no longer than the earliest writer was promised.
+        let timeout = batch
+            .iter()
+            .filter_map(|q| q.deadline)
+            .min()
+            .map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+        if let [q] = batch {
+            let written = with_client!(self, timeout, |client, retry| self.write_once(
                 client,
                 &q.lease,
                 &q.write,
                 retry || q.retry
-            ))
+            ));
+            return vec![written];
+        }
+        let err = match with_client!(self, timeout, |client, retry| self
+            .write_batch_once(client, batch, retry))
+        {
+            Ok(results) => return results,
+            Err(err) => err,
+        };
+        if is_connection_lost(&err) {
+            // Out of time: every writer gets the lost connection.
+            return batch
+                .iter()
+                .map(|_| Err(Error::storage(BACKEND, Unavailable(err.to_string()))))
+                .collect();
+        }
+        // The server refused the statement: write each step alone, so that
+        // each gets its own answer and a step it refuses fails alone. An
+        // attempt of the batch may have taken effect before it failed.
+        join_all(batch.iter().map(|q| async move {
+            with_client!(self, timeout, |client, _retry| self
+                .write_once(client, &q.lease, &q.write, true))
         }))
         .await
     }
@@ -273,5 +315,82 @@ impl<'a> Columns<'a> {
             &self.updated_at,
             &self.errors,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{StepState, Timestamp};
+
+    /// A queued write of step `step` of run `run` with `bytes` of output,
+    /// and the receiver its writer would wait on.
+    fn queued(run: &str, step: &str, bytes: usize) -> (Queued, oneshot::Receiver<Result<()>>) {
+        let (reply, answer) = oneshot::channel();
+        let q = Queued {
+            lease: Lease {
+                run_key: run.to_owned(),
+                owner: "w".to_owned(),
+                epoch: 1,
+                expires_at: Timestamp(0),
+            },
+            write: Write::StepRecorded {
+                step_id: step.to_owned(),
+                seq: 0,
+                state: StepState::Completed,
+                output: vec![0; bytes],
+                error: None,
+                attempts: 1,
+                started_at: Timestamp(0),
+                at: Timestamp(0),
+            },
+            retry: false,
+            deadline: None,
+            reply,
+        };
+        (q, answer)
+    }
+
+    fn ids(batch: &[Queued]) -> Vec<(String, String)> {
+        batch
+            .iter()
+            .map(|q| (q.lease.run_key.clone(), q.step().0.to_owned()))
+            .collect()
+    }
+
+    fn pair(run: &str, step: &str) -> (String, String) {
+        (run.to_owned(), step.to_owned())
+    }
+
+    #[test]
+    fn a_batch_writes_each_step_once_within_its_limits_and_skips_abandoned_writes() {
+        let writes = StepWrites::default();
+        let mut waiting = Vec::new();
+        for (run, step, bytes) in [
+            ("a", "s#0", 10),
+            ("b", "s#0", 10),
+            ("a", "s#0", 10),              // the same step again: the next batch
+            ("c", "s#0", MAX_BATCH_BYTES), // too big to join: the next batch
+        ] {
+            let (q, answer) = queued(run, step, bytes);
+            writes.queued().push(q);
+            waiting.push(answer);
+        }
+        let (abandoned, answer) = queued("d", "s#0", 10);
+        writes.queued().push(abandoned);
+        drop(answer);
+
+        assert_eq!(
+            ids(&writes.take_batch()),
+            [pair("a", "s#0"), pair("b", "s#0")]
+        );
+        assert_eq!(ids(&writes.take_batch()), [pair("a", "s#0")]);
+        // A batch always takes at least one write, however large.
+        assert_eq!(ids(&writes.take_batch()), [pair("c", "s#0")]);
+        assert!(
+            writes.take_batch().is_empty(),
+            "the abandoned write was dropped"
+        );
+        drop(waiting);
     }
 }
