@@ -11,17 +11,17 @@
 //! A leader dropped mid-batch (its run's execution was dropped) puts the
 //! batch back for the next leader, marked as possibly written: the retry
 //! recognises a step its lost attempt recorded, as after a lost reply.
+//! Writes whose writers are gone are dropped rather than written.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use deadpool_postgres::Object;
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
-
-use deadpool_postgres::Object;
 
 // `Reconnect` and `pool_error` are used by `with_client!`.
 use super::{
