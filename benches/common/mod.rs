@@ -41,7 +41,7 @@ impl Steps {
     }
 
     /// Runs that stop inside step `index` (from 0).
-    pub fn holding_at(index: u32) -> Arc<Self> {
+    fn holding_at(index: u32) -> Arc<Self> {
         Arc::new(Steps {
             hold_at: Some(index),
             ..Steps::default()
@@ -200,7 +200,7 @@ pub fn remove_sqlite_files(path: &Path) {
 }
 
 /// A key no earlier iteration used.
-pub fn fresh_key(prefix: &str) -> String {
+fn fresh_key(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
         "{prefix}-{}-{}",
