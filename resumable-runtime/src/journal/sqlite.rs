@@ -679,9 +679,12 @@ fn fence(conn: &Connection, lease: &Lease) -> OpResult<()> {
     }
 }
 
-/// A step's output or final error, written only under the run's current
-/// lease (the fence is the `WHERE`), and only over a retrying step. Without
-/// a final error, `last_error` stays as the failed attempts set it.
+// The two step writes carry their fence in their `WHERE` (run `?1` under
+// epoch `?7`, incomplete, its lease not given back), and only ever replace a
+// retrying step: one statement each, a second only when refused.
+
+/// A step's output or final error. Without a final error, `last_error`
+/// stays as the failed attempts set it.
 const RECORD_STEP: &str = "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, \
      attempts, epoch, started_at, updated_at, last_error) \
      SELECT run_key, ?2, ?3, ?4, ?5, ?6, epoch, ?8, ?9, ?10 FROM resumable_runs \
@@ -692,9 +695,23 @@ const RECORD_STEP: &str = "INSERT INTO resumable_steps (run_key, step_id, seq, s
      started_at = excluded.started_at, updated_at = excluded.updated_at \
      WHERE resumable_steps.state = 'retrying'";
 
+/// A failed attempt of a step, and when the next is due.
+const ATTEMPT_FAILED: &str = "INSERT INTO resumable_steps (run_key, step_id, state, attempts, \
+     last_error, retry_at, epoch, started_at, updated_at) \
+     SELECT run_key, ?2, ?3, ?4, ?5, ?6, epoch, ?8, ?9 FROM resumable_runs \
+     WHERE run_key = ?1 AND epoch = ?7 AND state = 'incomplete' AND lease_owner IS NOT NULL \
+     ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
+     output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
+     retry_at = excluded.retry_at, epoch = excluded.epoch, started_at = excluded.started_at, \
+     updated_at = excluded.updated_at \
+     WHERE resumable_steps.state = 'retrying'";
+
 fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
-    // A step write, the most frequent, checks its fence in its own statement.
-    if !matches!(write, Write::StepRecorded { .. }) {
+    let is_step = matches!(
+        write,
+        Write::StepRecorded { .. } | Write::AttemptFailed { .. }
+    );
+    if !is_step {
         fence(conn, lease)?;
     }
     match write {
@@ -720,11 +737,7 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
                 at.0,
                 error,
             ])?;
-            if changed == 0 {
-                // Refused: by the fence, or because the step is already recorded.
-                fence(conn, lease)?;
-                refuse_if_recorded(changed, lease, step_id)?;
-            }
+            refuse_step_unless_written(conn, changed, lease, step_id)?;
         }
         Write::AttemptFailed {
             step_id,
@@ -734,16 +747,7 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
             started_at,
             at,
         } => {
-            let changed = conn.prepare_cached(
-                "INSERT INTO resumable_steps (run_key, step_id, state, attempts, last_error, retry_at, epoch, \
-                 started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
-                 output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
-                 retry_at = excluded.retry_at, epoch = excluded.epoch, started_at = excluded.started_at, \
-                 updated_at = excluded.updated_at \
-                 WHERE resumable_steps.state = 'retrying'",
-            )?
-            .execute(params![
+            let changed = conn.prepare_cached(ATTEMPT_FAILED)?.execute(params![
                 lease.run_key,
                 step_id,
                 StepState::Retrying.as_str(),
@@ -754,7 +758,7 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
                 started_at.0,
                 at.0,
             ])?;
-            refuse_if_recorded(changed, lease, step_id)?;
+            refuse_step_unless_written(conn, changed, lease, step_id)?;
         }
         Write::RunFinished { state, outcome, at } => {
             conn.prepare_cached(
@@ -790,17 +794,23 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
     Ok(())
 }
 
-/// Refuses with `StepAlreadyRecorded` if a step upsert changed no row: its
-/// `WHERE` only lets it replace a retrying step, never a recorded one, so
-/// the refusal changed nothing.
-fn refuse_if_recorded(changed: usize, lease: &Lease, step_id: &str) -> OpResult<()> {
-    if changed == 0 {
-        return Err(Failure::Refused(Error::StepAlreadyRecorded {
-            run: lease.run_key.clone(),
-            step: step_id.to_owned(),
-        }));
+/// Says why a step write changed no row, if it did not: the fence refused
+/// it (`LeaseLost`), or the step is already recorded. Either way the refusal
+/// changed nothing.
+fn refuse_step_unless_written(
+    conn: &Connection,
+    changed: usize,
+    lease: &Lease,
+    step_id: &str,
+) -> OpResult<()> {
+    if changed > 0 {
+        return Ok(());
     }
-    Ok(())
+    fence(conn, lease)?;
+    Err(Failure::Refused(Error::StepAlreadyRecorded {
+        run: lease.run_key.clone(),
+        step: step_id.to_owned(),
+    }))
 }
 
 fn renew(conn: &Connection, lease: &Lease, until: Timestamp) -> OpResult<Lease> {
