@@ -14,6 +14,7 @@
 //! Writes whose writers are gone are dropped rather than written.
 
 use std::collections::HashSet;
+#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ pub(super) struct StepWrites {
     queued: Mutex<Vec<Queued>>,
     leader: tokio::sync::Mutex<()>,
     /// Statements that wrote more than one step, for tests.
+    #[cfg(test)]
     batches: AtomicU64,
 }
 
@@ -228,6 +230,7 @@ impl PostgresJournal {
             columns.push(q);
         }
         let rows = query(client, &self.sql.step_recorded_batch, &columns.args()).await?;
+        #[cfg(test)]
         self.step_writes.batches.fetch_add(1, Ordering::Relaxed);
         let mut written = HashSet::with_capacity(rows.len());
         for row in &rows {
