@@ -103,7 +103,7 @@ async fn failing_runs_are_backed_off_with_their_error_visible_then_resumed() {
 
     // Backing off: not due yet, so an idle pass leaves it alone.
     let info = rt.run_info("b").await.unwrap().unwrap();
-    assert_eq!(info.status, RunStatus::WaitingToRetry);
+    assert_eq!(info.status, RunStatus::BackingOff);
     assert!(
         info.last_error
             .as_deref()
@@ -124,7 +124,7 @@ async fn failing_runs_are_backed_off_with_their_error_visible_then_resumed() {
     let info = rt.run_info("b").await.unwrap().unwrap();
     assert_eq!(
         (info.status, info.executions),
-        (RunStatus::WaitingToRetry, 2)
+        (RunStatus::BackingOff, 2)
     );
 
     // The fix is deployed: the next due pass completes it, and the step did not run again.
@@ -148,7 +148,7 @@ async fn a_run_of_an_unregistered_workflow_stays_visible() {
         .unwrap();
     assert_eq!(report.interrupted, 1);
     let info = rt.run_info("o").await.unwrap().unwrap();
-    assert_eq!(info.status, RunStatus::WaitingToRetry);
+    assert_eq!(info.status, RunStatus::BackingOff);
     assert!(
         info.last_error
             .unwrap()

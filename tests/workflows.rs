@@ -356,7 +356,7 @@ async fn a_step_that_always_panics_leaves_the_run_resumable() {
     let info = rt.run_info("p").await.unwrap().unwrap();
     assert!(matches!(
         info.status,
-        RunStatus::WaitingToRetry | RunStatus::Pending
+        RunStatus::BackingOff | RunStatus::Pending
     ));
     assert!(info.last_error.unwrap().contains("panicked"));
     // The fix is deployed: the run resumes and completes.
@@ -475,55 +475,76 @@ async fn idempotency_keys_are_stable_across_executions() {
     assert_eq!(second, "pay-1/pay_again#0");
 }
 
-#[tokio::test]
-async fn a_run_executing_elsewhere_is_busy() {
-    let journal = std::sync::Arc::new(MemoryJournal::new());
-    let fx = Effects::default();
-    let holder = runtime(journal.clone());
-    // Take the lease as another worker would, without finishing.
-    let lease = resumable::Journal::open_run(
-        &*journal,
+/// Takes run `key`'s lease as another worker, `someone-else`, would,
+/// without executing it.
+async fn lease_elsewhere(journal: &MemoryJournal, key: &str) -> resumable::journal::Lease {
+    let stored = resumable::Journal::load_run(journal, key)
+        .await
+        .unwrap()
+        .unwrap()
+        .run;
+    let opened = resumable::Journal::open_run(
+        journal,
         resumable::journal::NewRun {
-            key: "busy".into(),
-            workflow: "flaky".into(),
-            fingerprint: workflow!(Effects::flaky).meta().fingerprint,
-            input: holder_input(),
+            key: key.into(),
+            workflow: stored.workflow,
+            fingerprint: stored.fingerprint,
+            input: stored.input,
+            deadline: None,
         },
         resumable::journal::LeaseRequest::new("someone-else", std::time::Duration::from_secs(60)),
     )
     .await
     .unwrap();
-    assert!(lease.lease.is_some());
-    let err = runtime(journal).run("busy", fx.flaky()).await.unwrap_err();
+    opened.lease.unwrap()
+}
+
+#[tokio::test]
+async fn a_run_executing_elsewhere_is_busy_when_not_waiting() {
+    let journal = std::sync::Arc::new(MemoryJournal::new());
+    let fx = Effects::default();
+    let rt = resumable::Runtime::builder(journal.clone())
+        .default_retry(FAST)
+        .wait_when_busy(false)
+        .build();
+    rt.submit("busy", fx.flaky()).await.unwrap();
+    lease_elsewhere(&journal, "busy").await;
+    let err = rt.run("busy", fx.flaky()).await.unwrap_err();
     assert!(
         matches!(&err, Error::Busy { owner, .. } if owner == "someone-else"),
         "{err}"
     );
-    drop(holder);
 }
 
-/// The sealed, empty input of a workflow without arguments.
-fn holder_input() -> Vec<u8> {
-    let payload: Vec<u8> = Vec::new();
-    let mut record = vec![resumable::RECORD_VERSION];
-    record.extend_from_slice(&crc32(&payload).to_le_bytes());
-    record
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    // The same checksum the envelope uses (CRC-32/ISO-HDLC), written out for the test.
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+#[tokio::test]
+async fn a_run_executing_elsewhere_is_waited_for_and_taken_over_when_given_back() {
+    let journal = std::sync::Arc::new(MemoryJournal::new());
+    let fx = std::sync::Arc::new(Effects::default());
+    let rt = runtime(journal.clone());
+    rt.submit("waited", fx.flaky()).await.unwrap();
+    let lease = lease_elsewhere(&journal, "waited").await;
+    let waiting = tokio::spawn({
+        let rt = rt.clone();
+        let fx = fx.clone();
+        async move { rt.run("waited", fx.flaky()).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "run() waits while another worker holds the run");
+    // The other worker gives the run back: the waiting call takes it over.
+    let release = resumable::journal::Write::Release {
+        last_error: None,
+        wake_at: resumable::Timestamp::now(),
+        failed: false,
+        at: resumable::Timestamp::now(),
+    };
+    resumable::Journal::write(&*journal, &lease, release).await.unwrap();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting run() resumes once the lease is free")
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let info = rt.run_info("waited").await.unwrap().unwrap();
+    assert_eq!(info.executions, 2, "the other worker's lease, then this one");
 }
 
 #[tokio::test]
@@ -816,8 +837,8 @@ async fn a_workflow_can_use_another_codec() {
     let output = snapshot.steps[0].output.as_ref().unwrap();
     assert_eq!(
         &output[5..],
-        br#"{"n":5}"#,
-        "the payload after the 5-byte header is JSON"
+        br#"json{"n":5}"#,
+        "after the 5-byte header, the codec's name, then the JSON payload"
     );
     assert_eq!(
         rt.run("j", json::J.as_json(5)).await.unwrap(),

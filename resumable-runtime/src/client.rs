@@ -5,14 +5,13 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::codec::{Bincode, Codec, Envelope};
 use crate::error::{Error, Result, Slot};
-use crate::journal::{
-    Journal, JournalEvent, LeaseRequest, NewRun, RunState, Subscription, Timestamp, UNPINNED,
-};
-use crate::runtime::{mismatch, release, validate_key};
+use crate::journal::{Command, Journal, JournalEvent, NewRun, RunState, Subscription, Timestamp, UNPINNED};
+use crate::runs::Runs;
+use crate::runtime::{mismatch, outcome_of, validate_key};
 use crate::workflow::{Journaled, WorkflowResult};
 
 /// A workflow as a client sees it: its name and its types, without its code.
@@ -93,7 +92,6 @@ pub struct Client {
     journal: Arc<dyn Journal>,
     envelope: Envelope,
     poll_interval: Duration,
-    owner: String,
 }
 
 impl Client {
@@ -105,7 +103,6 @@ impl Client {
                 max_payload: 16 << 20,
             },
             poll_interval: Duration::from_secs(1),
-            owner: format!("client-{}-{:08x}", std::process::id(), fastrand::u32(..)),
         }
     }
 
@@ -138,32 +135,47 @@ impl Client {
         I: Journaled,
         C: Codec,
     {
+        self.submit_with_deadline(workflow, key, input, None).await
+    }
+
+    /// [`submit`](Self::submit), with a deadline for a new run: past it, the
+    /// run ends as [`Error::DeadlineExceeded`] at its next step boundary.
+    pub async fn submit_with_deadline<I, R, C>(
+        &self,
+        workflow: &WorkflowRef<I, R, C>,
+        key: impl Into<String>,
+        input: I,
+        deadline: Option<SystemTime>,
+    ) -> Result<()>
+    where
+        I: Journaled,
+        C: Codec,
+    {
         let key = key.into();
         validate_key(&key)?;
         let input = self.envelope.seal::<C, I>(&key, || Slot::Input, &input)?;
+        let deadline = deadline.map(|d| {
+            let ms = d.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            Timestamp(ms.min(i64::MAX as u128) as i64)
+        });
         let new = NewRun {
             key: key.clone(),
             workflow: workflow.name.to_owned(),
             fingerprint: UNPINNED,
             input,
+            deadline,
         };
-        let request = LeaseRequest::new(&self.owner, Duration::from_secs(30));
-        let opened = self.journal.open_run(new.clone(), request).await?;
-        let run = &opened.snapshot.run;
-        let mismatch = mismatch(run, &new, None);
-        if let Some(lease) = &opened.lease {
-            // Given back at once: due now, or when it was due if refused.
-            let wake_at = match mismatch {
-                None => Timestamp::now(),
-                Some(_) => run.wake_at,
-            };
-            match release(&*self.journal, lease, run.last_error.clone(), wake_at).await {
-                // Taken already: a worker woken by the release has the run.
-                Ok(()) | Err(Error::LeaseLost { .. }) => {}
-                Err(err) => return Err(err),
-            }
+        let (run, created) = self.journal.create_run(new.clone(), Timestamp::now()).await?;
+        if let Some(mismatch) = mismatch(&run, &new, None) {
+            return Err(mismatch);
         }
-        mismatch.map_or(Ok(()), Err)
+        if !created && run.state == RunState::Incomplete {
+            // Submitted again: a run waiting out a backoff becomes due now.
+            self.journal
+                .command(&key, Command::RetryNow, Timestamp::now())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Waits until run `key` of `workflow` finishes and returns its outcome,
@@ -193,8 +205,7 @@ impl Client {
                 });
             }
             if run.state != RunState::Incomplete {
-                let outcome = run.outcome.as_deref().unwrap_or_default();
-                return self.envelope.open::<C, R>(key, || Slot::Outcome, outcome);
+                return outcome_of::<R, C>(&self.envelope, &run);
             }
             let poll = tokio::time::sleep(self.poll_interval);
             tokio::select! {
@@ -221,7 +232,13 @@ impl Client {
         self.wait(workflow, &key).await
     }
 
-    /// Whether run `key` has finished, if it exists.
+    /// The runs of this client's journal, to look at and steer: cancel,
+    /// resume, retry now, fork, dead letters, purge.
+    pub fn runs(&self) -> Runs {
+        Runs::new(self.journal.clone())
+    }
+
+    /// Where run `key` is, if it exists.
     pub async fn status(&self, key: &str) -> Result<Option<RunState>> {
         Ok(self.journal.load_run(key).await?.map(|s| s.run.state))
     }

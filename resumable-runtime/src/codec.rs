@@ -61,8 +61,23 @@ impl Codec for Bincode {
 }
 
 /// The record format version written in front of every journaled value.
-pub const RECORD_VERSION: u8 = 1;
+///
+/// Version 2: `[2][crc32 LE of the rest][codec name length][codec name][payload]`,
+/// so that every record says which codec wrote it. Version 1 records
+/// (`[1][crc32 LE][payload]`, without the codec) are still read.
+pub const RECORD_VERSION: u8 = 2;
+/// Version byte and checksum.
 const HEADER: usize = 5;
+
+/// The name of the codec that wrote `record`, if it is a version 2 record
+/// whose frame is intact (the checksum is not verified).
+pub(crate) fn record_codec(record: &[u8]) -> Option<&str> {
+    if record.first() != Some(&RECORD_VERSION) {
+        return None;
+    }
+    let len = usize::from(*record.get(HEADER)?);
+    std::str::from_utf8(record.get(HEADER + 1..HEADER + 1 + len)?).ok()
+}
 
 /// Limits and naming for sealing values into journal records and opening them.
 #[derive(Debug, Clone, Copy)]
@@ -86,8 +101,17 @@ impl Envelope {
             source,
         })?;
         self.check_size(run, &slot, payload.len())?;
-        let mut header = [RECORD_VERSION, 0, 0, 0, 0];
-        header[1..].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        // The codec's name is at most 255 bytes: longer names are cut.
+        let name = &C::NAME.as_bytes()[..C::NAME.len().min(255)];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&[name.len() as u8]);
+        hasher.update(name);
+        hasher.update(&payload);
+        let mut header = Vec::with_capacity(HEADER + 1 + name.len());
+        header.push(RECORD_VERSION);
+        header.extend_from_slice(&hasher.finalize().to_le_bytes());
+        header.push(name.len() as u8);
+        header.extend_from_slice(name);
         // The payload's own buffer becomes the record: no second allocation.
         let mut record = payload;
         record.splice(0..0, header);
@@ -127,23 +151,47 @@ impl Envelope {
                 ),
             ));
         }
-        if record[0] != RECORD_VERSION {
-            return Err(Error::UnknownRecordVersion {
-                run: run.to_owned(),
-                slot: slot(),
-                found: record[0],
-                supported: RECORD_VERSION,
-            });
-        }
-        let payload = &record[HEADER..];
+        let checked = &record[HEADER..];
+        let payload = match record[0] {
+            1 => checked,
+            RECORD_VERSION => {
+                let len = usize::from(checked[..].first().copied().unwrap_or(0));
+                match checked.get(1 + len..) {
+                    Some(payload) => payload,
+                    None => {
+                        let reason =
+                            format!("record is {} bytes, shorter than its header", record.len());
+                        return Err(corrupted(slot(), reason));
+                    }
+                }
+            }
+            found => {
+                return Err(Error::UnknownRecordVersion {
+                    run: run.to_owned(),
+                    slot: slot(),
+                    found,
+                    supported: RECORD_VERSION,
+                });
+            }
+        };
         self.check_size(run, &slot, payload.len())?;
         let stored = u32::from_le_bytes([record[1], record[2], record[3], record[4]]);
-        let actual = crc32fast::hash(payload);
+        let actual = crc32fast::hash(checked);
         if stored != actual {
             return Err(corrupted(
                 slot(),
                 format!("checksum {actual:08x} does not match the stored {stored:08x}"),
             ));
+        }
+        if let Some(journaled) = record_codec(record)
+            && journaled != C::NAME
+        {
+            return Err(Error::CodecMismatch {
+                run: run.to_owned(),
+                slot: slot(),
+                journaled: journaled.to_owned(),
+                current: C::NAME,
+            });
         }
         C::decode(payload).map_err(|source| Error::Decode {
             run: run.to_owned(),
@@ -225,6 +273,47 @@ mod tests {
         assert!(matches!(open::<u8>(&record), Err(Error::Decode { .. })));
     }
 
+    /// A codec with another name, writing bincode.
+    struct Renamed;
+    impl Codec for Renamed {
+        const NAME: &'static str = "renamed";
+        fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, BoxError> {
+            Bincode::encode(value)
+        }
+        fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BoxError> {
+            Bincode::decode(bytes)
+        }
+    }
+
+    #[test]
+    fn records_name_their_codec_and_another_codec_is_refused() {
+        let record = seal(&7u32);
+        assert_eq!(record_codec(&record), Some("bincode2"));
+        let err = ENVELOPE
+            .open::<Renamed, u32>("r", || Slot::Outcome, &record)
+            .unwrap_err();
+        match &err {
+            Error::CodecMismatch {
+                journaled, current, ..
+            } => {
+                assert_eq!((journaled.as_str(), *current), ("bincode2", "renamed"));
+                let message = err.to_string();
+                assert!(message.contains("bincode2") && message.contains("renamed"), "{message}");
+            }
+            other => panic!("expected CodecMismatch, got {other}"),
+        }
+    }
+
+    #[test]
+    fn version_1_records_without_a_codec_are_still_read() {
+        let payload = Bincode::encode(&("old", 1u8)).unwrap();
+        let mut record = vec![1];
+        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        record.extend_from_slice(&payload);
+        assert_eq!(record_codec(&record), None);
+        assert_eq!(open::<(String, u8)>(&record).unwrap(), ("old".to_string(), 1));
+    }
+
     #[test]
     fn oversized_payloads_are_refused_both_ways() {
         let big = vec![0u8; 2048];
@@ -246,7 +335,7 @@ mod tests {
         // A payload claiming a 2^60-byte string: must fail, not abort on allocation.
         let mut payload = vec![253u8];
         payload.extend_from_slice(&(1u64 << 60).to_le_bytes());
-        let mut record = vec![RECORD_VERSION];
+        let mut record = vec![1];
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
         assert!(matches!(open::<String>(&record), Err(Error::Decode { .. })));

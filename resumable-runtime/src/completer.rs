@@ -203,7 +203,16 @@ impl Completer {
         tokio::pin!(stopped);
         let mut events = rt.journal().subscribe();
         let mut due_times = DueTimes::default();
+        // Runs left leased by worker processes on this machine that died
+        // are taken at once, at start and then now and then.
+        let mut next_recovery = tokio::time::Instant::now();
         'work: loop {
+            if tokio::time::Instant::now() >= next_recovery {
+                if let Err(err) = rt.recover_gone_workers().await {
+                    tracing::warn!(error = %err, "completer could not look for runs of dead workers");
+                }
+                next_recovery = tokio::time::Instant::now() + RECOVERY_INTERVAL;
+            }
             let free = slots.available_permits();
             let mut claimed = 0;
             if free > 0 {
@@ -280,6 +289,10 @@ impl Completer {
     }
 }
 
+/// How often a running completer looks for runs left leased by worker
+/// processes on this machine that died.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// When the next event says a run becomes due (`Timestamp(0)`, that is now,
 /// if events were missed). Never returns if the journal has no events.
 async fn due_event(events: &mut Option<Subscription>) -> Timestamp {
@@ -344,8 +357,7 @@ async fn resume(
                 workflow: snapshot.run.workflow.clone(),
             };
             tracing::warn!(error = %err, "cannot resume run");
-            rt.give_back_after_error(&lease, &err, snapshot.run.executions)
-                .await;
+            rt.give_back_after_error(&lease, &err, &snapshot.run).await;
             Err(err)
         }
     }

@@ -87,6 +87,7 @@ pub async fn open_run_creates_and_leases(journal: &dyn Journal) {
         // The high bit set: a backend storing it as a signed integer must keep every bit.
         fingerprint: 0xFEDC_BA98_7654_3210,
         input: vec![0, 1, 2, 255, 0],
+        deadline: None,
     };
     let opened = journal
         .open_run(new, request(OWNER, t, at(t, 30_000)))
@@ -171,6 +172,7 @@ pub async fn open_run_is_idempotent(journal: &dyn Journal) {
         workflow: unique("wf-reopen"),
         fingerprint: 7,
         input: b"original".to_vec(),
+        deadline: None,
     };
     let (_, lease1) = open_leased(journal, first.clone(), t, at(t, 1_000)).await;
     journal
@@ -186,6 +188,7 @@ pub async fn open_run_is_idempotent(journal: &dyn Journal) {
         workflow: unique("wf-other"),
         fingerprint: 8,
         input: b"different".to_vec(),
+        deadline: None,
     };
     for now in [at(t, 1), at(t, 999)] {
         let opened = journal
@@ -298,6 +301,7 @@ pub async fn open_run_race(journal: Arc<dyn Journal>) {
             workflow: workflow.clone(),
             fingerprint: 1,
             input: vec![i],
+            deadline: None,
         };
         tasks.spawn(async move {
             let owner = format!("racer-{i}");
@@ -409,6 +413,7 @@ pub async fn finished_run_stays_finished(journal: &dyn Journal) {
                 last_error: Some("late".into()),
                 wake_at: at(t, 30),
                 at: at(t, 30),
+                failed: false,
             },
             Write::RunFinished {
                 state: RunState::Completed,
@@ -478,6 +483,7 @@ pub async fn stale_epoch_is_fenced(journal: &dyn Journal) {
                 last_error: Some("stale".into()),
                 wake_at: at(t, 2_000),
                 at: at(t, 2_000),
+                failed: false,
             },
             Write::RunFinished {
                 state: RunState::Completed,
@@ -736,6 +742,7 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         last_error: Some("database unavailable".into()),
         wake_at: at(t, 30_000),
         at: at(t, 5),
+        failed: false,
     };
     journal
         .write(&lease1, release)
@@ -801,6 +808,7 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         last_error: None,
         wake_at: at(t, 20),
         at: at(t, 20),
+        failed: false,
     };
     journal
         .write(&lease2, release)
@@ -876,6 +884,7 @@ pub async fn events_announce_due_and_finished_runs(journal: &dyn Journal) {
         last_error: None,
         wake_at,
         at: at(t, 1),
+        failed: false,
     };
     journal
         .write(&lease1, release)
@@ -1002,6 +1011,7 @@ pub async fn load_run_round_trips(journal: &dyn Journal) {
         workflow: unique("wf-roundtrip"),
         fingerprint: u64::MAX,
         input: input.clone(),
+        deadline: None,
     };
     let (_, lease1) = open_leased(journal, new.clone(), t, at(t, 1_000)).await;
     let big: Vec<u8> = (0..1024 * 1024u32)
@@ -1134,6 +1144,7 @@ pub async fn list_runs_filters(journal: &dyn Journal) {
             workflow: workflow.clone(),
             fingerprint: 1,
             input: name.as_bytes().to_vec(),
+            deadline: None,
         };
         let now = at(t, i as i64);
         let (_, lease) = open_leased(journal, new, now, at(now, 60_000)).await;
@@ -1541,6 +1552,7 @@ fn new_run(key: &str, input: &[u8]) -> NewRun {
         workflow: "conformance-workflow".to_owned(),
         fingerprint: 42,
         input: input.to_vec(),
+        deadline: None,
     }
 }
 
@@ -1573,6 +1585,7 @@ fn release(wake_at: Timestamp, when: Timestamp) -> Write {
         last_error: None,
         wake_at,
         at: when,
+        failed: false,
     }
 }
 

@@ -112,6 +112,8 @@ pub(crate) struct RunCtx {
     pub journal: Arc<dyn Journal>,
     pub envelope: Envelope,
     pub retry: RetryPolicy,
+    /// When the run must have finished: no step starts after it.
+    deadline: Option<Timestamp>,
     state: Mutex<ReplayState>,
     driver: AtomicWaker,
 }
@@ -141,6 +143,9 @@ struct ReplayState {
     /// New steps held back until every recorded step is replayed (see `decide`).
     gated: HashMap<String, Gated>,
     abort: Option<Error>,
+    /// Why the run is stopping at a step boundary (a cancel, its deadline):
+    /// no new step starts, and once no step executes the driver stops it.
+    stop: Option<Error>,
 }
 
 #[derive(Debug)]
@@ -159,6 +164,7 @@ impl RunCtx {
         retry: RetryPolicy,
         workflow: &'static str,
     ) -> Self {
+        let deadline = snapshot.run.deadline;
         let mut state = ReplayState::default();
         // In place: a long run's steps are a large allocation, not to be copied.
         let mut recorded = std::mem::take(&mut snapshot.steps);
@@ -182,6 +188,7 @@ impl RunCtx {
             journal,
             envelope,
             retry,
+            deadline,
             state: Mutex::new(state),
             driver: AtomicWaker::new(),
         }
@@ -253,6 +260,17 @@ impl RunCtx {
         if !st.gated.is_empty() {
             st.gated.remove(id);
         }
+        // A step boundary: a stopping run starts nothing new.
+        if st.stop.is_none() && self.deadline.is_some_and(|d| Timestamp::now() >= d) {
+            st.stop = Some(Error::DeadlineExceeded {
+                run: self.run_key.clone(),
+            });
+        }
+        if st.stop.is_some() {
+            drop(st);
+            self.driver.wake();
+            return Poll::Pending;
+        }
         st.executing += 1;
         let retrying = if st.retrying.is_empty() {
             None
@@ -278,6 +296,37 @@ impl RunCtx {
     pub fn step_done(&self) {
         let mut st = self.state();
         st.executing = st.executing.saturating_sub(1);
+        let stop_now = st.executing == 0 && st.stop.is_some();
+        drop(st);
+        if stop_now {
+            self.driver.wake();
+        }
+    }
+
+    /// Stops the run at its next step boundary with `reason`
+    /// ([`Error::Cancelled`] or [`Error::DeadlineExceeded`]): steps already
+    /// executing finish and are journaled, no new one starts.
+    pub fn stop_at_boundary(&self, reason: Error) {
+        let mut st = self.state();
+        if st.stop.is_none() {
+            st.stop = Some(reason);
+        }
+        drop(st);
+        self.driver.wake();
+    }
+
+    /// Whether the run is stopping at a step boundary.
+    pub fn stopping(&self) -> bool {
+        self.state().stop.is_some()
+    }
+
+    /// Why the run stopped, once it is stopping and no step executes.
+    pub fn take_stop(&self) -> Option<Error> {
+        let mut st = self.state();
+        if st.executing > 0 {
+            return None;
+        }
+        st.stop.take()
     }
 
     /// A gated step future was dropped before it was released.

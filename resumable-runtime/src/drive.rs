@@ -84,7 +84,10 @@ impl<R> Future for Drive<'_, '_, R> {
                 message: panic_message(&*payload),
             })),
             Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
-            Ok(Poll::Pending) => this.check_stall(cx),
+            Ok(Poll::Pending) => match this.run.take_stop() {
+                Some(reason) => Poll::Ready(Err(reason)),
+                None => this.check_stall(cx),
+            },
         }
     }
 }

@@ -184,6 +184,23 @@ pub enum Error {
         supported: u8,
     },
 
+    /// A journaled record was written with another codec than the one the
+    /// code reads it with (the workflow's codec changed while runs were in
+    /// flight).
+    #[error(
+        "{slot} of run '{run}' was written with codec '{journaled}', but this code reads it with codec '{current}'"
+    )]
+    CodecMismatch {
+        /// The run key.
+        run: String,
+        /// The record.
+        slot: Slot,
+        /// The codec named in the record.
+        journaled: String,
+        /// The codec of the code reading it.
+        current: &'static str,
+    },
+
     /// A journaled record did not decode as the type the code expects.
     #[error("{slot} of run '{run}' does not decode as `{ty}`: {source}")]
     Decode {
@@ -288,6 +305,51 @@ pub enum Error {
         /// The driver's error.
         #[source]
         source: BoxError,
+    },
+
+    /// The run was cancelled by an operator: its stable outcome.
+    #[error("run '{run}' was cancelled")]
+    Cancelled {
+        /// The run key.
+        run: String,
+    },
+
+    /// The run went past its deadline: its stable outcome.
+    #[error("run '{run}' did not finish before its deadline")]
+    DeadlineExceeded {
+        /// The run key.
+        run: String,
+    },
+
+    /// The run was set aside after failing outside its steps too often (or
+    /// because its input cannot be decoded). No worker executes it until an
+    /// operator resumes it.
+    #[error("run '{run}' is dead-lettered (resume it once the cause is fixed): {last_error}")]
+    DeadLettered {
+        /// The run key.
+        run: String,
+        /// The error that set it aside.
+        last_error: String,
+    },
+
+    /// Step records exist under a run key that has no run record (left by a
+    /// partial purge or written by hand); a new run never adopts them.
+    #[error(
+        "run key '{run}' has step records but no run ({}): delete them before reusing the key",
+        steps.join(", ")
+    )]
+    OrphanSteps {
+        /// The run key.
+        run: String,
+        /// Some of the orphan step ids.
+        steps: Vec<String>,
+    },
+
+    /// A run with this key exists already (a fork's new key must be new).
+    #[error("a run with the key '{run}' exists already")]
+    RunExists {
+        /// The run key.
+        run: String,
     },
 
     /// The run's execution was dropped before it finished (the caller stopped

@@ -13,6 +13,8 @@ mod drive;
 mod error;
 pub mod journal;
 mod retry;
+mod owner;
+mod runs;
 mod runtime;
 mod status;
 mod step;
@@ -34,10 +36,11 @@ pub use journal::postgres::{LeaseRecord, PostgresJournal, PostgresJournalBuilder
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use journal::sqlite::{Durability, SqliteJournal, SqliteStats};
-pub use journal::{Journal, JournalEvent, RunFilter, RunState, Subscription};
+pub use journal::{Journal, JournalEvent, RunFilter, RunState, Subscription, Timestamp};
 pub use retry::{Classify, RetryPolicy};
+pub use runs::{CommandOutcome, PURGE_BATCH, Runs};
 pub use runtime::{MAX_RUN_KEY, Runtime, RuntimeBuilder};
-pub use status::{RunInfo, RunStatus, StepInfo, StepStatus};
+pub use status::{RecordInfo, RunInfo, RunStatus, StepInfo, StepStatus};
 pub use step::StepContext;
 pub use workflow::{
     BoxFuture, Invocation, Journaled, Workflow, WorkflowError, WorkflowMeta, WorkflowResult,

@@ -12,10 +12,12 @@ use crate::context::{Ctx, RunCtx};
 use crate::drive::{Drive, Heartbeat};
 use crate::error::{Error, Result, Slot};
 use crate::journal::{
-    Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, RunState,
-    Timestamp, UNPINNED, Write,
+    Ack, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
+    RunSnapshot, RunState, Subscription, Timestamp, UNPINNED, Write,
 };
+use crate::owner;
 use crate::retry::RetryPolicy;
+use crate::runs::Runs;
 use crate::status::RunInfo;
 use crate::workflow::{BoxFuture, Invocation, Journaled, WorkflowMeta, WorkflowResult};
 
@@ -44,6 +46,8 @@ struct Inner {
     default_retry: RetryPolicy,
     run_backoff: RetryPolicy,
     stall_timeout: Duration,
+    dead_letter_after: u32,
+    wait_when_busy: bool,
     /// Leases being handed back by executions that were dropped, by run key.
     handbacks: Mutex<HashMap<String, Handback>>,
 }
@@ -64,12 +68,16 @@ pub struct RuntimeBuilder {
     default_retry: RetryPolicy,
     run_backoff: RetryPolicy,
     stall_timeout: Duration,
+    dead_letter_after: u32,
+    wait_when_busy: bool,
 }
 
 impl RuntimeBuilder {
-    /// This worker's id, as stored in leases (default: pid and a random
-    /// suffix). A stable id (a host or pod name) lets a restarted worker
-    /// take back at once the runs it left behind: see
+    /// This worker's id, as stored in leases. The default,
+    /// `host:pid:start:scope`, names this process, so that a process started
+    /// on the same machine after it died takes its runs at once instead of
+    /// waiting out their leases. A stable id (a host or pod name) lets a
+    /// restarted worker on another machine do the same with
     /// [`Runtime::recover_leases`].
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.worker_id = Some(id.into());
@@ -115,12 +123,30 @@ impl RuntimeBuilder {
         self
     }
 
+    /// After how many executions in a row that fail outside their steps'
+    /// own errors (a panic, a determinism or version error, a record that
+    /// cannot be decoded) a run is dead-lettered: set aside, untouched by
+    /// completers, until an operator resumes it (default 10; at least 1).
+    /// A run whose input cannot be decoded is dead-lettered at once.
+    pub fn dead_letter_after(mut self, executions: u32) -> Self {
+        self.dead_letter_after = executions.max(1);
+        self
+    }
+
+    /// Whether [`Runtime::run`] on a run that another live worker is
+    /// executing waits for that run's outcome, or for its lease to become
+    /// free (the default), instead of failing at once with [`Error::Busy`].
+    pub fn wait_when_busy(mut self, wait: bool) -> Self {
+        self.wait_when_busy = wait;
+        self
+    }
+
     /// The runtime.
     pub fn build(self) -> Runtime {
         Runtime {
             inner: Arc::new(Inner {
                 journal: self.journal,
-                worker_id: self.worker_id.unwrap_or_else(default_worker_id),
+                worker_id: self.worker_id.unwrap_or_else(owner::default_worker_id),
                 lease_duration: self.lease_duration,
                 envelope: Envelope {
                     max_payload: self.max_payload,
@@ -128,14 +154,12 @@ impl RuntimeBuilder {
                 default_retry: self.default_retry,
                 run_backoff: self.run_backoff,
                 stall_timeout: self.stall_timeout,
+                dead_letter_after: self.dead_letter_after,
+                wait_when_busy: self.wait_when_busy,
                 handbacks: Mutex::default(),
             }),
         }
     }
-}
-
-fn default_worker_id() -> String {
-    format!("worker-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 /// Longest accepted run key, in bytes.
@@ -160,6 +184,8 @@ impl Runtime {
                 .max_delay(Duration::from_secs(300))
                 .jitter(0.2),
             stall_timeout: Duration::from_secs(1),
+            dead_letter_after: 10,
+            wait_when_busy: true,
         }
     }
 
@@ -179,10 +205,16 @@ impl Runtime {
     /// - A key whose run is incomplete (crashed, interrupted, or stopped by an
     ///   error) resumes it: journaled steps replay, the rest run.
     /// - A key whose run finished returns the journaled outcome without
-    ///   running any workflow code.
+    ///   running any workflow code: the workflow's own `Result`, or
+    ///   [`Error::Cancelled`] / [`Error::DeadlineExceeded`]; a dead-lettered
+    ///   run is [`Error::DeadLettered`].
+    /// - A key whose run another live worker is executing waits for that
+    ///   run's outcome, or takes the run over once its lease is free (see
+    ///   [`RuntimeBuilder::wait_when_busy`]). A lease held by a process on
+    ///   this machine that no longer runs is taken over at once.
     ///
-    /// The outer `Result` is the machinery's (journal, leases, determinism);
-    /// the inner one is the workflow's own outcome.
+    /// The outer `Result` is the machinery's (journal, leases, determinism,
+    /// the lifecycle); the inner one is the workflow's own outcome.
     pub async fn run<I, R, C>(
         &self,
         key: impl Into<String>,
@@ -194,27 +226,45 @@ impl Runtime {
         C: Codec,
     {
         let Invocation {
-            meta, input, start, ..
+            meta,
+            input,
+            start,
+            deadline,
+            ..
         } = invocation;
-        let opened = self.open::<I, C>(key.into(), &meta, &input).await?;
-        let run = &opened.snapshot.run;
-        match (run.state, opened.lease) {
-            (RunState::Completed | RunState::Failed, _) => self.outcome::<R, C>(run),
-            (RunState::Incomplete, None) => Err(Error::Busy {
-                run: run.key.clone(),
-                owner: run.lease_owner.clone().unwrap_or_default(),
-            }),
-            (RunState::Incomplete, Some(lease)) => {
-                self.execute::<I, R, C>(meta, opened.snapshot, lease, start)
-                    .await
+        let key = key.into();
+        let new = self.new_run::<I, C>(key, &meta, &input, deadline).await?;
+        let mut events = None;
+        loop {
+            let opened = self.open(&new, &meta).await?;
+            let run = opened.snapshot.run.clone();
+            if let Some(lease) = opened.lease {
+                return self
+                    .execute::<I, R, C>(meta, opened.snapshot, lease, start)
+                    .await;
             }
+            if run.state != RunState::Incomplete {
+                return self.finished_outcome::<R, C>(&run);
+            }
+            if self.take_over_from_gone_owner(&run).await? {
+                continue;
+            }
+            if !self.inner.wait_when_busy {
+                return Err(Error::Busy {
+                    run: run.key.clone(),
+                    owner: run.lease_owner.clone().unwrap_or_default(),
+                });
+            }
+            let events = events.get_or_insert_with(|| self.inner.journal.subscribe());
+            wait_for_lease_or_outcome(events, &run).await;
         }
     }
 
     /// Records a run for a [`Completer`](crate::Completer) to execute, without
     /// executing it here: the input is journaled and the run is due at once.
     /// A key that already has a run is left as it is (after the same input
-    /// checks as [`run`](Self::run)).
+    /// checks as [`run`](Self::run)). Submitting is not an execution: the
+    /// run's `executions` count stays 0 until a worker takes it.
     pub async fn submit<I, R, C>(
         &self,
         key: impl Into<String>,
@@ -225,25 +275,26 @@ impl Runtime {
         R: WorkflowResult + Journaled,
         C: Codec,
     {
-        let opened = self
-            .open::<I, C>(key.into(), &invocation.meta, &invocation.input)
+        let meta = invocation.meta;
+        let new = self
+            .new_run::<I, C>(key.into(), &meta, &invocation.input, invocation.deadline)
             .await?;
-        if let Some(lease) = &opened.lease {
-            let run = &opened.snapshot.run;
-            self.give_back(lease, run.last_error.clone(), Timestamp::now())
-                .await;
-        }
-        Ok(())
+        let (run, _) = self
+            .inner
+            .journal
+            .create_run(new.clone(), Timestamp::now())
+            .await?;
+        mismatch(&run, &new, Some(&meta)).map_or(Ok(()), Err)
     }
 
-    /// Creates or finds the run, checks it is this workflow with this input,
-    /// and leases it if it is incomplete and free.
-    async fn open<I: Journaled, C: Codec>(
+    /// The run `key` of workflow `meta` with `input` would be created as.
+    async fn new_run<I: Journaled, C: Codec>(
         &self,
         key: String,
         meta: &WorkflowMeta,
         input: &I,
-    ) -> Result<Opened> {
+        deadline: Option<Timestamp>,
+    ) -> Result<NewRun> {
         validate_key(&key)?;
         // An execution of this run that was dropped may still be handing its
         // lease back: let it finish, or the run would look busy.
@@ -260,38 +311,63 @@ impl Runtime {
             .inner
             .envelope
             .seal::<C, I>(&key, || Slot::Input, input)?;
-        let new = NewRun {
-            key: key.clone(),
+        Ok(NewRun {
+            key,
             workflow: meta.name.to_owned(),
             fingerprint: meta.fingerprint,
             input,
-        };
+            deadline,
+        })
+    }
+
+    /// Creates or finds the run, checks it is this workflow with this input,
+    /// and leases it if it is incomplete and free.
+    async fn open(&self, new: &NewRun, meta: &WorkflowMeta) -> Result<Opened> {
         let opened = self
             .inner
             .journal
             .open_run(new.clone(), self.lease_request())
             .await?;
         let run = &opened.snapshot.run;
-        let Some(mismatch) = mismatch(run, &new, Some(meta)) else {
+        let Some(mismatch) = mismatch(run, new, Some(meta)) else {
             return Ok(opened);
         };
         if let Some(lease) = &opened.lease {
-            self.give_back(lease, run.last_error.clone(), run.wake_at)
+            self.give_back(lease, run.last_error.clone(), run.wake_at, false)
                 .await;
         }
         Err(mismatch)
     }
 
-    /// The stored outcome of a finished run, decoded.
-    fn outcome<R: Journaled, C: Codec>(&self, run: &RunRecord) -> Result<R> {
-        let bytes = run.outcome.as_deref().unwrap_or_default();
+    /// If `run` is leased by a process on this machine that no longer runs,
+    /// gives its lease back; whether it did (or someone else did meanwhile).
+    async fn take_over_from_gone_owner(&self, run: &RunRecord) -> Result<bool> {
+        let Some(owner) = run.lease_owner.as_deref().filter(|o| owner::is_gone(o)) else {
+            return Ok(false);
+        };
+        let lease = Lease {
+            run_key: run.key.clone(),
+            owner: owner.to_owned(),
+            epoch: run.epoch,
+            expires_at: run.lease_expires_at.unwrap_or_default(),
+        };
+        let reason = format!("worker '{owner}' died while executing run '{}'", run.key);
         self.inner
-            .envelope
-            .open::<C, R>(&run.key, || Slot::Outcome, bytes)
+            .journal
+            .release_leases(&[lease], &reason, Timestamp::now())
+            .await?;
+        tracing::info!(run = %run.key, owner, "took over a run whose worker process is gone");
+        Ok(true)
+    }
+
+    /// The stable outcome of a run that is not incomplete.
+    pub(crate) fn finished_outcome<R: Journaled, C: Codec>(&self, run: &RunRecord) -> Result<R> {
+        outcome_of::<R, C>(&self.inner.envelope, run)
     }
 
     /// Executes a leased, incomplete run to its outcome (or to an error, in
-    /// which case the run is given back with that error as its last error).
+    /// which case the run is given back with that error as its last error,
+    /// or dead-lettered).
     pub(crate) async fn execute<'a, I, R, C>(
         &self,
         meta: WorkflowMeta,
@@ -316,7 +392,15 @@ impl Runtime {
             rt: Some(self.clone()),
             lease: lease.clone(),
         };
+        let record = snapshot.run.clone();
         let result = async {
+            // Cancelled while no live worker held it, or out of time: no user code runs.
+            if snapshot.run.cancel_requested_at.is_some() {
+                return Err(Error::Cancelled { run: key.clone() });
+            }
+            if snapshot.run.deadline.is_some_and(|d| Timestamp::now() >= d) {
+                return Err(Error::DeadlineExceeded { run: key.clone() });
+            }
             if !meta.accepts(snapshot.run.fingerprint) {
                 return Err(Error::VersionMismatch {
                     run: key.clone(),
@@ -376,36 +460,129 @@ impl Runtime {
                 outcome,
                 at: Timestamp::now(),
             };
-            self.inner.journal.write(&run.lease(), write).await?;
+            if self.inner.journal.write(&run.lease(), write).await?.cancel_requested {
+                // A cancel that came before the outcome was recorded wins.
+                return Err(Error::Cancelled { run: key.clone() });
+            }
             tracing::info!(outcome = state.as_str(), "run finished");
             Ok(decoded)
         }
         .instrument(span.clone())
         .await;
-        if let Err(err) = &result {
-            span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
-            self.give_back_after_error(&lease, err, snapshot.run.executions)
-                .await;
-        }
+        let result = match result {
+            Err(err) => {
+                span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
+                self.after_error::<R, C>(&lease, err, &record)
+                    .instrument(span)
+                    .await
+            }
+            ok => ok,
+        };
         // Only now: dropped while giving the run back, it is still given back.
         guard.disarm();
         result
     }
 
+    /// What a caller gets after `err` stopped an execution of `run` under
+    /// `lease`, once the journal says so: a cancel or deadline finishes the
+    /// run; a lost race returns the outcome recorded elsewhere; anything else
+    /// gives the run back (or dead-letters it) and returns `err`.
+    async fn after_error<R: Journaled, C: Codec>(
+        &self,
+        lease: &Lease,
+        err: Error,
+        run: &RunRecord,
+    ) -> Result<R> {
+        let journal = &self.inner.journal;
+        let stopped = match &err {
+            Error::Cancelled { .. } => Some(RunState::Cancelled),
+            Error::DeadlineExceeded { .. } => Some(RunState::DeadlineExceeded),
+            _ => None,
+        };
+        if let Some(state) = stopped {
+            let write = Write::RunFinished {
+                state,
+                outcome: Vec::new(),
+                at: Timestamp::now(),
+            };
+            return match journal.write(lease, write).await {
+                Ok(ack) if ack.cancel_requested => Err(Error::Cancelled {
+                    run: run.key.clone(),
+                }),
+                Ok(_) => {
+                    tracing::info!(outcome = state.as_str(), "run finished");
+                    Err(err)
+                }
+                Err(Error::LeaseLost { .. }) => self.recorded_outcome::<R, C>(lease).await,
+                Err(write_err) => {
+                    // Left for the next worker, which stops it the same way.
+                    self.give_back_after_error(lease, &write_err, run).await;
+                    Err(write_err)
+                }
+            };
+        }
+        if let Error::LeaseLost { .. } = err {
+            return self.recorded_outcome::<R, C>(lease).await;
+        }
+        self.give_back_after_error(lease, &err, run).await;
+        Err(err)
+    }
+
+    /// After losing `lease`: the run's recorded outcome if it finished
+    /// elsewhere, else [`Error::LeaseLost`] (it is still going elsewhere).
+    async fn recorded_outcome<R: Journaled, C: Codec>(&self, lease: &Lease) -> Result<R> {
+        let lost = Error::LeaseLost {
+            run: lease.run_key.clone(),
+            epoch: lease.epoch,
+        };
+        match self.inner.journal.load_run(&lease.run_key).await {
+            Ok(Some(snapshot)) if snapshot.run.state.is_finished() => {
+                self.finished_outcome::<R, C>(&snapshot.run)
+            }
+            _ => Err(lost),
+        }
+    }
+
     /// Gives a run back after `err` stopped it, with the error visible and a
-    /// backoff growing with its executions. A lost lease is not ours to give.
-    pub(crate) async fn give_back_after_error(&self, lease: &Lease, err: &Error, executions: u32) {
+    /// backoff growing with its executions; or dead-letters it if `err` is a
+    /// failure outside its steps and it has failed so too often (or at once
+    /// if its input cannot be decoded). A lost lease is not ours to give.
+    pub(crate) async fn give_back_after_error(&self, lease: &Lease, err: &Error, run: &RunRecord) {
         if matches!(err, Error::LeaseLost { .. }) {
             return;
         }
-        let delay = self.inner.run_backoff.jittered_delay(executions.max(1));
-        self.give_back(lease, Some(err.to_string()), Timestamp::now().after(delay))
+        let failed = counts_as_failure(err);
+        let at = Timestamp::now();
+        if failed && (run.failures.saturating_add(1) >= self.inner.dead_letter_after || is_bad_input(err)) {
+            let write = Write::DeadLetter {
+                last_error: err.to_string(),
+                at,
+            };
+            match self.inner.journal.write(lease, write).await {
+                Ok(_) => tracing::error!(run = %lease.run_key, error = %err, "run dead-lettered"),
+                Err(e) => {
+                    tracing::debug!(run = %lease.run_key, error = %e, "could not dead-letter the run; its lease will expire")
+                }
+            }
+            return;
+        }
+        let delay = self.inner.run_backoff.jittered_delay(run.executions.max(1));
+        // Never sleeping past its deadline, where it ends.
+        let wake_at = run.deadline.map_or(at.after(delay), |d| d.min(at.after(delay)));
+        self.give_back(lease, Some(err.to_string()), wake_at, failed)
             .await;
     }
 
     /// Releases a lease, best effort: if this fails the lease simply expires.
-    async fn give_back(&self, lease: &Lease, last_error: Option<String>, wake_at: Timestamp) {
-        if let Err(err) = release(&*self.inner.journal, lease, last_error, wake_at).await {
+    async fn give_back(
+        &self,
+        lease: &Lease,
+        last_error: Option<String>,
+        wake_at: Timestamp,
+        failed: bool,
+    ) {
+        let journal = &*self.inner.journal;
+        if let Err(err) = release(journal, lease, last_error, wake_at, failed).await {
             tracing::debug!(run = %lease.run_key, error = %err, "could not release the lease; it will expire");
         }
     }
@@ -438,30 +615,68 @@ impl Runtime {
             lease_owner: Some(self.inner.worker_id.clone()),
             ..RunFilter::default()
         };
-        let mut given_back = 0;
-        for run in self.inner.journal.list_runs(&filter).await? {
-            let lease = Lease {
-                run_key: run.key,
-                owner: self.inner.worker_id.clone(),
-                epoch: run.epoch,
-                expires_at: run.lease_expires_at.unwrap_or_default(),
-            };
-            let reason = format!(
-                "worker '{}' restarted while executing run '{}'",
-                lease.owner, lease.run_key
-            );
-            let journal = &*self.inner.journal;
-            match release(journal, &lease, Some(reason), Timestamp::now()).await {
-                Ok(()) => given_back += 1,
-                // Taken over meanwhile: not ours to give.
-                Err(Error::LeaseLost { .. }) => {}
-                Err(err) => return Err(err),
-            }
-        }
+        let runs = self.inner.journal.list_runs(&filter).await?;
+        let reason = format!("worker '{}' restarted", self.inner.worker_id);
+        let given_back = self.release_all(&runs, &reason).await?;
         if given_back > 0 {
             tracing::info!(worker = %self.inner.worker_id, runs = given_back, "gave back the runs a previous process left leased");
         }
         Ok(given_back)
+    }
+
+    /// Gives back, in one journal write, the leases of every incomplete run
+    /// held by a process on this machine that no longer runs (see
+    /// [`RuntimeBuilder::worker_id`]), so that they resume at once. A
+    /// [`Completer`](crate::Completer) calls it when it starts and now and
+    /// then while it runs. Returns how many it gave back.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// assert_eq!(rt.recover_gone_workers().await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recover_gone_workers(&self) -> Result<usize> {
+        let filter = RunFilter {
+            state: Some(RunState::Incomplete),
+            ..RunFilter::default()
+        };
+        let now = Timestamp::now();
+        let mut runs = self.inner.journal.list_runs(&filter).await?;
+        runs.retain(|run| {
+            run.is_leased_at(now) && run.lease_owner.as_deref().is_some_and(owner::is_gone)
+        });
+        let given_back = self.release_all(&runs, "its worker process died").await?;
+        if given_back > 0 {
+            tracing::info!(runs = given_back, "took over the runs of worker processes that died");
+        }
+        Ok(given_back)
+    }
+
+    /// Gives back the current leases of `runs` in one write, with `reason`.
+    async fn release_all(&self, runs: &[RunRecord], reason: &str) -> Result<usize> {
+        let leases: Vec<Lease> = runs
+            .iter()
+            .filter_map(|run| {
+                Some(Lease {
+                    run_key: run.key.clone(),
+                    owner: run.lease_owner.clone()?,
+                    epoch: run.epoch,
+                    expires_at: run.lease_expires_at.unwrap_or_default(),
+                })
+            })
+            .collect();
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        self.inner
+            .journal
+            .release_leases(&leases, reason, Timestamp::now())
+            .await
     }
 
     /// Waits until every run that a dropped execution is handing back is back.
@@ -483,28 +698,20 @@ impl Runtime {
         LeaseRequest::new(&self.inner.worker_id, self.inner.lease_duration)
     }
 
-    /// A run's status and steps, if the key exists.
-    pub async fn run_info(&self, key: &str) -> Result<Option<RunInfo>> {
-        Ok(self
-            .inner
-            .journal
-            .load_run(key)
-            .await?
-            .map(RunInfo::from_snapshot))
+    /// The runs of this runtime's journal, to look at and steer: cancel,
+    /// resume, retry now, fork, dead letters, purge.
+    pub fn runs(&self) -> Runs {
+        Runs::new(self.inner.journal.clone())
     }
 
-    /// Runs matching `filter` (without their steps; see [`run_info`](Self::run_info)).
+    /// A run's status and steps, if the key exists (as [`Runs::info`]).
+    pub async fn run_info(&self, key: &str) -> Result<Option<RunInfo>> {
+        self.runs().info(key).await
+    }
+
+    /// Runs matching `filter`, without their steps (as [`Runs::list`]).
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunInfo>> {
-        let runs = self.inner.journal.list_runs(filter).await?;
-        Ok(runs
-            .into_iter()
-            .map(|run| {
-                RunInfo::from_snapshot(RunSnapshot {
-                    run,
-                    steps: Vec::new(),
-                })
-            })
-            .collect())
+        self.runs().list(filter).await
     }
 }
 
@@ -540,6 +747,28 @@ pub(crate) fn mismatch(
     })
 }
 
+/// The stable outcome of `run`, which is not incomplete: the workflow's own
+/// journaled `Result`, or the lifecycle's error.
+pub(crate) fn outcome_of<R: Journaled, C: Codec>(envelope: &Envelope, run: &RunRecord) -> Result<R> {
+    let key = run.key.clone();
+    match run.state {
+        RunState::Cancelled => Err(Error::Cancelled { run: key }),
+        RunState::DeadlineExceeded => Err(Error::DeadlineExceeded { run: key }),
+        RunState::DeadLettered => Err(Error::DeadLettered {
+            run: key,
+            last_error: run.last_error.clone().unwrap_or_default(),
+        }),
+        RunState::Incomplete => Err(Error::Busy {
+            run: key,
+            owner: run.lease_owner.clone().unwrap_or_default(),
+        }),
+        RunState::Completed | RunState::Failed => {
+            let bytes = run.outcome.as_deref().unwrap_or_default();
+            envelope.open::<C, R>(&run.key, || Slot::Outcome, bytes)
+        }
+    }
+}
+
 /// Gives `lease` back: its run keeps `last_error` and is due at `wake_at`,
 /// but never before now, since the next lease starts after this one ends.
 pub(crate) async fn release(
@@ -547,14 +776,68 @@ pub(crate) async fn release(
     lease: &Lease,
     last_error: Option<String>,
     wake_at: Timestamp,
-) -> Result<()> {
+    failed: bool,
+) -> Result<Ack> {
     let at = Timestamp::now();
     let write = Write::Release {
         last_error,
         wake_at: wake_at.max(at),
+        failed,
         at,
     };
     journal.write(lease, write).await
+}
+
+/// Whether `err` stopping an execution counts towards dead-lettering the
+/// run: a failure outside its steps' own errors, not trouble with storage,
+/// leases or this worker's registrations.
+fn counts_as_failure(err: &Error) -> bool {
+    !err.is_transient()
+        && !matches!(
+            err,
+            Error::UnknownWorkflow { .. }
+                | Error::Cancelled { .. }
+                | Error::DeadlineExceeded { .. }
+        )
+}
+
+/// Whether `err` says the run's input cannot be read: no execution will
+/// ever succeed, so the run is dead-lettered at once.
+fn is_bad_input(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Decode { slot: Slot::Input, .. }
+            | Error::Corrupted { slot: Slot::Input, .. }
+            | Error::UnknownRecordVersion { slot: Slot::Input, .. }
+    )
+}
+
+/// Waits until run `run` (leased by another worker) finished, its lease is
+/// given back or expires, or a second passes, whichever comes first.
+async fn wait_for_lease_or_outcome(events: &mut Option<Subscription>, run: &RunRecord) {
+    let until_free = run
+        .lease_expires_at
+        .map_or(0, |t| t.0.saturating_sub(Timestamp::now().0))
+        .clamp(1, 1_000);
+    let sleep = tokio::time::sleep(Duration::from_millis(until_free as u64));
+    tokio::pin!(sleep);
+    loop {
+        let event = async {
+            match events {
+                Some(subscription) => subscription.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut sleep => return,
+            event = event => match event {
+                Some(JournalEvent::Finished { key }) if key == run.key => return,
+                Some(JournalEvent::Due { .. } | JournalEvent::Resync) => return,
+                Some(_) => {}
+                None => *events = None,
+            },
+        }
+    }
 }
 
 pub(crate) fn validate_key(key: &str) -> Result<()> {
@@ -562,6 +845,10 @@ pub(crate) fn validate_key(key: &str) -> Result<()> {
         "a run key must not be empty"
     } else if key.len() > MAX_RUN_KEY {
         "a run key must be at most 512 bytes"
+    } else if key.trim().is_empty() {
+        "a run key must not be blank"
+    } else if key.chars().any(char::is_control) {
+        "a run key must not contain control characters"
     } else {
         return Ok(());
     };
@@ -600,7 +887,7 @@ impl Drop for GiveBackOnDrop {
             let reason = Error::Interrupted {
                 run: lease.run_key.clone(),
             };
-            rt.give_back(&lease, Some(reason.to_string()), Timestamp::now())
+            rt.give_back(&lease, Some(reason.to_string()), Timestamp::now(), false)
                 .await;
             let mut handbacks = rt.inner.handbacks.lock().unwrap_or_else(|p| p.into_inner());
             if handbacks.get(&lease.run_key).is_some_and(|h| h.id == id) {

@@ -17,7 +17,7 @@ use crate::codec::Codec;
 use crate::codec::Envelope;
 use crate::context::{Ctx, Decision, RunCtx, panic_message};
 use crate::error::{Error, Location, Slot};
-use crate::journal::{StepState, Timestamp, Write};
+use crate::journal::{Ack, StepState, Timestamp, Write};
 use crate::retry::RetryPolicy;
 use crate::workflow::{Journaled, WorkflowError};
 
@@ -158,6 +158,11 @@ impl<'c, E> Step<'c, E> {
     /// Replays the step or lets its body run.
     pub async fn prepare<C: Codec, T: Journaled>(&mut self) -> Prepared<T, E> {
         if self.phase == Phase::Executing {
+            // Another attempt is a step boundary too: a stopping run makes none.
+            if self.run.stopping() {
+                self.finish();
+                return std::future::pending().await;
+            }
             return Prepared::Attempt;
         }
         let decision =
@@ -334,17 +339,30 @@ impl<'c, E> Step<'c, E> {
             started_at: self.started_at,
             at: Timestamp::now(),
         };
-        if let Err(err) = run.journal.write(&run.lease(), write).await {
-            return self.abort(err).await;
+        match run.journal.write(&run.lease(), write).await {
+            Ok(ack) => self.heed(ack),
+            Err(err) => return self.abort(err).await,
         }
         self.finish();
+    }
+
+    /// A cancel requested while this step executed stops the run at its
+    /// next step boundary.
+    fn heed(&self, ack: Ack) {
+        if ack.cancel_requested {
+            self.run.stop_at_boundary(Error::Cancelled {
+                run: self.run.run_key.clone(),
+            });
+        }
     }
 
     async fn retry_later(&mut self, message: String) {
         let delay = self.policy.jittered_delay(self.attempts);
         self.record_failure(message, Some(Timestamp::now().after(delay)))
             .await;
-        tokio::time::sleep(delay).await;
+        if !self.run.stopping() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     async fn record_failure(&mut self, error: String, retry_at: Option<Timestamp>) {
@@ -356,8 +374,9 @@ impl<'c, E> Step<'c, E> {
             started_at: self.started_at,
             at: Timestamp::now(),
         };
-        if let Err(err) = self.run.journal.write(&self.run.lease(), write).await {
-            self.abort::<()>(err).await;
+        match self.run.journal.write(&self.run.lease(), write).await {
+            Ok(ack) => self.heed(ack),
+            Err(err) => self.abort::<()>(err).await,
         }
     }
 

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::{Bincode, Codec};
 use crate::context::Ctx;
 use crate::error::Location;
+use crate::journal::Timestamp;
 use crate::retry::{Classify, RetryPolicy};
 
 /// A boxed, sendable future.
@@ -93,6 +94,7 @@ impl<T: Display + Journaled> WorkflowError for T {}
 pub struct Invocation<'a, I, R, C = Bincode> {
     pub(crate) meta: WorkflowMeta,
     pub(crate) input: I,
+    pub(crate) deadline: Option<Timestamp>,
     pub(crate) start: Box<dyn FnOnce(Ctx, I) -> BoxFuture<'a, R> + Send + 'a>,
     _codec: PhantomData<fn() -> C>,
 }
@@ -106,6 +108,43 @@ impl<I, R, C> Invocation<'_, I, R, C> {
     /// The input this call will journal.
     pub fn input(&self) -> &I {
         &self.input
+    }
+
+    /// Gives a new run a time limit, from now: past it, the run ends with
+    /// the stable outcome [`Error::DeadlineExceeded`](crate::Error::DeadlineExceeded)
+    /// at its next step boundary (a step already executing finishes), and
+    /// no worker takes it again. The limit is journaled when the run is
+    /// created; calls that find the run existing keep the journaled one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::Duration;
+    /// use resumable::{resumable, step, MemoryJournal, Runtime};
+    ///
+    /// #[resumable]
+    /// async fn greet(name: String) -> Result<String, String> {
+    ///     let greeting = step!("greet", { format!("hello {name}") });
+    ///     Ok(greeting)
+    /// }
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// let call = greet("ada".into()).time_limit(Duration::from_secs(60));
+    /// assert_eq!(rt.run("greet-ada", call).await?, Ok("hello ada".to_string()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn time_limit(self, limit: std::time::Duration) -> Self {
+        self.deadline_at(std::time::SystemTime::now() + limit)
+    }
+
+    /// Gives a new run a deadline, as [`time_limit`](Self::time_limit) does.
+    pub fn deadline_at(mut self, deadline: std::time::SystemTime) -> Self {
+        let ms = deadline
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
+        self.deadline = Some(Timestamp(ms));
+        self
     }
 }
 
@@ -154,6 +193,7 @@ impl<D: Sync, I: Send + 'static, R: 'static, C> Workflow<D, I, R, C> {
         Invocation {
             meta: self.meta,
             input,
+            deadline: None,
             start: Box::new(move |ctx, input| start(deps, ctx, input)),
             _codec: PhantomData,
         }
@@ -170,6 +210,7 @@ where
     Invocation {
         meta,
         input,
+        deadline: None,
         start: Box::new(start),
         _codec: PhantomData,
     }

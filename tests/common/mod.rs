@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use resumable::journal::{
-    Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot, Timestamp, Write,
+    Ack, Command, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot,
+    Timestamp, Write,
 };
 use resumable::{Error, Journal, MemoryJournal, RetryPolicy, Runtime};
 
@@ -91,9 +92,42 @@ impl<J: Journal> Journal for Misbehaving<J> {
     ) -> resumable::Result<Vec<(RunSnapshot, Lease)>> {
         self.inner.claim_due(lease, limit).await
     }
-    async fn write(&self, lease: &Lease, write: Write) -> resumable::Result<()> {
+    async fn create_run(&self, run: NewRun, now: Timestamp) -> resumable::Result<(RunRecord, bool)> {
+        self.spend()?;
+        self.inner.create_run(run, now).await
+    }
+    async fn write(&self, lease: &Lease, write: Write) -> resumable::Result<Ack> {
         self.spend()?;
         self.inner.write(lease, write).await
+    }
+    async fn release_leases(
+        &self,
+        leases: &[Lease],
+        last_error: &str,
+        at: Timestamp,
+    ) -> resumable::Result<usize> {
+        self.spend()?;
+        self.inner.release_leases(leases, last_error, at).await
+    }
+    async fn command(
+        &self,
+        key: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> resumable::Result<Option<RunRecord>> {
+        self.inner.command(key, command, now).await
+    }
+    async fn fork_run(
+        &self,
+        source: &str,
+        new_key: &str,
+        steps: u64,
+        now: Timestamp,
+    ) -> resumable::Result<RunRecord> {
+        self.inner.fork_run(source, new_key, steps, now).await
+    }
+    async fn purge(&self, before: Timestamp, limit: usize) -> resumable::Result<usize> {
+        self.inner.purge(before, limit).await
     }
     async fn renew(&self, lease: &Lease, until: Timestamp) -> resumable::Result<Lease> {
         if self.renewals_fail {

@@ -9,7 +9,7 @@
 
 use tokio::sync::broadcast;
 
-use super::{Timestamp, Write};
+use super::{Ack, Timestamp, Write};
 
 /// How many events a slow subscriber may fall behind before it is told to
 /// [`Resync`](JournalEvent::Resync).
@@ -35,14 +35,19 @@ pub enum JournalEvent {
 }
 
 impl JournalEvent {
-    /// The event that `write` to run `run_key` announces once committed, if
-    /// any: a released run is due at its `wake_at`; a finished run finished.
-    pub fn announced_by(run_key: &str, write: &Write) -> Option<Self> {
+    /// The event that `write` to run `run_key`, committed with `ack`,
+    /// announces, if any: a released run is due at its `wake_at`; a finished
+    /// run (or one that a requested cancel finished) finished.
+    pub fn announced_by(run_key: &str, write: &Write, ack: Ack) -> Option<Self> {
+        let finished = || JournalEvent::Finished {
+            key: run_key.to_owned(),
+        };
         match write {
+            Write::Release { .. } | Write::DeadLetter { .. } if ack.cancel_requested => {
+                Some(finished())
+            }
             Write::Release { wake_at, .. } => Some(JournalEvent::Due { at: *wake_at }),
-            Write::RunFinished { .. } => Some(JournalEvent::Finished {
-                key: run_key.to_owned(),
-            }),
+            Write::RunFinished { .. } => Some(finished()),
             _ => None,
         }
     }

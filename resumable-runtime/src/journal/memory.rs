@@ -6,8 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
-    RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp, UNPINNED, Write,
+    Ack, Command, EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened,
+    RunFilter, RunRecord, RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp,
+    UNPINNED, Write,
 };
 use crate::error::{Error, Result};
 
@@ -64,6 +65,28 @@ impl Steps {
             }
         }
         Ok(())
+    }
+}
+
+impl Steps {
+    /// Forgets the steps that failed for good after the last completed one
+    /// (the failure that ended the run), so that a resumed run runs them again.
+    fn forget_final_failures(&mut self) {
+        let last_completed = self
+            .records
+            .iter()
+            .filter(|s| s.state == StepState::Completed)
+            .filter_map(|s| s.seq)
+            .max();
+        self.records.retain(|s| {
+            s.state != StepState::Failed || s.seq.is_some_and(|seq| Some(seq) <= last_completed)
+        });
+        self.by_id = self
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.step_id.clone(), i))
+            .collect();
     }
 }
 
@@ -136,35 +159,66 @@ fn refuse_if_recorded(step: &StepRecord, lease: &Lease) -> Result<()> {
     Ok(())
 }
 
+/// The run's record as a new, unleased run.
+fn new_record(new: NewRun, now: Timestamp) -> RunRecord {
+    RunRecord {
+        key: new.key,
+        workflow: new.workflow,
+        fingerprint: new.fingerprint,
+        input: new.input,
+        state: RunState::Incomplete,
+        outcome: None,
+        epoch: 0,
+        lease_owner: None,
+        lease_expires_at: None,
+        wake_at: now,
+        executions: 0,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+        deadline: new.deadline,
+        cancel_requested_at: None,
+        failures: 0,
+        resumed_at: None,
+        forked_from: None,
+    }
+}
+
+/// Ends `r`'s lease. With a cancel requested, the run is cancelled
+/// instead of whatever `end` would have made of it.
+fn end_lease(r: &mut RunRecord, at: Timestamp, end: impl FnOnce(&mut RunRecord)) {
+    if r.cancel_requested_at.is_some() {
+        r.state = RunState::Cancelled;
+        r.outcome = None;
+    } else {
+        end(r);
+    }
+    r.lease_owner = None;
+    r.lease_expires_at = None;
+    r.updated_at = at;
+}
+
+impl MemoryJournal {
+    fn insert(
+        runs: &mut HashMap<String, StoredRun>,
+        new: NewRun,
+        now: Timestamp,
+    ) -> &mut StoredRun {
+        let order = runs.len() as u64;
+        runs.entry(new.key.clone()).or_insert_with(|| StoredRun {
+            record: new_record(new, now),
+            steps: Steps::default(),
+            order,
+        })
+    }
+}
+
 #[async_trait]
 impl Journal for MemoryJournal {
     async fn open_run(&self, new: NewRun, req: LeaseRequest) -> Result<Opened> {
         let mut runs = self.runs.lock().unwrap();
-        let order = runs.len() as u64;
-        let mut created = false;
-        let run = runs.entry(new.key.clone()).or_insert_with(|| {
-            created = true;
-            StoredRun {
-                record: RunRecord {
-                    key: new.key,
-                    workflow: new.workflow,
-                    fingerprint: new.fingerprint,
-                    input: new.input,
-                    state: RunState::Incomplete,
-                    outcome: None,
-                    epoch: 0,
-                    lease_owner: None,
-                    lease_expires_at: None,
-                    wake_at: req.now,
-                    executions: 0,
-                    last_error: None,
-                    created_at: req.now,
-                    updated_at: req.now,
-                },
-                steps: Steps::default(),
-                order,
-            }
-        });
+        let created = !runs.contains_key(&new.key);
+        let run = Self::insert(&mut runs, new, req.now);
         let lease = (run.record.state == RunState::Incomplete && !run.record.is_leased_at(req.now))
             .then(|| run.take_lease(&req));
         let mut snapshot = run.snapshot();
@@ -176,6 +230,16 @@ impl Journal for MemoryJournal {
             lease,
             created,
         })
+    }
+
+    async fn create_run(&self, new: NewRun, now: Timestamp) -> Result<(RunRecord, bool)> {
+        let mut runs = self.runs.lock().unwrap();
+        let created = !runs.contains_key(&new.key);
+        let record = Self::insert(&mut runs, new, now).record.clone();
+        if created {
+            self.events.send(JournalEvent::Due { at: now });
+        }
+        Ok((record, created))
     }
 
     async fn claim_due(
@@ -203,12 +267,13 @@ impl Journal for MemoryJournal {
             .collect())
     }
 
-    async fn write(&self, lease: &Lease, write: Write) -> Result<()> {
+    async fn write(&self, lease: &Lease, write: Write) -> Result<Ack> {
         let mut runs = self.runs.lock().unwrap();
         let run = Self::fenced(&mut runs, lease)?;
-        if let Some(event) = JournalEvent::announced_by(&lease.run_key, &write) {
-            self.events.send(event);
-        }
+        let ack = Ack {
+            cancel_requested: run.record.cancel_requested_at.is_some(),
+        };
+        let event = JournalEvent::announced_by(&lease.run_key, &write, ack);
         match write {
             Write::StepRecorded {
                 step_id,
@@ -265,12 +330,20 @@ impl Journal for MemoryJournal {
                     .put(record, |current, _| refuse_if_recorded(current, lease))?;
             }
             Write::RunFinished { state, outcome, at } => {
-                let r = &mut run.record;
-                r.state = state;
-                r.outcome = Some(outcome);
-                r.lease_owner = None;
-                r.lease_expires_at = None;
-                r.updated_at = at;
+                end_lease(&mut run.record, at, |r| {
+                    r.state = state;
+                    r.outcome = Some(outcome);
+                    if state == RunState::Completed {
+                        r.last_error = None;
+                    }
+                });
+            }
+            Write::DeadLetter { last_error, at } => {
+                end_lease(&mut run.record, at, |r| {
+                    r.state = RunState::DeadLettered;
+                    r.failures = r.failures.saturating_add(1);
+                });
+                run.record.last_error = Some(last_error);
             }
             Write::Pin { fingerprint, at } => {
                 let r = &mut run.record;
@@ -282,17 +355,46 @@ impl Journal for MemoryJournal {
             Write::Release {
                 last_error,
                 wake_at,
+                failed,
                 at,
             } => {
-                let r = &mut run.record;
-                r.last_error = last_error;
-                r.wake_at = wake_at;
-                r.lease_owner = None;
-                r.lease_expires_at = None;
-                r.updated_at = at;
+                end_lease(&mut run.record, at, |r| {
+                    r.wake_at = wake_at;
+                    r.failures = r.failures.saturating_add(u32::from(failed));
+                });
+                run.record.last_error = last_error;
             }
         }
-        Ok(())
+        if let Some(event) = event {
+            self.events.send(event);
+        }
+        Ok(ack)
+    }
+
+    async fn release_leases(
+        &self,
+        leases: &[Lease],
+        last_error: &str,
+        at: Timestamp,
+    ) -> Result<usize> {
+        let mut runs = self.runs.lock().unwrap();
+        let mut released = 0;
+        for lease in leases {
+            let Ok(run) = Self::fenced(&mut runs, lease) else {
+                continue;
+            };
+            let cancelled = run.record.cancel_requested_at.is_some();
+            end_lease(&mut run.record, at, |r| r.wake_at = at);
+            run.record.last_error = Some(last_error.to_owned());
+            released += 1;
+            self.events.send(match cancelled {
+                true => JournalEvent::Finished {
+                    key: lease.run_key.clone(),
+                },
+                false => JournalEvent::Due { at },
+            });
+        }
+        Ok(released)
     }
 
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
@@ -305,27 +407,138 @@ impl Journal for MemoryJournal {
         })
     }
 
+    async fn command(
+        &self,
+        key: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<Option<RunRecord>> {
+        let mut runs = self.runs.lock().unwrap();
+        let Some(run) = runs.get_mut(key) else {
+            return Ok(None);
+        };
+        let r = &mut run.record;
+        let event = match command {
+            Command::Cancel if r.state == RunState::Incomplete && r.is_leased_at(now) => {
+                r.cancel_requested_at.get_or_insert(now);
+                None
+            }
+            Command::Cancel if !r.state.is_finished() => {
+                r.cancel_requested_at.get_or_insert(now);
+                r.epoch += 1;
+                end_lease(r, now, |_| {});
+                Some(JournalEvent::Finished { key: key.to_owned() })
+            }
+            Command::Resume if r.state.is_resumable() => {
+                r.state = RunState::Incomplete;
+                r.outcome = None;
+                r.cancel_requested_at = None;
+                r.deadline = None;
+                r.failures = 0;
+                r.wake_at = now;
+                r.resumed_at = Some(now);
+                r.updated_at = now;
+                run.steps.forget_final_failures();
+                Some(JournalEvent::Due { at: now })
+            }
+            Command::RetryNow if r.state == RunState::Incomplete && !r.is_leased_at(now) => {
+                r.wake_at = now;
+                r.updated_at = now;
+                for step in &mut run.steps.records {
+                    step.retry_at = None;
+                }
+                Some(JournalEvent::Due { at: now })
+            }
+            _ => None,
+        };
+        let record = run.record.clone();
+        if let Some(event) = event {
+            self.events.send(event);
+        }
+        Ok(Some(record))
+    }
+
+    async fn fork_run(
+        &self,
+        source: &str,
+        new_key: &str,
+        steps: u64,
+        now: Timestamp,
+    ) -> Result<RunRecord> {
+        let mut runs = self.runs.lock().unwrap();
+        if let Some(existing) = runs.get(new_key) {
+            return match existing.record.forked_from.as_deref() == Some(source) {
+                true => Ok(existing.record.clone()),
+                false => Err(Error::RunExists {
+                    run: new_key.to_owned(),
+                }),
+            };
+        }
+        let from = runs.get(source).ok_or_else(|| Error::UnknownRun {
+            run: source.to_owned(),
+        })?;
+        let mut record = new_record(
+            NewRun {
+                key: new_key.to_owned(),
+                workflow: from.record.workflow.clone(),
+                fingerprint: UNPINNED,
+                input: from.record.input.clone(),
+                deadline: None,
+            },
+            now,
+        );
+        record.forked_from = Some(source.to_owned());
+        let mut copied = Steps::default();
+        for step in from.snapshot().steps {
+            if step.state.is_recorded() && step.seq.is_some_and(|seq| seq < steps) {
+                copied.put(step, |_, _| Ok(()))?;
+            }
+        }
+        let order = runs.len() as u64;
+        runs.insert(
+            new_key.to_owned(),
+            StoredRun {
+                record: record.clone(),
+                steps: copied,
+                order,
+            },
+        );
+        self.events.send(JournalEvent::Due { at: now });
+        Ok(record)
+    }
+
+    async fn purge(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        let mut runs = self.runs.lock().unwrap();
+        let mut old: Vec<(u64, String)> = runs
+            .values()
+            .filter(|r| r.record.state.is_finished() && r.record.updated_at < before)
+            .map(|r| (r.order, r.record.key.clone()))
+            .collect();
+        old.sort();
+        old.truncate(limit);
+        for (_, key) in &old {
+            runs.remove(key);
+        }
+        Ok(old.len())
+    }
+
     async fn load_run(&self, key: &str) -> Result<Option<RunSnapshot>> {
         Ok(self.runs.lock().unwrap().get(key).map(StoredRun::snapshot))
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let runs = self.runs.lock().unwrap();
+        let after = match &filter.after {
+            Some(key) => match runs.get(key) {
+                Some(run) => Some(run.order),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
         let mut found: Vec<&StoredRun> = runs
             .values()
-            .filter(|r| filter.state.is_none_or(|s| r.record.state == s))
-            .filter(|r| {
-                filter
-                    .workflow
-                    .as_ref()
-                    .is_none_or(|w| &r.record.workflow == w)
-            })
-            .filter(|r| {
-                filter
-                    .lease_owner
-                    .as_ref()
-                    .is_none_or(|o| r.record.lease_owner.as_ref() == Some(o))
-            })
+            .filter(|r| after.is_none_or(|after| r.order > after))
+            .filter(|r| filter.matches(&r.record))
             .collect();
         found.sort_by_key(|r| r.order);
         Ok(found

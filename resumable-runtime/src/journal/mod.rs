@@ -31,7 +31,10 @@ pub use events::{EventSender, JournalEvent, Subscription};
 pub const UNPINNED: u64 = 0;
 
 /// Milliseconds since the Unix epoch, as journals store time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
@@ -69,6 +72,9 @@ pub struct NewRun {
     pub fingerprint: u64,
     /// The sealed input.
     pub input: Vec<u8>,
+    /// When the run must have finished, if it has a time limit: past it, it
+    /// ends as [`RunState::DeadlineExceeded`] at its next step boundary.
+    pub deadline: Option<Timestamp>,
 }
 
 /// Who asks for a lease, and until when.
@@ -108,8 +114,13 @@ pub struct Lease {
     pub expires_at: Timestamp,
 }
 
-/// Whether a run has finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where a run is, as the journal stores it.
+///
+/// `Incomplete` runs are executed (and claimed by completers);
+/// `DeadLettered` ones wait for an operator; the other four are finished,
+/// with an outcome that never changes unless an operator resumes the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Started and not finished.
     Incomplete,
@@ -117,26 +128,60 @@ pub enum RunState {
     Completed,
     /// Finished with a terminal `Err`.
     Failed,
+    /// Finished because an operator cancelled it.
+    Cancelled,
+    /// Finished because it ran past its deadline.
+    DeadlineExceeded,
+    /// Set aside after failing outside its steps too many times (or with an
+    /// input that cannot be decoded): no completer takes it until an
+    /// operator resumes it.
+    DeadLettered,
 }
 
 impl RunState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [RunState; 6] = [
+        RunState::Incomplete,
+        RunState::Completed,
+        RunState::Failed,
+        RunState::Cancelled,
+        RunState::DeadlineExceeded,
+        RunState::DeadLettered,
+    ];
+
     /// The state's name as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Incomplete => "incomplete",
             RunState::Completed => "completed",
             RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::DeadlineExceeded => "deadline_exceeded",
+            RunState::DeadLettered => "dead_lettered",
         }
     }
 
     /// Parses [`as_str`](Self::as_str)'s output.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "incomplete" => RunState::Incomplete,
-            "completed" => RunState::Completed,
-            "failed" => RunState::Failed,
-            _ => return None,
-        })
+        RunState::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// Whether the run has an outcome that never changes (until an
+    /// operator resumes it).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunState::Incomplete | RunState::DeadLettered)
+    }
+
+    /// Whether an operator may resume a run in this state: it failed, was
+    /// cancelled, ran out of time or was dead-lettered.
+    pub fn is_resumable(self) -> bool {
+        !matches!(self, RunState::Incomplete | RunState::Completed)
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -173,6 +218,19 @@ pub struct RunRecord {
     /// back or finished. Step writes do not change it (each step record has
     /// its own `updated_at`), so that a step costs one row write.
     pub updated_at: Timestamp,
+    /// When it must have finished, if it has a time limit.
+    pub deadline: Option<Timestamp>,
+    /// When an operator asked to cancel it, if one did while a worker held
+    /// it: the worker stops at its next step boundary.
+    pub cancel_requested_at: Option<Timestamp>,
+    /// Executions in a row that stopped with an error outside its steps'
+    /// own errors (a panic, a determinism or version error), since it was
+    /// created or last resumed. Reaching the runtime's limit dead-letters it.
+    pub failures: u32,
+    /// When an operator last resumed it.
+    pub resumed_at: Option<Timestamp>,
+    /// The run it was forked from, if any.
+    pub forked_from: Option<String>,
 }
 
 impl RunRecord {
@@ -265,6 +323,16 @@ pub struct Opened {
     pub created: bool,
 }
 
+/// What a committed [`Journal::write`] learned about its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ack {
+    /// An operator asked to cancel the run. A [`Write::RunFinished`],
+    /// [`Write::Release`] or [`Write::DeadLetter`] made while a cancel is
+    /// requested finished the run as [`RunState::Cancelled`] instead; after
+    /// a step write, the worker starts no new step.
+    pub cancel_requested: bool,
+}
+
 /// A change to a run, made under a lease.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -303,12 +371,24 @@ pub enum Write {
         /// Now.
         at: Timestamp,
     },
-    /// The run's final outcome; also releases the lease.
+    /// The run's final outcome; also releases the lease. A run whose
+    /// cancel was requested is finished as [`RunState::Cancelled`] instead
+    /// (and [`Ack::cancel_requested`] says so). Finishing as `Completed`
+    /// clears the run's last error.
     RunFinished {
-        /// [`RunState::Completed`] or [`RunState::Failed`].
+        /// Any finished state ([`RunState::is_finished`]).
         state: RunState,
-        /// The sealed `Result`.
+        /// The sealed `Result` (empty for `Cancelled` and `DeadlineExceeded`).
         outcome: Vec<u8>,
+        /// Now.
+        at: Timestamp,
+    },
+    /// Sets the run aside for an operator ([`RunState::DeadLettered`]),
+    /// with the error that stopped it; releases the lease and counts the
+    /// failure. A run whose cancel was requested is cancelled instead.
+    DeadLetter {
+        /// Why the run stopped.
+        last_error: String,
         /// Now.
         at: Timestamp,
     },
@@ -322,18 +402,58 @@ pub enum Write {
         at: Timestamp,
     },
     /// Gives an unfinished run back: releases the lease, records why, and
-    /// sets when a completer may take it again.
+    /// sets when a completer may take it again. A run whose cancel was
+    /// requested is finished as [`RunState::Cancelled`] instead.
     Release {
         /// Why the run stopped, if it failed.
         last_error: Option<String>,
         /// When a completer may take it again.
         wake_at: Timestamp,
+        /// Whether the execution failed outside its steps: counted in
+        /// [`RunRecord::failures`].
+        failed: bool,
         /// Now.
         at: Timestamp,
     },
 }
 
-/// Which runs [`Journal::list_runs`] returns.
+/// An operator's decision about a run, applied at once, without a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Cancel. A finished run is left as it is. An incomplete run leased by
+    /// a live worker gets [`RunRecord::cancel_requested_at`] (its worker
+    /// stops at its next step boundary; if it dies, the next worker to take
+    /// the run cancels it). Any other incomplete or dead-lettered run is
+    /// finished as [`RunState::Cancelled`] at once, and its epoch raised so
+    /// that a worker whose lease expired cannot write to it.
+    Cancel,
+    /// Resume a run an operator may resume ([`RunState::is_resumable`]):
+    /// it becomes incomplete and due now, with no outcome, cancel request,
+    /// deadline or counted failures; the steps that failed for good after
+    /// its last completed step are forgotten, so they run again. Other runs
+    /// are left as they are.
+    Resume,
+    /// Make an incomplete run that no live worker holds due now, and let
+    /// its retrying steps try again without waiting out their delays.
+    /// Other runs are left as they are.
+    RetryNow,
+}
+
+/// Which runs [`Journal::list_runs`] returns, in a stable order: the order
+/// they were created in, oldest first.
+///
+/// ```
+/// use resumable::{RunFilter, RunState};
+///
+/// // The second page of 50 dead-lettered runs of workflow `checkout`.
+/// let filter = RunFilter {
+///     state: Some(RunState::DeadLettered),
+///     workflow: Some("checkout".into()),
+///     after: Some("last-key-of-page-1".into()),
+///     limit: Some(50),
+///     ..RunFilter::default()
+/// };
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     /// Only runs in this state.
@@ -343,8 +463,30 @@ pub struct RunFilter {
     /// Only runs leased to this worker (the lease may have expired; a run
     /// given back or finished has no lease).
     pub lease_owner: Option<String>,
-    /// At most this many (all if `None`), oldest first.
+    /// Only runs created before this time.
+    pub created_before: Option<Timestamp>,
+    /// Only runs created at or after this time.
+    pub created_after: Option<Timestamp>,
+    /// Only runs created after the run with this key (the last key of the
+    /// previous page); none if no run has this key.
+    pub after: Option<String>,
+    /// At most this many (all if `None`).
     pub limit: Option<usize>,
+}
+
+impl RunFilter {
+    /// Whether `run` passes the filter's conditions other than `after` and
+    /// `limit` (for journals that filter in memory).
+    pub fn matches(&self, run: &RunRecord) -> bool {
+        self.state.is_none_or(|s| run.state == s)
+            && self.workflow.as_ref().is_none_or(|w| &run.workflow == w)
+            && self
+                .lease_owner
+                .as_ref()
+                .is_none_or(|o| run.lease_owner.as_ref() == Some(o))
+            && self.created_before.is_none_or(|t| run.created_at < t)
+            && self.created_after.is_none_or(|t| run.created_at >= t)
+    }
 }
 
 /// Durable storage for runs. Implement it to add a backend, and prove the
@@ -358,7 +500,15 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// it is incomplete and its lease is free or expired at `lease.now`, leases
     /// it: epoch + 1, `executions` + 1, owner and expiry set. Returns the run,
     /// with its steps when leased. Never changes an existing run's input.
+    /// Creating a run whose key has step records but no run record is
+    /// refused with [`Error::OrphanSteps`], changing nothing.
     async fn open_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Opened>;
+
+    /// Creates the run if no run has `run.key`, due at `now`, without
+    /// leasing it (a submit, not an execution); returns the run as stored
+    /// and whether this call created it. Never changes an existing run.
+    /// Refuses orphan step records as `open_run` does.
+    async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<(RunRecord, bool)>;
 
     /// Leases up to `limit` incomplete runs whose lease is free or expired and
     /// whose `wake_at` has passed, earliest `wake_at` first, as `open_run`
@@ -374,23 +524,56 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// epoch, the run is incomplete and the lease was not given back
     /// ([`Write::Release`]); otherwise [`Error::LeaseLost`]. A lease that
     /// expired but was not taken over still writes. Durable when it returns
-    /// `Ok`, to the level the backend promises.
-    async fn write(&self, lease: &Lease, write: Write) -> Result<()>;
+    /// `Ok`, to the level the backend promises. The [`Ack`] says whether a
+    /// cancel was requested, as the write found the run.
+    async fn write(&self, lease: &Lease, write: Write) -> Result<Ack>;
+
+    /// Gives back every lease of `leases` that is still its run's (as
+    /// [`Write::Release`] with `last_error`, due at `at`, not counted as a
+    /// failure) in one write, and returns how many it gave back. The others
+    /// are skipped.
+    async fn release_leases(&self, leases: &[Lease], last_error: &str, at: Timestamp)
+    -> Result<usize>;
 
     /// Extends a lease to `until`, or [`Error::LeaseLost`] as for `write`.
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease>;
 
+    /// Applies an operator's [`Command`] to run `key` at `now`, and returns
+    /// the run as it is afterwards (`None` if no run has the key).
+    async fn command(&self, key: &str, command: Command, now: Timestamp)
+    -> Result<Option<RunRecord>>;
+
+    /// Creates run `new_key` from run `source`: same workflow and input, no
+    /// deadline, [`UNPINNED`], due at `now`, `forked_from` set, with copies
+    /// of the source's recorded steps whose `seq` is below `steps`. The
+    /// source is untouched. [`Error::UnknownRun`] if `source` does not
+    /// exist; if `new_key` exists, returns it when it was forked from
+    /// `source` (a retried call), else [`Error::RunExists`].
+    async fn fork_run(
+        &self,
+        source: &str,
+        new_key: &str,
+        steps: u64,
+        now: Timestamp,
+    ) -> Result<RunRecord>;
+
+    /// Deletes up to `limit` finished runs ([`RunState::is_finished`]) that
+    /// last changed before `before`, with all their records, in one short
+    /// write; returns how many it deleted. Never touches an unfinished run.
+    async fn purge(&self, before: Timestamp, limit: usize) -> Result<usize>;
+
     /// The run and its steps, if the key exists.
     async fn load_run(&self, key: &str) -> Result<Option<RunSnapshot>>;
 
-    /// Runs matching `filter`, oldest first.
+    /// Runs matching `filter`, in the order they were created.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
 
     /// Wake-ups for completers and waiting clients: after a committed
-    /// [`Write::Release`], a [`JournalEvent::Due`]; after a committed
-    /// [`Write::RunFinished`], a [`JournalEvent::Finished`]. `None` (the
-    /// default) if this journal cannot push them; callers then poll. Events
-    /// are hints: a subscriber must still poll now and then.
+    /// [`Write::Release`] or a run created or made due by a [`Command`], a
+    /// [`JournalEvent::Due`]; after a run finished (by a write or a
+    /// command), a [`JournalEvent::Finished`]. `None` (the default) if this
+    /// journal cannot push them; callers then poll. Events are hints: a
+    /// subscriber must still poll now and then.
     fn subscribe(&self) -> Option<Subscription> {
         None
     }
@@ -408,8 +591,39 @@ impl<J: Journal + ?Sized> Journal for std::sync::Arc<J> {
     ) -> Result<Vec<(RunSnapshot, Lease)>> {
         (**self).claim_due(lease, limit).await
     }
-    async fn write(&self, lease: &Lease, write: Write) -> Result<()> {
+    async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<(RunRecord, bool)> {
+        (**self).create_run(run, now).await
+    }
+    async fn write(&self, lease: &Lease, write: Write) -> Result<Ack> {
         (**self).write(lease, write).await
+    }
+    async fn release_leases(
+        &self,
+        leases: &[Lease],
+        last_error: &str,
+        at: Timestamp,
+    ) -> Result<usize> {
+        (**self).release_leases(leases, last_error, at).await
+    }
+    async fn command(
+        &self,
+        key: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<Option<RunRecord>> {
+        (**self).command(key, command, now).await
+    }
+    async fn fork_run(
+        &self,
+        source: &str,
+        new_key: &str,
+        steps: u64,
+        now: Timestamp,
+    ) -> Result<RunRecord> {
+        (**self).fork_run(source, new_key, steps, now).await
+    }
+    async fn purge(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        (**self).purge(before, limit).await
     }
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
         (**self).renew(lease, until).await

@@ -19,13 +19,14 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::{
-    EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
-    RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp, UNPINNED, Write,
+    Ack, Command, EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened,
+    RunFilter, RunRecord, RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp,
+    UNPINNED, Write,
 };
 use crate::error::{Error, Result};
 
 /// The schema version this code reads and writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The most requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -41,8 +42,12 @@ const BACKEND: &str = "sqlite";
 /// How long a connection waits for another one's write lock by default.
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Tables and indexes of schema version 1, created in one transaction.
-const SCHEMA: &str = "
+/// Migrations in order: the version of each is its index plus one. Append
+/// only; a file records the version it reached in `PRAGMA user_version`.
+const MIGRATIONS: &[&str] = &[V1, V2];
+
+/// Tables and indexes of schema version 1.
+const V1: &str = "
 CREATE TABLE IF NOT EXISTS resumable_runs (
     -- Insertion order: list_runs' 'oldest first' and claim_due's tie-break.
     id               INTEGER PRIMARY KEY,
@@ -81,8 +86,24 @@ CREATE TABLE IF NOT EXISTS resumable_steps (
 );
 ";
 
+/// Version 2: the run lifecycle (deadlines, cancels, dead letters, resumes,
+/// forks) and an index for purging finished runs by age.
+const V2: &str = "
+ALTER TABLE resumable_runs ADD COLUMN deadline INTEGER;
+ALTER TABLE resumable_runs ADD COLUMN cancel_requested_at INTEGER;
+ALTER TABLE resumable_runs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE resumable_runs ADD COLUMN resumed_at INTEGER;
+ALTER TABLE resumable_runs ADD COLUMN forked_from TEXT;
+CREATE INDEX IF NOT EXISTS resumable_runs_finished ON resumable_runs (updated_at, id)
+    WHERE state IN ('completed', 'failed', 'cancelled', 'deadline_exceeded');
+";
+
+/// The states of finished runs, as an SQL list (as in `resumable_runs_finished`).
+const FINISHED: &str = "('completed', 'failed', 'cancelled', 'deadline_exceeded')";
+
 const RUN_COLUMNS: &str = "run_key, workflow, fingerprint, input, state, outcome, epoch, lease_owner, \
-     lease_expires_at, wake_at, executions, last_error, created_at, updated_at";
+     lease_expires_at, wake_at, executions, last_error, created_at, updated_at, deadline, \
+     cancel_requested_at, failures, resumed_at, forked_from";
 
 const STEP_COLUMNS: &str =
     "step_id, seq, state, output, attempts, last_error, retry_at, epoch, started_at, updated_at";
@@ -505,9 +526,7 @@ fn connect(settings: &SqliteJournalBuilder) -> Result<Connection> {
     // Refuse a newer file before changing anything in it (such as its journal mode).
     let found = schema_version(&conn)?;
     check_version(found)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(sql_error)?;
+    let mode = wal_mode(&conn, settings.busy_timeout)?;
     if !mode.eq_ignore_ascii_case("wal") {
         let msg = format!(
             "{} cannot use WAL mode (journal_mode is {mode})",
@@ -523,15 +542,35 @@ fn connect(settings: &SqliteJournalBuilder) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Switches to WAL mode. On a new file the switch takes an exclusive lock
+/// and fails at once with `SQLITE_BUSY` (without waiting for the busy
+/// timeout) when another connection is opening the file at the same time,
+/// so it is tried again until `timeout`.
+fn wal_mode(conn: &Connection, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause + Duration::from_micros(fastrand::u64(..1000)));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            result => return result.map_err(sql_error),
+        }
+    }
+}
+
 fn schema_version(conn: &Connection) -> Result<i64> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(sql_error)
 }
 
-/// Accepts a new file (0) or the current version.
+/// Accepts a new file (0), an older version (migrated) or the current one.
 fn check_version(found: i64) -> Result<()> {
     match found {
-        0 | SCHEMA_VERSION => Ok(()),
+        0..=SCHEMA_VERSION => Ok(()),
         found => Err(Error::SchemaVersion {
             found,
             supported: SCHEMA_VERSION,
@@ -546,11 +585,11 @@ fn create_schema(conn: &mut Connection) -> Result<()> {
     // Read again under the write lock: another process may have created it meanwhile.
     let found = schema_version(&tx)?;
     check_version(found)?;
-    if found == 0 {
-        tx.execute_batch(SCHEMA).map_err(sql_error)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(sql_error)?;
+    for migration in &MIGRATIONS[found as usize..] {
+        tx.execute_batch(migration).map_err(sql_error)?;
     }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(sql_error)?;
     tx.commit().map_err(sql_error)
 }
 
@@ -576,12 +615,20 @@ fn open_run(conn: &Connection, new: &NewRun, req: &LeaseRequest) -> OpResult<Ope
     })
 }
 
-/// Inserts the run unless its key exists; true if it inserted.
-fn insert_run(conn: &Connection, new: &NewRun, now: Timestamp) -> rusqlite::Result<bool> {
+fn create_run(conn: &Connection, new: &NewRun, now: Timestamp) -> OpResult<(RunRecord, bool)> {
+    let created = insert_run(conn, new, now)?;
+    let run = select_run(conn, &new.key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    Ok((run, created))
+}
+
+/// Inserts the run unless its key exists; true if it inserted. Refuses
+/// (inserting nothing) a key with orphan step records.
+fn insert_run(conn: &Connection, new: &NewRun, now: Timestamp) -> OpResult<bool> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO resumable_runs (run_key, workflow, fingerprint, input, state, epoch, wake_at, \
-             executions, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 0, ?6, ?6) \
+             executions, created_at, updated_at, deadline) \
+             VALUES (?1, ?2, ?3, ?4, 'incomplete', 0, ?5, 0, ?5, ?5, ?6) \
              ON CONFLICT (run_key) DO NOTHING",
         )?
         .execute(params![
@@ -589,19 +636,38 @@ fn insert_run(conn: &Connection, new: &NewRun, now: Timestamp) -> rusqlite::Resu
             new.workflow,
             new.fingerprint as i64,
             new.input,
-            RunState::Incomplete.as_str(),
             now.0,
+            new.deadline.map(|t| t.0),
         ])?;
+    if inserted == 1 {
+        refuse_orphans(conn, &new.key, true)?;
+    }
     Ok(inserted == 1)
 }
 
+/// Refuses a new run `key` that has step records already; `undo` deletes
+/// the run row just inserted, so that the refusal leaves nothing changed.
+fn refuse_orphans(conn: &Connection, key: &str, undo: bool) -> OpResult<()> {
+    let steps = conn
+        .prepare_cached("SELECT step_id FROM resumable_steps WHERE run_key = ?1 LIMIT 5")?
+        .query_map([key], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if steps.is_empty() {
+        return Ok(());
+    }
+    if undo {
+        conn.prepare_cached("DELETE FROM resumable_runs WHERE run_key = ?1")?
+            .execute([key])?;
+    }
+    Err(Failure::Refused(Error::OrphanSteps {
+        run: key.to_owned(),
+        steps,
+    }))
+}
+
 /// Leases `run` for `req`, in the database and in `run`.
-fn take_lease(
-    conn: &Connection,
-    run: &mut RunRecord,
-    req: &LeaseRequest,
-) -> rusqlite::Result<Lease> {
-    run.epoch += 1;
+fn take_lease(conn: &Connection, run: &mut RunRecord, req: &LeaseRequest) -> OpResult<Lease> {
+    run.epoch = next_epoch(run)?;
     run.executions = run.executions.saturating_add(1);
     run.lease_owner = Some(req.owner.clone());
     run.lease_expires_at = Some(req.until);
@@ -624,6 +690,19 @@ fn take_lease(
         epoch: run.epoch,
         expires_at: req.until,
     })
+}
+
+/// The epoch after `run`'s: refused, not wrapped, at the top of the range.
+fn next_epoch(run: &RunRecord) -> OpResult<u64> {
+    run.epoch
+        .checked_add(1)
+        .filter(|e| *e <= i64::MAX as u64)
+        .ok_or_else(|| {
+            Failure::Refused(Error::storage(
+                BACKEND,
+                format!("run '{}' is at the last epoch ({})", run.key, run.epoch),
+            ))
+        })
 }
 
 fn claim_due(
@@ -656,21 +735,23 @@ fn claim_due(
 }
 
 /// Refuses with `LeaseLost` unless `lease` is the run's current epoch, the
-/// run is incomplete and its lease was not given back.
-fn fence(conn: &Connection, lease: &Lease) -> OpResult<()> {
-    let current: Option<(i64, String, bool)> = conn
+/// run is incomplete and its lease was not given back; says whether a
+/// cancel is requested.
+fn fence(conn: &Connection, lease: &Lease) -> OpResult<Ack> {
+    let current: Option<(i64, String, bool, bool)> = conn
         .prepare_cached(
-            "SELECT epoch, state, lease_owner IS NOT NULL FROM resumable_runs WHERE run_key = ?1",
+            "SELECT epoch, state, lease_owner IS NOT NULL, cancel_requested_at IS NOT NULL \
+             FROM resumable_runs WHERE run_key = ?1",
         )?
         .query_row([&lease.run_key], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })
         .optional()?;
     match current {
-        Some((epoch, state, true))
+        Some((epoch, state, true, cancel_requested))
             if epoch as u64 == lease.epoch && state == RunState::Incomplete.as_str() =>
         {
-            Ok(())
+            Ok(Ack { cancel_requested })
         }
         _ => Err(Failure::Refused(Error::LeaseLost {
             run: lease.run_key.clone(),
@@ -680,8 +761,9 @@ fn fence(conn: &Connection, lease: &Lease) -> OpResult<()> {
 }
 
 // The two step writes carry their fence in their `WHERE` (run `?1` under
-// epoch `?7`, incomplete, its lease not given back), and only ever replace a
-// retrying step: one statement each, a second only when refused.
+// epoch `?7`, incomplete, its lease not given back, and, unless `?11`, no
+// cancel requested), and only ever replace a retrying step: one statement
+// each, a second only when refused.
 
 /// A step's output or final error. Without a final error, `last_error`
 /// stays as the failed attempts set it.
@@ -689,6 +771,7 @@ const RECORD_STEP: &str = "INSERT INTO resumable_steps (run_key, step_id, seq, s
      attempts, epoch, started_at, updated_at, last_error) \
      SELECT run_key, ?2, ?3, ?4, ?5, ?6, epoch, ?8, ?9, ?10 FROM resumable_runs \
      WHERE run_key = ?1 AND epoch = ?7 AND state = 'incomplete' AND lease_owner IS NOT NULL \
+       AND (cancel_requested_at IS NULL OR ?11) \
      ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, \
      output = excluded.output, attempts = excluded.attempts, retry_at = NULL, \
      last_error = COALESCE(?10, last_error), epoch = excluded.epoch, \
@@ -698,22 +781,31 @@ const RECORD_STEP: &str = "INSERT INTO resumable_steps (run_key, step_id, seq, s
 /// A failed attempt of a step, and when the next is due.
 const ATTEMPT_FAILED: &str = "INSERT INTO resumable_steps (run_key, step_id, state, attempts, \
      last_error, retry_at, epoch, started_at, updated_at) \
-     SELECT run_key, ?2, ?3, ?4, ?5, ?6, epoch, ?8, ?9 FROM resumable_runs \
+     SELECT run_key, ?2, 'retrying', ?4, ?5, ?6, epoch, ?8, ?9 FROM resumable_runs \
      WHERE run_key = ?1 AND epoch = ?7 AND state = 'incomplete' AND lease_owner IS NOT NULL \
+       AND (cancel_requested_at IS NULL OR ?11) \
      ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
      output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
      retry_at = excluded.retry_at, epoch = excluded.epoch, started_at = excluded.started_at, \
      updated_at = excluded.updated_at \
      WHERE resumable_steps.state = 'retrying'";
 
-fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
-    let is_step = matches!(
-        write,
-        Write::StepRecorded { .. } | Write::AttemptFailed { .. }
+/// Ends a lease: `?1` key, `?2` at, then the change's own parameters.
+fn end_lease(conn: &Connection, set: &str, args: &[&dyn ToSql]) -> rusqlite::Result<()> {
+    let sql = format!(
+        "UPDATE resumable_runs SET {set}, lease_owner = NULL, lease_expires_at = NULL, \
+         updated_at = ?2 WHERE run_key = ?1"
     );
-    if !is_step {
-        fence(conn, lease)?;
-    }
+    conn.prepare_cached(&sql)?.execute(args)?;
+    Ok(())
+}
+
+/// What a lease ends with when its run's cancel was requested.
+const CANCELLED: &str = "state = 'cancelled', outcome = NULL";
+
+fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
+    let key = &lease.run_key;
+    let epoch = lease.epoch as i64;
     match write {
         Write::StepRecorded {
             step_id,
@@ -724,21 +816,21 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
             attempts,
             started_at,
             at,
-        } => {
-            let changed = conn.prepare_cached(RECORD_STEP)?.execute(params![
-                lease.run_key,
+        } => write_step(conn, lease, step_id, |even_if_cancelled| {
+            conn.prepare_cached(RECORD_STEP)?.execute(params![
+                key,
                 step_id,
                 *seq as i64,
                 state.as_str(),
                 output,
                 attempts,
-                lease.epoch as i64,
+                epoch,
                 started_at.0,
                 at.0,
                 error,
-            ])?;
-            refuse_step_unless_written(conn, changed, lease, step_id)?;
-        }
+                even_if_cancelled,
+            ])
+        }),
         Write::AttemptFailed {
             step_id,
             attempts,
@@ -746,71 +838,118 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<()> {
             retry_at,
             started_at,
             at,
-        } => {
-            let changed = conn.prepare_cached(ATTEMPT_FAILED)?.execute(params![
-                lease.run_key,
+        } => write_step(conn, lease, step_id, |even_if_cancelled| {
+            conn.prepare_cached(ATTEMPT_FAILED)?.execute(params![
+                key,
                 step_id,
-                StepState::Retrying.as_str(),
+                None::<i64>,
                 attempts,
                 error,
                 retry_at.map(|t| t.0),
-                lease.epoch as i64,
+                epoch,
                 started_at.0,
                 at.0,
-            ])?;
-            refuse_step_unless_written(conn, changed, lease, step_id)?;
-        }
+                None::<String>,
+                even_if_cancelled,
+            ])
+        }),
         Write::RunFinished { state, outcome, at } => {
-            conn.prepare_cached(
-                "UPDATE resumable_runs SET state = ?2, outcome = ?3, lease_owner = NULL, \
-                 lease_expires_at = NULL, updated_at = ?4 WHERE run_key = ?1",
-            )?
-            .execute(params![lease.run_key, state.as_str(), outcome, at.0])?;
+            let ack = fence(conn, lease)?;
+            if ack.cancel_requested {
+                end_lease(conn, CANCELLED, params![key, at.0])?;
+            } else {
+                end_lease(
+                    conn,
+                    "state = ?3, outcome = ?4, \
+                     last_error = CASE WHEN ?3 = 'completed' THEN NULL ELSE last_error END",
+                    params![key, at.0, state.as_str(), outcome],
+                )?;
+            }
+            Ok(ack)
+        }
+        Write::DeadLetter { last_error, at } => {
+            let ack = fence(conn, lease)?;
+            let set = match ack.cancel_requested {
+                true => "state = 'cancelled', outcome = NULL, last_error = ?3",
+                false => "state = 'dead_lettered', last_error = ?3, failures = failures + 1",
+            };
+            end_lease(conn, set, params![key, at.0, last_error])?;
+            Ok(ack)
         }
         Write::Pin { fingerprint, at } => {
+            let ack = fence(conn, lease)?;
             conn.prepare_cached(
                 "UPDATE resumable_runs SET fingerprint = CASE WHEN fingerprint = ?2 THEN ?3 \
                  ELSE fingerprint END, updated_at = ?4 WHERE run_key = ?1",
             )?
-            .execute(params![
-                lease.run_key,
-                UNPINNED as i64,
-                *fingerprint as i64,
-                at.0
-            ])?;
+            .execute(params![key, UNPINNED as i64, *fingerprint as i64, at.0])?;
+            Ok(ack)
         }
         Write::Release {
             last_error,
             wake_at,
+            failed,
             at,
         } => {
-            conn.prepare_cached(
-                "UPDATE resumable_runs SET last_error = ?2, wake_at = ?3, lease_owner = NULL, \
-                 lease_expires_at = NULL, updated_at = ?4 WHERE run_key = ?1",
-            )?
-            .execute(params![lease.run_key, last_error, wake_at.0, at.0])?;
+            let ack = fence(conn, lease)?;
+            let set = match ack.cancel_requested {
+                true => "state = 'cancelled', outcome = NULL, last_error = ?3",
+                false => "last_error = ?3, wake_at = ?4, failures = min(failures + ?5, 2147483647)",
+            };
+            let args = params![key, at.0, last_error, wake_at.0, i64::from(*failed)];
+            end_lease(conn, set, &args[..if ack.cancel_requested { 3 } else { 5 }])?;
+            Ok(ack)
         }
     }
-    Ok(())
 }
 
-/// Says why a step write changed no row, if it did not: the fence refused
-/// it (`LeaseLost`), or the step is already recorded. Either way the refusal
-/// changed nothing.
-fn refuse_step_unless_written(
+/// Runs a step write (`execute(even_if_cancelled)`, the number of rows it
+/// wrote). When it wrote nothing, says why: the fence refused it
+/// (`LeaseLost`), a cancel is requested (then it is written anyway: the
+/// step finished, and the ack stops the run), or the step is already
+/// recorded. A refusal changes nothing.
+fn write_step(
     conn: &Connection,
-    changed: usize,
     lease: &Lease,
     step_id: &str,
-) -> OpResult<()> {
-    if changed > 0 {
-        return Ok(());
+    execute: impl Fn(bool) -> rusqlite::Result<usize>,
+) -> OpResult<Ack> {
+    if execute(false)? > 0 {
+        return Ok(Ack::default());
     }
-    fence(conn, lease)?;
+    let ack = fence(conn, lease)?;
+    if ack.cancel_requested && execute(true)? > 0 {
+        return Ok(ack);
+    }
     Err(Failure::Refused(Error::StepAlreadyRecorded {
         run: lease.run_key.clone(),
         step: step_id.to_owned(),
     }))
+}
+
+fn release_leases(
+    conn: &Connection,
+    leases: &[Lease],
+    last_error: &str,
+    at: Timestamp,
+) -> OpResult<Vec<(String, bool)>> {
+    let mut released = Vec::new();
+    for lease in leases {
+        let ack = match fence(conn, lease) {
+            Ok(ack) => ack,
+            Err(Failure::Refused(_)) => continue,
+            Err(err) => return Err(err),
+        };
+        let release = Write::Release {
+            last_error: Some(last_error.to_owned()),
+            wake_at: at,
+            failed: false,
+            at,
+        };
+        write(conn, lease, &release)?;
+        released.push((lease.run_key.clone(), ack.cancel_requested));
+    }
+    Ok(released)
 }
 
 fn renew(conn: &Connection, lease: &Lease, until: Timestamp) -> OpResult<Lease> {
@@ -823,6 +962,123 @@ fn renew(conn: &Connection, lease: &Lease, until: Timestamp) -> OpResult<Lease> 
     })
 }
 
+/// Applies `command`; returns the run afterwards and the event to announce.
+fn command(
+    conn: &Connection,
+    key: &str,
+    command: Command,
+    now: Timestamp,
+) -> OpResult<Option<(RunRecord, Option<JournalEvent>)>> {
+    let Some(run) = select_run(conn, key)? else {
+        return Ok(None);
+    };
+    let update = |set: &str| -> rusqlite::Result<()> {
+        let sql = format!("UPDATE resumable_runs SET {set}, updated_at = ?2 WHERE run_key = ?1");
+        conn.prepare_cached(&sql)?.execute(params![key, now.0])?;
+        Ok(())
+    };
+    let due = Some(JournalEvent::Due { at: now });
+    let event = match command {
+        Command::Cancel if run.state == RunState::Incomplete && run.is_leased_at(now) => {
+            update("cancel_requested_at = COALESCE(cancel_requested_at, ?2)")?;
+            None
+        }
+        Command::Cancel if !run.state.is_finished() => {
+            let epoch = next_epoch(&run)? as i64;
+            update(&format!(
+                "{CANCELLED}, cancel_requested_at = COALESCE(cancel_requested_at, ?2), \
+                 epoch = {epoch}, lease_owner = NULL, lease_expires_at = NULL"
+            ))?;
+            Some(JournalEvent::Finished {
+                key: key.to_owned(),
+            })
+        }
+        Command::Resume if run.state.is_resumable() => {
+            update(
+                "state = 'incomplete', outcome = NULL, cancel_requested_at = NULL, \
+                 deadline = NULL, failures = 0, wake_at = ?2, resumed_at = ?2",
+            )?;
+            // The steps that failed for good after the last completed one run again.
+            conn.prepare_cached(
+                "DELETE FROM resumable_steps WHERE run_key = ?1 AND state = 'failed' \
+                 AND seq > COALESCE((SELECT max(seq) FROM resumable_steps \
+                   WHERE run_key = ?1 AND state = 'completed'), -1)",
+            )?
+            .execute([key])?;
+            due
+        }
+        Command::RetryNow if run.state == RunState::Incomplete && !run.is_leased_at(now) => {
+            update("wake_at = ?2")?;
+            conn.prepare_cached(
+                "UPDATE resumable_steps SET retry_at = NULL \
+                 WHERE run_key = ?1 AND state = 'retrying'",
+            )?
+            .execute([key])?;
+            due
+        }
+        _ => None,
+    };
+    let run = select_run(conn, key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    Ok(Some((run, event)))
+}
+
+fn fork_run(
+    conn: &Connection,
+    source: &str,
+    new_key: &str,
+    steps: u64,
+    now: Timestamp,
+) -> OpResult<RunRecord> {
+    if let Some(existing) = select_run(conn, new_key)? {
+        return match existing.forked_from.as_deref() == Some(source) {
+            true => Ok(existing),
+            false => Err(Failure::Refused(Error::RunExists {
+                run: new_key.to_owned(),
+            })),
+        };
+    }
+    if select_run(conn, source)?.is_none() {
+        return Err(Failure::Refused(Error::UnknownRun {
+            run: source.to_owned(),
+        }));
+    }
+    refuse_orphans(conn, new_key, false)?;
+    conn.prepare_cached(
+        "INSERT INTO resumable_runs (run_key, workflow, fingerprint, input, state, epoch, wake_at, \
+         executions, created_at, updated_at, forked_from) \
+         SELECT ?2, workflow, 0, input, 'incomplete', 0, ?3, 0, ?3, ?3, run_key \
+         FROM resumable_runs WHERE run_key = ?1",
+    )?
+    .execute(params![source, new_key, now.0])?;
+    conn.prepare_cached(
+        "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, last_error, \
+         retry_at, epoch, started_at, updated_at) \
+         SELECT ?2, step_id, seq, state, output, attempts, last_error, NULL, 0, started_at, updated_at \
+         FROM resumable_steps WHERE run_key = ?1 AND state IN ('completed', 'failed') AND seq < ?3 \
+         ORDER BY seq",
+    )?
+    .execute(params![source, new_key, steps.min(i64::MAX as u64) as i64])?;
+    Ok(select_run(conn, new_key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?)
+}
+
+fn purge(conn: &Connection, before: Timestamp, limit: usize) -> OpResult<usize> {
+    let keys = conn
+        .prepare_cached(&format!(
+            "DELETE FROM resumable_runs WHERE id IN (SELECT id FROM resumable_runs \
+             WHERE state IN {FINISHED} AND updated_at < ?1 ORDER BY updated_at, id LIMIT ?2) \
+             RETURNING run_key"
+        ))?
+        .query_map(params![before.0, sql_limit(limit)], |row| {
+            row.get::<_, String>(0)
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut delete_steps = conn.prepare_cached("DELETE FROM resumable_steps WHERE run_key = ?1")?;
+    for key in &keys {
+        delete_steps.execute([key])?;
+    }
+    Ok(keys.len())
+}
+
 fn load_run(conn: &Connection, key: &str) -> OpResult<Option<RunSnapshot>> {
     let Some(run) = select_run(conn, key)? else {
         return Ok(None);
@@ -833,13 +1089,12 @@ fn load_run(conn: &Connection, key: &str) -> OpResult<Option<RunSnapshot>> {
 
 fn list_runs(conn: &Connection, filter: &RunFilter) -> OpResult<Vec<RunRecord>> {
     // Only the filter's conditions go into the SQL, so that a workflow filter
-    // can use the `(workflow, id)` index.
+    // can use the `(workflow, id)` index; the state is a literal from a
+    // fixed list, so that the partial indexes apply.
     let mut sql = format!("SELECT {RUN_COLUMNS} FROM resumable_runs WHERE 1 = 1");
     let mut args: Vec<&dyn ToSql> = Vec::new();
-    let state = filter.state.map(RunState::as_str);
-    if let Some(state) = &state {
-        sql.push_str(" AND state = ?");
-        args.push(state);
+    if let Some(state) = filter.state {
+        sql.push_str(&format!(" AND state = '{}'", state.as_str()));
     }
     if let Some(workflow) = &filter.workflow {
         sql.push_str(" AND workflow = ?");
@@ -848,6 +1103,23 @@ fn list_runs(conn: &Connection, filter: &RunFilter) -> OpResult<Vec<RunRecord>> 
     if let Some(owner) = &filter.lease_owner {
         sql.push_str(" AND lease_owner = ?");
         args.push(owner);
+    }
+    let before = filter.created_before.map(|t| t.0);
+    if let Some(before) = &before {
+        sql.push_str(" AND created_at < ?");
+        args.push(before);
+    }
+    let after = filter.created_after.map(|t| t.0);
+    if let Some(after) = &after {
+        sql.push_str(" AND created_at >= ?");
+        args.push(after);
+    }
+    if let Some(key) = &filter.after {
+        // No run with that key: no page after it.
+        sql.push_str(
+            " AND id > COALESCE((SELECT id FROM resumable_runs WHERE run_key = ?), 9223372036854775807)",
+        );
+        args.push(key);
     }
     let limit = filter.limit.map_or(i64::MAX, sql_limit);
     sql.push_str(" ORDER BY id LIMIT ?");
@@ -882,6 +1154,9 @@ fn select_steps(conn: &Connection, key: &str) -> rusqlite::Result<Vec<StepRecord
 // u64 values (fingerprint, epoch, seq) are stored as i64 with the same bits.
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    let time = |idx: usize| -> rusqlite::Result<Option<Timestamp>> {
+        Ok(row.get::<_, Option<i64>>(idx)?.map(Timestamp))
+    };
     Ok(RunRecord {
         key: row.get(0)?,
         workflow: row.get(1)?,
@@ -891,12 +1166,17 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         outcome: row.get(5)?,
         epoch: row.get::<_, i64>(6)? as u64,
         lease_owner: row.get(7)?,
-        lease_expires_at: row.get::<_, Option<i64>>(8)?.map(Timestamp),
+        lease_expires_at: time(8)?,
         wake_at: Timestamp(row.get(9)?),
         executions: row.get(10)?,
         last_error: row.get(11)?,
         created_at: Timestamp(row.get(12)?),
         updated_at: Timestamp(row.get(13)?),
+        deadline: time(14)?,
+        cancel_requested_at: time(15)?,
+        failures: row.get(16)?,
+        resumed_at: time(17)?,
+        forked_from: row.get(18)?,
     })
 }
 
@@ -930,6 +1210,14 @@ impl Journal for SqliteJournal {
         self.call(move |conn| open_run(conn, &run, &lease)).await
     }
 
+    async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<(RunRecord, bool)> {
+        let created = self.call(move |conn| create_run(conn, &run, now)).await?;
+        if created.1 {
+            self.events.send(JournalEvent::Due { at: now });
+        }
+        Ok(created)
+    }
+
     async fn claim_due(
         &self,
         lease: LeaseRequest,
@@ -938,19 +1226,78 @@ impl Journal for SqliteJournal {
         self.call(move |conn| claim_due(conn, &lease, limit)).await
     }
 
-    async fn write(&self, lease: &Lease, change: Write) -> Result<()> {
-        let event = JournalEvent::announced_by(&lease.run_key, &change);
+    async fn write(&self, lease: &Lease, change: Write) -> Result<Ack> {
+        // Both possible announcements, before `change` moves to the writer.
+        let events = [false, true].map(|cancel_requested| {
+            JournalEvent::announced_by(&lease.run_key, &change, Ack { cancel_requested })
+        });
         let lease = lease.clone();
-        self.call(move |conn| write(conn, &lease, &change)).await?;
-        if let Some(event) = event {
+        let ack = self.call(move |conn| write(conn, &lease, &change)).await?;
+        let [plain, cancelled] = events;
+        if let Some(event) = if ack.cancel_requested { cancelled } else { plain } {
             self.events.send(event);
         }
-        Ok(())
+        Ok(ack)
+    }
+
+    async fn release_leases(
+        &self,
+        leases: &[Lease],
+        last_error: &str,
+        at: Timestamp,
+    ) -> Result<usize> {
+        let leases = leases.to_vec();
+        let last_error = last_error.to_owned();
+        let released = self
+            .call(move |conn| release_leases(conn, &leases, &last_error, at))
+            .await?;
+        for (key, cancelled) in &released {
+            self.events.send(match cancelled {
+                true => JournalEvent::Finished { key: key.clone() },
+                false => JournalEvent::Due { at },
+            });
+        }
+        Ok(released.len())
     }
 
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
         let lease = lease.clone();
         self.call(move |conn| renew(conn, &lease, until)).await
+    }
+
+    async fn command(
+        &self,
+        key: &str,
+        cmd: Command,
+        now: Timestamp,
+    ) -> Result<Option<RunRecord>> {
+        let key = key.to_owned();
+        let Some((run, event)) = self.call(move |conn| command(conn, &key, cmd, now)).await? else {
+            return Ok(None);
+        };
+        if let Some(event) = event {
+            self.events.send(event);
+        }
+        Ok(Some(run))
+    }
+
+    async fn fork_run(
+        &self,
+        source: &str,
+        new_key: &str,
+        steps: u64,
+        now: Timestamp,
+    ) -> Result<RunRecord> {
+        let (source, new_key) = (source.to_owned(), new_key.to_owned());
+        let run = self
+            .call(move |conn| fork_run(conn, &source, &new_key, steps, now))
+            .await?;
+        self.events.send(JournalEvent::Due { at: now });
+        Ok(run)
+    }
+
+    async fn purge(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        self.call(move |conn| purge(conn, before, limit)).await
     }
 
     async fn load_run(&self, key: &str) -> Result<Option<RunSnapshot>> {
@@ -981,6 +1328,7 @@ mod tests {
             workflow: "wf".to_owned(),
             fingerprint: 1,
             input: b"input".to_vec(),
+            deadline: None,
         }
     }
 
@@ -1288,6 +1636,7 @@ mod tests {
         let release = Write::Release {
             last_error: Some("stopped".into()),
             wake_at: Timestamp(50),
+            failed: false,
             at: Timestamp(5),
         };
         let (refused, refused_answer) = job(move |conn| write(conn, &stale, &release));

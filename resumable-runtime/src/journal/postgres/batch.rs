@@ -30,7 +30,7 @@ use super::{
     pool_error, query,
 };
 use crate::error::{Error, Result};
-use crate::journal::{Lease, Write};
+use crate::journal::{Ack, Lease, Write};
 
 /// The most steps written in one statement.
 const MAX_BATCH: usize = 256;
@@ -58,7 +58,7 @@ struct Queued {
     /// Until when it may be retried after lost connections: the journal's
     /// reconnect timeout from when it was queued, however long it waited.
     deadline: Option<Instant>,
-    reply: oneshot::Sender<Result<()>>,
+    reply: oneshot::Sender<Result<Ack>>,
 }
 
 impl Queued {
@@ -122,7 +122,7 @@ struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
-    fn answer(mut self, results: Vec<Result<()>>) {
+    fn answer(mut self, results: Vec<Result<Ack>>) {
         for (q, result) in self.batch.drain(..).zip(results) {
             // The writer may have stopped waiting (its run was dropped).
             let _ = q.reply.send(result);
@@ -146,7 +146,7 @@ impl Drop for InFlight<'_> {
 impl PostgresJournal {
     /// Writes a [`Write::StepRecorded`], in a batch with the steps other
     /// runs record at the same time.
-    pub(super) async fn record_step(&self, lease: &Lease, write: Write) -> Result<()> {
+    pub(super) async fn record_step(&self, lease: &Lease, write: Write) -> Result<Ack> {
         let (reply, mut answer) = oneshot::channel();
         self.step_writes.queued().push(Queued {
             lease: lease.clone(),
@@ -176,7 +176,7 @@ impl PostgresJournal {
     }
 
     /// One result per write, in order.
-    async fn write_batch(&self, batch: &[Queued]) -> Vec<Result<()>> {
+    async fn write_batch(&self, batch: &[Queued]) -> Vec<Result<Ack>> {
         // Retried no longer than the earliest writer was promised.
         let timeout = batch
             .iter()
@@ -224,7 +224,7 @@ impl PostgresJournal {
         client: &Object,
         batch: &[Queued],
         retry: bool,
-    ) -> Result<Vec<Result<()>>> {
+    ) -> Result<Vec<Result<Ack>>> {
         let mut columns = Columns::default();
         for q in batch {
             columns.push(q);
@@ -238,22 +238,14 @@ impl PostgresJournal {
         }
         let mut results = Vec::with_capacity(batch.len());
         for q in batch {
-            let Write::StepRecorded {
-                step_id,
-                state,
-                output,
-                ..
-            } = &q.write
-            else {
-                results.push(Err(Error::storage(BACKEND, "not a step write")));
-                continue;
-            };
-            if written.contains(&(q.lease.run_key.clone(), step_id.clone())) {
-                results.push(Ok(()));
+            let (step_id, _) = q.step();
+            if written.contains(&(q.lease.run_key.clone(), step_id.to_owned())) {
+                results.push(Ok(Ack::default()));
                 continue;
             }
-            let done = (retry || q.retry).then_some((*state, output.as_slice()));
-            match self.refused_step(client, &q.lease, step_id, done).await {
+            // Refused (a lost lease, a step recorded already, a cancel
+            // requested): written alone, which says why.
+            match self.write_once(client, &q.lease, &q.write, retry || q.retry).await {
                 Err(err) if is_connection_lost(&err) => return Err(err),
                 result => results.push(result),
             }
@@ -328,7 +320,7 @@ mod tests {
 
     /// A queued write of step `step` of run `run` with `bytes` of output,
     /// and the receiver its writer would wait on.
-    fn queued(run: &str, step: &str, bytes: usize) -> (Queued, oneshot::Receiver<Result<()>>) {
+    fn queued(run: &str, step: &str, bytes: usize) -> (Queued, oneshot::Receiver<Result<Ack>>) {
         let (reply, answer) = oneshot::channel();
         let q = Queued {
             lease: Lease {

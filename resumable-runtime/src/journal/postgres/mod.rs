@@ -32,8 +32,8 @@ use tokio_postgres::{Config, NoTls, Row};
 use self::schema::{check_schema_name, migrate};
 use self::sql::Statements;
 use super::{
-    EventSender, Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot,
-    RunState, StepRecord, StepState, Subscription, Timestamp, Write,
+    Ack, Command, EventSender, Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
+    RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp, Write,
 };
 use crate::error::{Error, Result};
 
@@ -258,6 +258,25 @@ impl PostgresJournal {
         Ok(Some(opened(run, steps, req, created)))
     }
 
+    /// The error for a new run `key` that could not be created: its orphan
+    /// step records (or the query's own error).
+    async fn orphans(&self, client: &Object, key: &str) -> Error {
+        let steps = match query(client, &self.sql.step_ids, &[&key]).await {
+            Ok(rows) => rows.iter().filter_map(|row| row.try_get(0).ok()).collect(),
+            Err(err) => return err,
+        };
+        Error::OrphanSteps {
+            run: key.to_owned(),
+            steps,
+        }
+    }
+
+    /// Notifies the journal's channel with `payload`.
+    async fn notify(&self, client: &Object, payload: &str) -> Result<()> {
+        query(client, "SELECT pg_notify($1, $2)", &[&self.channel, &payload]).await?;
+        Ok(())
+    }
+
     /// Whether `lease` was given back at `at`: a retried `Release` whose
     /// first attempt took effect (and someone may have taken the run since).
     async fn released_at(&self, client: &Object, lease: &Lease, at: Timestamp) -> Result<bool> {
@@ -269,21 +288,29 @@ impl PostgresJournal {
         }
     }
 
-    /// Why a step write changed nothing: a lost lease, a step already
-    /// recorded, or (after a retry) nothing at all, because the lost first
-    /// attempt did it.
-    async fn refused_step(
+    /// Refuses with `LeaseLost` unless `lease` still holds its run; says
+    /// whether a cancel is requested.
+    async fn fence(&self, client: &Object, lease: &Lease) -> Result<Ack> {
+        let epoch = lease.epoch as i64;
+        let rows = query(client, &self.sql.fence_holds, &[&lease.run_key, &epoch]).await?;
+        match rows.first() {
+            Some(row) => Ok(Ack {
+                cancel_requested: get(row, 0)?,
+            }),
+            None => Err(lease_lost(lease)),
+        }
+    }
+
+    /// Why a step write under a lease that holds changed nothing: the step
+    /// is already recorded, or (after a retry) the lost first attempt
+    /// recorded it, with `already_done`'s state and output.
+    async fn already_recorded(
         &self,
         client: &Object,
         lease: &Lease,
         step_id: &str,
         already_done: Option<(StepState, &[u8])>,
     ) -> Result<()> {
-        let epoch = lease.epoch as i64;
-        let holds = query_one(client, &self.sql.fence_holds, &[&lease.run_key, &epoch]).await?;
-        if get::<i64>(&holds, 0)? == 0 {
-            return Err(lease_lost(lease));
-        }
         let rows = query(client, &self.sql.select_step, &[&lease.run_key, &step_id]).await?;
         if let (Some(row), Some((state, output))) = (rows.first(), already_done) {
             let recorded_state = parse_state(row, 0, StepState::parse)?;
@@ -302,13 +329,36 @@ impl PostgresJournal {
         })
     }
 
+    /// Ends `lease` with `statement` (see `end_lease` in `sql.rs`) and its
+    /// own `args`; `due` is the payload to announce unless cancelled. `None`
+    /// if the lease no longer held its run.
+    async fn end_lease(
+        &self,
+        client: &Object,
+        statement: &str,
+        lease: &Lease,
+        at: Timestamp,
+        due: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Ack>> {
+        let epoch = lease.epoch as i64;
+        let finished = format!("{}{}", listener::FINISHED, lease.run_key);
+        let mut all: Vec<&(dyn ToSql + Sync)> =
+            vec![&lease.run_key, &epoch, &at.0, &self.channel, &due, &finished];
+        all.extend_from_slice(args);
+        let row = query_one(client, statement, &all).await?;
+        Ok((get::<i64>(&row, 0)? > 0).then(|| Ack {
+            cancel_requested: get(&row, 1).unwrap_or(false),
+        }))
+    }
+
     async fn write_once(
         &self,
         client: &Object,
         lease: &Lease,
         write: &Write,
         retry: bool,
-    ) -> Result<()> {
+    ) -> Result<Ack> {
         let key = &lease.run_key;
         let epoch = lease.epoch as i64;
         match write {
@@ -324,27 +374,29 @@ impl PostgresJournal {
             } => {
                 let seq = *seq as i64;
                 let attempts = attempts_i32(*attempts);
-                let written = query(
-                    client,
-                    &self.sql.step_recorded,
-                    &[
-                        key,
-                        &epoch,
-                        step_id,
-                        &seq,
-                        &state.as_str(),
-                        output,
-                        &attempts,
-                        &started_at.0,
-                        &at.0,
-                        error,
-                    ],
-                )
-                .await?;
-                if written.is_empty() {
-                    let done = retry.then_some((*state, output.as_slice()));
-                    return self.refused_step(client, lease, step_id, done).await;
-                }
+                let done = retry.then_some((*state, output.as_slice()));
+                let sql = &self.sql.step_recorded;
+                self.write_step(client, lease, step_id, done, move |force| async move {
+                    query(
+                        client,
+                        sql,
+                        &[
+                            key,
+                            &epoch,
+                            step_id,
+                            &seq,
+                            &state.as_str(),
+                            output,
+                            &attempts,
+                            &started_at.0,
+                            &at.0,
+                            error,
+                            force,
+                        ],
+                    )
+                    .await
+                })
+                .await
             }
             Write::AttemptFailed {
                 step_id,
@@ -356,89 +408,107 @@ impl PostgresJournal {
             } => {
                 let attempts = attempts_i32(*attempts);
                 let retry_at = retry_at.map(|t| t.0);
-                let written = query(
-                    client,
-                    &self.sql.attempt_failed,
-                    &[
-                        key,
-                        &epoch,
-                        step_id,
-                        &attempts,
-                        error,
-                        &retry_at,
-                        &started_at.0,
-                        &at.0,
-                    ],
-                )
-                .await?;
-                if written.is_empty() {
-                    return self.refused_step(client, lease, step_id, None).await;
-                }
+                let sql = &self.sql.attempt_failed;
+                self.write_step(client, lease, step_id, None, move |force| async move {
+                    query(
+                        client,
+                        sql,
+                        &[
+                            key,
+                            &epoch,
+                            step_id,
+                            &attempts,
+                            error,
+                            &retry_at,
+                            &started_at.0,
+                            &at.0,
+                            force,
+                        ],
+                    )
+                    .await
+                })
+                .await
             }
             Write::RunFinished { state, outcome, at } => {
-                let payload = format!("{}{key}", listener::FINISHED);
-                let row = query_one(
-                    client,
-                    &self.sql.run_finished,
-                    &[
-                        key,
-                        &epoch,
-                        &state.as_str(),
-                        outcome,
-                        &at.0,
-                        &self.channel,
-                        &payload,
-                    ],
-                )
-                .await?;
-                if get::<i64>(&row, 0)? == 0
-                    && !(retry && self.finished_as(client, lease, *state, outcome).await?)
-                {
-                    return Err(lease_lost(lease));
+                let finished = format!("{}{key}", listener::FINISHED);
+                let args: [&(dyn ToSql + Sync); 2] = [&state.as_str(), outcome];
+                let sql = &self.sql.run_finished;
+                match self.end_lease(client, sql, lease, *at, &finished, &args).await? {
+                    Some(ack) => Ok(ack),
+                    None if retry => self.finished_as(client, lease, *state, outcome).await,
+                    None => Err(lease_lost(lease)),
+                }
+            }
+            Write::DeadLetter { last_error, at } => {
+                let args: [&(dyn ToSql + Sync); 1] = [last_error];
+                let sql = &self.sql.dead_letter;
+                match self.end_lease(client, sql, lease, *at, "", &args).await? {
+                    Some(ack) => Ok(ack),
+                    None if retry && self.released_at(client, lease, *at).await? => {
+                        Ok(Ack::default())
+                    }
+                    None => Err(lease_lost(lease)),
                 }
             }
             Write::Pin { fingerprint, at } => {
                 let fingerprint = *fingerprint as i64;
-                let stmt = client
-                    .prepare_cached(&self.sql.pin)
-                    .await
-                    .map_err(pg_error)?;
-                let changed = client
-                    .execute(&stmt, &[key, &epoch, &fingerprint, &at.0])
-                    .await
-                    .map_err(pg_error)?;
-                if changed == 0 {
-                    return Err(lease_lost(lease));
+                let rows = query(client, &self.sql.pin, &[key, &epoch, &fingerprint, &at.0]).await?;
+                match rows.first() {
+                    Some(row) => Ok(Ack {
+                        cancel_requested: get(row, 0)?,
+                    }),
+                    None => Err(lease_lost(lease)),
                 }
             }
             Write::Release {
                 last_error,
                 wake_at,
+                failed,
                 at,
             } => {
-                let payload = format!("{}{}", listener::DUE, wake_at.0);
-                let row = query_one(
-                    client,
-                    &self.sql.release,
-                    &[
-                        key,
-                        &epoch,
-                        last_error,
-                        &wake_at.0,
-                        &at.0,
-                        &self.channel,
-                        &payload,
-                    ],
-                )
-                .await?;
-                if get::<i64>(&row, 0)? == 0
-                    && !(retry && self.released_at(client, lease, *at).await?)
-                {
-                    return Err(lease_lost(lease));
+                let due = format!("{}{}", listener::DUE, wake_at.0);
+                let failed = i32::from(*failed);
+                let args: [&(dyn ToSql + Sync); 3] = [last_error, &wake_at.0, &failed];
+                let sql = &self.sql.release;
+                match self.end_lease(client, sql, lease, *at, &due, &args).await? {
+                    Some(ack) => Ok(ack),
+                    None if retry && self.released_at(client, lease, *at).await? => {
+                        Ok(Ack::default())
+                    }
+                    None => Err(lease_lost(lease)),
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Runs a step write (`execute(even_if_cancelled)`, returning the rows
+    /// it wrote). When it wrote nothing, says why: the fence refused it
+    /// (`LeaseLost`), a cancel is requested (then it is written anyway: the
+    /// step finished, and the ack stops the run), or the step is already
+    /// recorded (by this call's lost first attempt, when `already_done`
+    /// matches, which is success).
+    async fn write_step<'a, F, Fut>(
+        &self,
+        client: &Object,
+        lease: &Lease,
+        step_id: &str,
+        already_done: Option<(StepState, &[u8])>,
+        execute: F,
+    ) -> Result<Ack>
+    where
+        F: Fn(&'a bool) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Row>>>,
+    {
+        if !execute(&false).await?.is_empty() {
+            return Ok(Ack::default());
+        }
+        let ack = self.fence(client, lease).await?;
+        if ack.cancel_requested && !execute(&true).await?.is_empty() {
+            return Ok(ack);
+        }
+        self.already_recorded(client, lease, step_id, already_done)
+            .await
+            .map(|()| ack)
     }
 
     /// Whether the run was already finished under `lease` with `outcome`
@@ -449,15 +519,22 @@ impl PostgresJournal {
         lease: &Lease,
         state: RunState,
         outcome: &[u8],
-    ) -> Result<bool> {
+    ) -> Result<Ack> {
         let rows = query(client, &self.sql.select_run, &[&lease.run_key]).await?;
-        let Some(row) = rows.first() else {
-            return Ok(false);
-        };
-        let run = run_from_row(row)?;
-        Ok(run.state == state
-            && run.epoch == lease.epoch
-            && run.outcome.as_deref() == Some(outcome))
+        let run = rows.first().map(run_from_row).transpose()?;
+        match run {
+            Some(run) if run.epoch == lease.epoch && run.state == state => {
+                match run.outcome.as_deref() == Some(outcome) {
+                    true => Ok(Ack::default()),
+                    false => Err(lease_lost(lease)),
+                }
+            }
+            // The lost first attempt found a cancel requested.
+            Some(run) if run.epoch == lease.epoch && run.state == RunState::Cancelled => Ok(Ack {
+                cancel_requested: true,
+            }),
+            _ => Err(lease_lost(lease)),
+        }
     }
 }
 
@@ -664,7 +741,8 @@ impl Journal for PostgresJournal {
             if retry && let Some(found) = self.opened_by(client, &run.key, token, &req).await? {
                 return Ok(found);
             }
-            let args: [&(dyn ToSql + Sync); 8] = [
+            let deadline = run.deadline.map(|t| t.0);
+            let args: [&(dyn ToSql + Sync); 9] = [
                 &run.key,
                 &run.workflow,
                 &fingerprint,
@@ -673,6 +751,7 @@ impl Journal for PostgresJournal {
                 &req.until.0,
                 &token,
                 &req.now.0,
+                &deadline,
             ];
             if let Some(row) = query(client, &self.sql.insert_run, &args).await?.first() {
                 return Ok(opened(run_from_row(row)?, Vec::new(), &req, true));
@@ -687,12 +766,10 @@ impl Journal for PostgresJournal {
                 return Ok(found);
             }
             let rows = query(client, &self.sql.select_run, &[&run.key]).await?;
-            let row = rows.first().ok_or_else(|| {
-                Error::storage(
-                    BACKEND,
-                    format!("run '{}' vanished while being opened", run.key),
-                )
-            })?;
+            let Some(row) = rows.first() else {
+                // Not inserted, and not there: orphan steps held it back.
+                return Err(self.orphans(client, &run.key).await);
+            };
             Ok(Opened {
                 snapshot: RunSnapshot {
                     run: run_from_row(row)?,
@@ -741,12 +818,122 @@ impl Journal for PostgresJournal {
         })
     }
 
-    async fn write(&self, lease: &Lease, write: Write) -> Result<()> {
+    async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<(RunRecord, bool)> {
+        let fingerprint = run.fingerprint as i64;
+        let deadline = run.deadline.map(|t| t.0);
+        let due = format!("{}{}", listener::DUE, now.0);
+        with_client!(self, |client, retry| async {
+            let args: [&(dyn ToSql + Sync); 6] = [
+                &run.key,
+                &run.workflow,
+                &fingerprint,
+                &run.input,
+                &now.0,
+                &deadline,
+            ];
+            if let Some(row) = query(client, &self.sql.create_run, &args).await?.first() {
+                self.notify(client, &due).await?;
+                return Ok((run_from_row(row)?, true));
+            }
+            match query(client, &self.sql.select_run, &[&run.key]).await?.first() {
+                Some(row) => Ok((run_from_row(row)?, false)),
+                None => Err(self.orphans(client, &run.key).await),
+            }
+        })
+    }
+
+    async fn write(&self, lease: &Lease, write: Write) -> Result<Ack> {
         if let Write::StepRecorded { .. } = write {
             return self.record_step(lease, write).await;
         }
         with_client!(self, |client, retry| self
             .write_once(client, lease, &write, retry))
+    }
+
+    async fn release_leases(
+        &self,
+        leases: &[Lease],
+        last_error: &str,
+        at: Timestamp,
+    ) -> Result<usize> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<&str> = leases.iter().map(|l| l.run_key.as_str()).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch as i64).collect();
+        let due = format!("{}{}", listener::DUE, at.0);
+        with_client!(self, |client, retry| async {
+            let args: [&(dyn ToSql + Sync); 7] = [
+                &keys,
+                &epochs,
+                &last_error,
+                &at.0,
+                &self.channel,
+                &due,
+                &listener::FINISHED,
+            ];
+            Ok(query(client, &self.sql.release_many, &args).await?.len())
+        })
+    }
+
+    async fn command(
+        &self,
+        key: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<Option<RunRecord>> {
+        let (sql, payload) = match command {
+            Command::Cancel => (
+                &self.sql.cancel,
+                format!("{}{key}", listener::FINISHED),
+            ),
+            Command::Resume => (&self.sql.resume, format!("{}{}", listener::DUE, now.0)),
+            Command::RetryNow => (&self.sql.retry_now, format!("{}{}", listener::DUE, now.0)),
+        };
+        with_client!(self, |client, retry| async {
+            query(client, sql, &[&key, &now.0, &self.channel, &payload]).await?;
+            let rows = query(client, &self.sql.select_run, &[&key]).await?;
+            rows.first().map(run_from_row).transpose()
+        })
+    }
+
+    async fn fork_run(
+        &self,
+        source: &str,
+        new_key: &str,
+        steps: u64,
+        now: Timestamp,
+    ) -> Result<RunRecord> {
+        let below = steps.min(i64::MAX as u64) as i64;
+        let due = format!("{}{}", listener::DUE, now.0);
+        with_client!(self, |client, retry| async {
+            let args: [&(dyn ToSql + Sync); 6] =
+                [&source, &new_key, &below, &now.0, &self.channel, &due];
+            query(client, &self.sql.fork, &args).await?;
+            if let Some(row) = query(client, &self.sql.select_run, &[&new_key]).await?.first() {
+                let run = run_from_row(row)?;
+                return match run.forked_from.as_deref() == Some(source) {
+                    true => Ok(run),
+                    false => Err(Error::RunExists {
+                        run: new_key.to_owned(),
+                    }),
+                };
+            }
+            if query(client, &self.sql.select_run, &[&source]).await?.is_empty() {
+                return Err(Error::UnknownRun {
+                    run: source.to_owned(),
+                });
+            }
+            Err(self.orphans(client, new_key).await)
+        })
+    }
+
+    async fn purge(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        with_client!(self, |client, retry| async {
+            let row = query_one(client, &self.sql.purge, &[&before.0, &limit]).await?;
+            Ok(get::<i64>(&row, 0)?.max(0) as usize)
+        })
     }
 
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease> {
@@ -786,25 +973,28 @@ impl Journal for PostgresJournal {
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        let state = filter.state.map(RunState::as_str);
         let limit = filter
             .limit
             .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let sql = self.sql.list_runs(
-            state.is_some(),
-            filter.workflow.is_some(),
-            filter.lease_owner.is_some(),
-        );
+        let sql = self.sql.list_runs(filter);
+        let before = filter.created_before.map(|t| t.0);
+        let after = filter.created_after.map(|t| t.0);
         with_client!(self, |client, retry| async {
             let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
-            if let Some(state) = &state {
-                args.push(state);
-            }
             if let Some(workflow) = &filter.workflow {
                 args.push(workflow);
             }
             if let Some(owner) = &filter.lease_owner {
                 args.push(owner);
+            }
+            if let Some(before) = &before {
+                args.push(before);
+            }
+            if let Some(after) = &after {
+                args.push(after);
+            }
+            if let Some(key) = &filter.after {
+                args.push(key);
             }
             args.push(&limit);
             let rows = query(client, &sql, &args).await?;
@@ -888,6 +1078,11 @@ fn run_from_row(row: &Row) -> Result<RunRecord> {
         last_error: get(row, 11)?,
         created_at: Timestamp(get(row, 12)?),
         updated_at: Timestamp(get(row, 13)?),
+        deadline: get::<Option<i64>>(row, 14)?.map(Timestamp),
+        cancel_requested_at: get::<Option<i64>>(row, 15)?.map(Timestamp),
+        failures: get::<i32>(row, 16)?.max(0) as u32,
+        resumed_at: get::<Option<i64>>(row, 17)?.map(Timestamp),
+        forked_from: get(row, 18)?,
     })
 }
 
@@ -1020,6 +1215,7 @@ mod tests {
                     workflow: "w".to_owned(),
                     fingerprint: 7,
                     input: vec![1],
+                    deadline: None,
                 };
                 let request = LeaseRequest::new("worker", Duration::from_secs(60));
                 let opened = journal.open_run(new, request).await.unwrap();

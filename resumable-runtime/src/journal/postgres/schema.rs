@@ -9,7 +9,10 @@ use crate::error::{Error, Result};
 /// Migrations in order; the version of each is its index plus one. Append
 /// only: a released migration never changes, since databases record which
 /// versions they have applied.
-const MIGRATIONS: &[(&str, &str)] = &[("runs, steps and lease history", V1)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("runs, steps and lease history", V1),
+    ("run lifecycle: deadlines, cancels, dead letters, resumes, forks", V2),
+];
 
 /// The newest schema version this code reads and writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -66,6 +69,17 @@ CREATE TABLE {s}.resumable_leases (
     released_at BIGINT,          -- set when given back or finished
     PRIMARY KEY (run_key, epoch)
 );
+"#;
+
+const V2: &str = r#"
+ALTER TABLE {s}.resumable_runs
+    ADD COLUMN deadline BIGINT,
+    ADD COLUMN cancel_requested_at BIGINT,
+    ADD COLUMN failures INTEGER NOT NULL DEFAULT 0,
+    ADD COLUMN resumed_at BIGINT,
+    ADD COLUMN forked_from TEXT;
+CREATE INDEX resumable_runs_finished ON {s}.resumable_runs (updated_at, id)
+    WHERE state IN ('completed', 'failed', 'cancelled', 'deadline_exceeded');
 "#;
 
 /// Brings `schema` to [`SCHEMA_VERSION`] in one transaction, creating it if

@@ -10,7 +10,7 @@
 
 use super::schema::quoted;
 
-pub(super) const RUN_COLUMNS: [&str; 14] = [
+pub(super) const RUN_COLUMNS: [&str; 19] = [
     "run_key",
     "workflow",
     "fingerprint",
@@ -25,7 +25,15 @@ pub(super) const RUN_COLUMNS: [&str; 14] = [
     "last_error",
     "created_at",
     "updated_at",
+    "deadline",
+    "cancel_requested_at",
+    "failures",
+    "resumed_at",
+    "forked_from",
 ];
+
+/// The states of finished runs, as an SQL list.
+pub(super) const FINISHED: &str = "('completed', 'failed', 'cancelled', 'deadline_exceeded')";
 
 pub(super) const STEP_COLUMNS: &str =
     "step_id, seq, state, output, attempts, last_error, retry_at, epoch, started_at, updated_at";
@@ -41,6 +49,15 @@ pub(super) struct Statements {
     pub run_leased_by_token: String,
     pub released_at: String,
     pub fence_holds: String,
+    pub create_run: String,
+    pub step_ids: String,
+    pub dead_letter: String,
+    pub release_many: String,
+    pub cancel: String,
+    pub resume: String,
+    pub retry_now: String,
+    pub fork: String,
+    pub purge: String,
     pub claim: String,
     pub select_run: String,
     pub select_steps: String,
@@ -83,26 +100,37 @@ impl Statements {
                  SELECT run_key, epoch, lease_owner, updated_at, lease_expires_at FROM {from})"
             )
         };
-        // Ends lease ($1 key, $2 epoch) at $5 with `set` (finishing or
-        // giving back the run), records that in the history and, on commit,
-        // notifies channel $6 with payload $7.
+        // A run whose cancel was requested ends cancelled, whatever `set` says.
+        let or_cancelled = |state: &str| {
+            format!("CASE WHEN cancel_requested_at IS NULL THEN {state} ELSE 'cancelled' END")
+        };
+        // Ends lease ($1 key, $2 epoch) at $3 with `set` (its own parameters
+        // from $7 on: finishing, giving back or dead-lettering the run), records
+        // that in the history and, on commit, notifies channel $4 with payload
+        // $5 (if not empty), or $6 if the run was cancelled instead. Returns
+        // whether the lease was ended, and whether the run was cancelled.
         let end_lease = |set: &str| {
             format!(
                 "WITH ended AS (\
                    UPDATE {runs} SET {set}, lease_owner = NULL, lease_expires_at = NULL, \
-                     lease_token = NULL, updated_at = $5 \
-                   WHERE {current} RETURNING run_key), \
-                 history AS (UPDATE {leases} SET released_at = $5 \
+                     lease_token = NULL, updated_at = $3 \
+                   WHERE {current} RETURNING cancel_requested_at IS NOT NULL AS cancelled), \
+                 history AS (UPDATE {leases} SET released_at = $3 \
                    WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM ended)) \
-                 SELECT count(*) FROM (SELECT pg_notify($6, $7) FROM ended) AS notified"
+                 SELECT (SELECT count(*) FROM ended), COALESCE((SELECT bool_or(cancelled) FROM ended), false), \
+                   (SELECT count(*) FROM (SELECT pg_notify($4, CASE WHEN cancelled THEN $6 ELSE $5 END) \
+                     FROM ended WHERE cancelled OR $5 <> '') AS notified)"
             )
         };
         Statements {
+            // Never over orphan step records: the run is not inserted, and
+            // `open_run` finds neither it nor another.
             insert_run: format!(
                 "WITH inserted AS (\
                    INSERT INTO {runs} (run_key, workflow, fingerprint, input, state, epoch, lease_owner, \
-                     lease_expires_at, lease_token, wake_at, executions, created_at, updated_at) \
-                   VALUES ($1, $2, $3, $4, 'incomplete', 1, $5, $6, $7, $8, 1, $8, $8) \
+                     lease_expires_at, lease_token, wake_at, executions, created_at, updated_at, deadline) \
+                   SELECT $1, $2, $3, $4, 'incomplete', 1, $5, $6, $7, $8, 1, $8, $8, $9 \
+                   WHERE NOT EXISTS (SELECT 1 FROM {steps} WHERE run_key = $1) \
                    ON CONFLICT (run_key) DO NOTHING RETURNING {run}), \
                  {} \
                  SELECT {run} FROM inserted",
@@ -134,7 +162,113 @@ impl Statements {
             // When lease ($1 key, $2 epoch) was given back, if it was.
             // Whether lease ($1 key, $2 epoch) is still the run's: after a
             // step write was refused, whether the fence refused it.
-            fence_holds: format!("SELECT count(*) FROM {runs} WHERE {current}"),
+            fence_holds: format!(
+                "SELECT cancel_requested_at IS NOT NULL FROM {runs} WHERE {current}"
+            ),
+            // $1 key, $2 workflow, $3 fingerprint, $4 input, $5 now, $6 deadline.
+            create_run: format!(
+                "INSERT INTO {runs} (run_key, workflow, fingerprint, input, state, epoch, wake_at, \
+                   executions, created_at, updated_at, deadline) \
+                 SELECT $1, $2, $3, $4, 'incomplete', 0, $5, 0, $5, $5, $6 \
+                 WHERE NOT EXISTS (SELECT 1 FROM {steps} WHERE run_key = $1) \
+                 ON CONFLICT (run_key) DO NOTHING RETURNING {run}"
+            ),
+            step_ids: format!("SELECT step_id FROM {steps} WHERE run_key = $1 LIMIT 5"),
+            // $1 key, $2 epoch, $3 at, $4 channel, $5 payload, $6 if cancelled, $7 last_error.
+            dead_letter: end_lease(&format!(
+                "state = {}, outcome = NULL, last_error = $7, \
+                 failures = LEAST(failures, 2147483646) + 1",
+                or_cancelled("'dead_lettered'")
+            )),
+            // Leases given back together: $1 keys, $2 epochs, $3 last_error,
+            // $4 at, $5 channel, $6 due payload, $7 finished payload prefix.
+            release_many: format!(
+                "WITH ended AS (\
+                   UPDATE {runs} r SET state = {state}, \
+                     outcome = NULL, last_error = $3, wake_at = $4, lease_owner = NULL, \
+                     lease_expires_at = NULL, lease_token = NULL, updated_at = $4 \
+                   FROM unnest($1::text[], $2::bigint[]) AS l(run_key, epoch) \
+                   WHERE r.run_key = l.run_key AND r.epoch = l.epoch AND r.state = 'incomplete' \
+                     AND r.lease_owner IS NOT NULL \
+                   RETURNING r.run_key, r.epoch, r.cancel_requested_at IS NOT NULL AS cancelled), \
+                 history AS (UPDATE {leases} h SET released_at = $4 FROM ended \
+                   WHERE h.run_key = ended.run_key AND h.epoch = ended.epoch) \
+                 SELECT run_key, cancelled, \
+                   pg_notify($5, CASE WHEN cancelled THEN $7 || run_key ELSE $6 END) FROM ended",
+                state = or_cancelled("r.state").replace("cancel_requested_at", "r.cancel_requested_at")
+            ),
+            // $1 key, $2 now, $3 channel, $4 payload if cancelled now. One
+            // statement under the row's lock: a run leased by a live worker
+            // gets the request; any other unfinished one is cancelled now.
+            cancel: {
+                let live = "(state = 'incomplete' AND lease_owner IS NOT NULL AND lease_expires_at > $2)";
+                format!(
+                    "WITH cancelled AS (\
+                       UPDATE {runs} SET cancel_requested_at = COALESCE(cancel_requested_at, $2), \
+                         state = CASE WHEN {live} THEN state ELSE 'cancelled' END, \
+                         outcome = CASE WHEN {live} THEN outcome END, \
+                         epoch = CASE WHEN {live} THEN epoch ELSE epoch + 1 END, \
+                         lease_owner = CASE WHEN {live} THEN lease_owner END, \
+                         lease_expires_at = CASE WHEN {live} THEN lease_expires_at END, \
+                         lease_token = CASE WHEN {live} THEN lease_token END, updated_at = $2 \
+                       WHERE run_key = $1 AND state IN ('incomplete', 'dead_lettered') \
+                       RETURNING state) \
+                     SELECT count(*) FROM (SELECT pg_notify($3, $4) FROM cancelled \
+                       WHERE state = 'cancelled') AS notified"
+                )
+            },
+            // $1 key, $2 now, $3 channel, $4 payload. The steps that failed
+            // for good after the last completed one run again.
+            resume: format!(
+                "WITH resumed AS (\
+                   UPDATE {runs} SET state = 'incomplete', outcome = NULL, cancel_requested_at = NULL, \
+                     deadline = NULL, failures = 0, wake_at = $2, resumed_at = $2, updated_at = $2 \
+                   WHERE run_key = $1 AND state IN ('failed', 'cancelled', 'deadline_exceeded', 'dead_lettered') \
+                   RETURNING run_key), \
+                 forgotten AS (DELETE FROM {steps} WHERE run_key = $1 AND state = 'failed' \
+                   AND EXISTS (SELECT 1 FROM resumed) \
+                   AND seq > COALESCE((SELECT max(seq) FROM {steps} \
+                     WHERE run_key = $1 AND state = 'completed'), -1)) \
+                 SELECT count(*) FROM (SELECT pg_notify($3, $4) FROM resumed) AS notified"
+            ),
+            // $1 key, $2 now, $3 channel, $4 payload.
+            retry_now: format!(
+                "WITH due AS (\
+                   UPDATE {runs} SET wake_at = $2, updated_at = $2 \
+                   WHERE run_key = $1 AND state = 'incomplete' \
+                     AND NOT (lease_owner IS NOT NULL AND lease_expires_at > $2) \
+                   RETURNING run_key), \
+                 steps AS (UPDATE {steps} SET retry_at = NULL \
+                   WHERE run_key = $1 AND state = 'retrying' AND EXISTS (SELECT 1 FROM due)) \
+                 SELECT count(*) FROM (SELECT pg_notify($3, $4) FROM due) AS notified"
+            ),
+            // $1 source, $2 new key, $3 steps below this seq, $4 now, $5 channel, $6 payload.
+            fork: format!(
+                "WITH forked AS (\
+                   INSERT INTO {runs} (run_key, workflow, fingerprint, input, state, epoch, wake_at, \
+                     executions, created_at, updated_at, forked_from) \
+                   SELECT $2, workflow, 0, input, 'incomplete', 0, $4, 0, $4, $4, run_key \
+                   FROM {runs} WHERE run_key = $1 \
+                     AND NOT EXISTS (SELECT 1 FROM {steps} WHERE run_key = $2) \
+                   ON CONFLICT (run_key) DO NOTHING RETURNING run_key), \
+                 copied AS (\
+                   INSERT INTO {steps} (run_key, step_id, seq, state, output, attempts, last_error, \
+                     epoch, started_at, updated_at) \
+                   SELECT $2, step_id, seq, state, output, attempts, last_error, 0, started_at, updated_at \
+                   FROM {steps} WHERE run_key = $1 AND state IN ('completed', 'failed') AND seq < $3 \
+                     AND EXISTS (SELECT 1 FROM forked)) \
+                 SELECT count(*) FROM (SELECT pg_notify($5, $6) FROM forked) AS notified"
+            ),
+            // $1 before, $2 limit. Skips runs another purge holds.
+            purge: format!(
+                "WITH doomed AS (\
+                   SELECT id, run_key FROM {runs} WHERE state IN {FINISHED} AND updated_at < $1 \
+                   ORDER BY updated_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 steps AS (DELETE FROM {steps} WHERE run_key IN (SELECT run_key FROM doomed)), \
+                 leases AS (DELETE FROM {leases} WHERE run_key IN (SELECT run_key FROM doomed)), \
+                 runs AS (DELETE FROM {runs} WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
+                 SELECT count(*) FROM runs"
+            ),
             released_at: format!(
                 "SELECT released_at FROM {leases} WHERE run_key = $1 AND epoch = $2"
             ),
@@ -167,12 +301,14 @@ impl Statements {
                 "SELECT state, epoch, output FROM {steps} WHERE run_key = $1 AND step_id = $2"
             ),
             // $1 key, $2 epoch, $3 step, $4 seq, $5 state, $6 output,
-            // $7 attempts, $8 started_at, $9 at, $10 error.
+            // $7 attempts, $8 started_at, $9 at, $10 error, $11 even if a
+            // cancel is requested.
             step_recorded: format!(
                 "INSERT INTO {steps} AS s (run_key, step_id, seq, state, output, attempts, epoch, \
                    started_at, updated_at, last_error) \
                  SELECT run_key, $3::text, $4::bigint, $5::text, $6::bytea, $7::integer, $2::bigint, \
-                   $8::bigint, $9::bigint, $10::text FROM {runs} WHERE {current} FOR UPDATE \
+                   $8::bigint, $9::bigint, $10::text FROM {runs} WHERE {current} \
+                   AND (cancel_requested_at IS NULL OR $11::bool) FOR UPDATE \
                  ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, \
                    state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
                    retry_at = NULL, last_error = COALESCE(excluded.last_error, s.last_error), \
@@ -189,7 +325,7 @@ impl Statements {
                 "WITH fence AS (\
                    SELECT run_key, epoch FROM {runs} \
                    WHERE run_key = ANY($1::text[]) AND state = 'incomplete' \
-                     AND lease_owner IS NOT NULL \
+                     AND lease_owner IS NOT NULL AND cancel_requested_at IS NULL \
                    ORDER BY run_key FOR UPDATE) \
                  INSERT INTO {steps} AS s (run_key, step_id, seq, state, output, attempts, epoch, \
                    started_at, updated_at, last_error) \
@@ -208,26 +344,38 @@ impl Statements {
                  WHERE s.state = 'retrying' RETURNING s.run_key, s.step_id"
             ),
             // $1 key, $2 epoch, $3 step, $4 attempts, $5 error, $6 retry_at,
-            // $7 started_at, $8 at.
+            // $7 started_at, $8 at, $9 even if a cancel is requested.
             attempt_failed: format!(
                 "INSERT INTO {steps} AS s (run_key, step_id, state, attempts, last_error, retry_at, \
                    epoch, started_at, updated_at) \
                  SELECT run_key, $3::text, 'retrying', $4::integer, $5::text, $6::bigint, $2::bigint, \
-                   $7::bigint, $8::bigint FROM {runs} WHERE {current} FOR UPDATE \
+                   $7::bigint, $8::bigint FROM {runs} WHERE {current} \
+                   AND (cancel_requested_at IS NULL OR $9::bool) FOR UPDATE \
                  ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
                    output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
                    retry_at = excluded.retry_at, epoch = excluded.epoch, \
                    started_at = excluded.started_at, updated_at = excluded.updated_at \
                  WHERE s.state = 'retrying' RETURNING 1"
             ),
-            // $1 key, $2 epoch, $3 state, $4 outcome, $5 at, $6 channel, $7 payload.
-            run_finished: end_lease("state = $3, outcome = $4"),
-            // $1 key, $2 epoch, $3 last_error, $4 wake_at, $5 at, $6 channel, $7 payload.
-            release: end_lease("last_error = $3, wake_at = $4"),
+            // $1 key, $2 epoch, $3 at, $4 channel, $5 payload, $6 if
+            // cancelled, $7 state, $8 outcome.
+            run_finished: end_lease(&format!(
+                "state = {}, outcome = CASE WHEN cancel_requested_at IS NULL THEN $8::bytea END, \
+                 last_error = CASE WHEN cancel_requested_at IS NULL AND $7 = 'completed' THEN NULL \
+                   ELSE last_error END",
+                or_cancelled("$7::text")
+            )),
+            // $1 key, $2 epoch, $3 at, $4 channel, $5 payload, $6 if
+            // cancelled, $7 last_error, $8 wake_at, $9 failures to add.
+            release: end_lease(&format!(
+                "state = {}, last_error = $7, wake_at = $8, \
+                 failures = LEAST(failures + $9::integer, 2147483647)",
+                or_cancelled("state")
+            )),
             // $1 key, $2 epoch, $3 fingerprint, $4 at.
             pin: format!(
                 "UPDATE {runs} SET fingerprint = CASE WHEN fingerprint = 0 THEN $3 ELSE fingerprint END, \
-                 updated_at = $4 WHERE {current}"
+                 updated_at = $4 WHERE {current} RETURNING cancel_requested_at IS NOT NULL"
             ),
             // $1 key, $2 epoch, $3 until.
             renew: format!(
@@ -247,23 +395,36 @@ impl Statements {
     }
 
     /// `list_runs` with only the filter's conditions, so that a workflow
-    /// filter can use its index. Parameters are numbered in the order
-    /// state, workflow, lease owner, limit, skipping absent ones.
-    pub(super) fn list_runs(&self, state: bool, workflow: bool, owner: bool) -> String {
-        let mut sql = format!(
-            "SELECT {} FROM {}.resumable_runs WHERE true",
-            columns(""),
-            self.schema
-        );
+    /// filter can use its index; the state is a literal from a fixed list,
+    /// so that partial indexes apply. Parameters are numbered in the order
+    /// workflow, lease owner, created before, created after, after key,
+    /// limit, skipping absent ones.
+    pub(super) fn list_runs(&self, filter: &super::RunFilter) -> String {
+        let runs = format!("{}.resumable_runs", self.schema);
+        let mut sql = format!("SELECT {} FROM {runs} WHERE true", columns(""));
+        if let Some(state) = filter.state {
+            sql.push_str(&format!(" AND state = '{}'", state.as_str()));
+        }
         let mut n = 0;
-        for (present, column) in [
-            (state, "state"),
-            (workflow, "workflow"),
-            (owner, "lease_owner"),
+        for (present, condition) in [
+            (filter.workflow.is_some(), "workflow = $"),
+            (filter.lease_owner.is_some(), "lease_owner = $"),
+            (filter.created_before.is_some(), "created_at < $"),
+            (filter.created_after.is_some(), "created_at >= $"),
+            (
+                filter.after.is_some(),
+                "id > COALESCE((SELECT id FROM {runs} WHERE run_key = $",
+            ),
         ] {
             if present {
                 n += 1;
-                sql.push_str(&format!(" AND {column} = ${n}"));
+                let condition = condition.replace("{runs}", &runs);
+                let close = if condition.ends_with("run_key = $") {
+                    "), 9223372036854775807)"
+                } else {
+                    ""
+                };
+                sql.push_str(&format!(" AND {condition}{n}{close}"));
             }
         }
         sql.push_str(&format!(" ORDER BY id LIMIT ${}", n + 1));

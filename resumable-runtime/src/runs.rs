@@ -1,0 +1,205 @@
+//! [`Runs`]: an operator's hold on a journal's runs — look at them, cancel,
+//! resume, retry now, fork, dead letters and purging.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::journal::{Command, Journal, RunFilter, RunRecord, RunSnapshot, RunState, Timestamp};
+use crate::runtime::validate_key;
+use crate::status::RunInfo;
+
+/// How many runs [`Runs::purge`] deletes per journal write.
+pub const PURGE_BATCH: usize = 1000;
+
+/// What an operator's command did to a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "result", content = "state")]
+pub enum CommandOutcome {
+    /// Done: the run is now in this state.
+    Done(RunState),
+    /// A cancel was recorded for a run a worker is executing: the worker
+    /// stops it at its next step boundary, and its outcome becomes
+    /// `Cancelled`. Durable: if the worker dies first, the next one to take
+    /// the run cancels it.
+    Requested,
+    /// Nothing to do for a run in this state: a finished run is not
+    /// cancelled, only a failed, cancelled, timed-out or dead-lettered run
+    /// is resumed, and only an incomplete run no live worker holds is made
+    /// due now.
+    Unchanged(RunState),
+}
+
+/// The runs of a journal, as an operator steers them: from
+/// [`Runtime::runs`](crate::Runtime::runs), [`Client::runs`](crate::Client::runs)
+/// or [`Runs::new`]. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// use resumable::{resumable, step, CommandOutcome, MemoryJournal, RunState, Runtime};
+///
+/// #[resumable]
+/// async fn ship(order: u64) -> Result<String, String> {
+///     let label = step!("label", { format!("label-{order}") });
+///     Ok(label)
+/// }
+///
+/// let rt = Runtime::new(MemoryJournal::new());
+/// rt.submit("ship-7", ship(7)).await?; // recorded, not executed
+/// // Nobody executes it yet: cancelled at once, for good.
+/// assert_eq!(rt.runs().cancel("ship-7").await?, CommandOutcome::Done(RunState::Cancelled));
+/// assert!(matches!(rt.run("ship-7", ship(7)).await, Err(resumable::Error::Cancelled { .. })));
+/// // An operator's decision takes it back: it runs to completion.
+/// assert_eq!(rt.runs().resume("ship-7").await?, CommandOutcome::Done(RunState::Incomplete));
+/// assert_eq!(rt.run("ship-7", ship(7)).await?, Ok("label-7".to_string()));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Runs {
+    journal: Arc<dyn Journal>,
+}
+
+impl Runs {
+    /// The runs of `journal`.
+    pub fn new(journal: Arc<dyn Journal>) -> Self {
+        Runs { journal }
+    }
+
+    /// Run `key`'s status and steps, if it exists.
+    pub async fn info(&self, key: &str) -> Result<Option<RunInfo>> {
+        Ok(self
+            .journal
+            .load_run(key)
+            .await?
+            .map(RunInfo::from_snapshot))
+    }
+
+    /// Runs matching `filter` (without their steps; see [`info`](Self::info)),
+    /// in the order they were created. Page with [`RunFilter::after`] set to
+    /// the last key of the previous page.
+    pub async fn list(&self, filter: &RunFilter) -> Result<Vec<RunInfo>> {
+        let runs = self.journal.list_runs(filter).await?;
+        Ok(runs.into_iter().map(info_without_steps).collect())
+    }
+
+    /// Dead-lettered runs, oldest first, at most `limit`.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<RunInfo>> {
+        let filter = RunFilter {
+            state: Some(RunState::DeadLettered),
+            limit: Some(limit),
+            ..RunFilter::default()
+        };
+        self.list(&filter).await
+    }
+
+    /// Cancels run `key`: a run no live worker holds is cancelled at once;
+    /// one a worker is executing stops at its next step boundary (a step
+    /// already executing finishes and is journaled, no new one starts), even
+    /// if it is past its last step but has not recorded its outcome yet.
+    /// Either way its stable outcome is [`Error::Cancelled`]. Cancelling a
+    /// finished run changes nothing and says so. [`Error::UnknownRun`] if no
+    /// run has the key.
+    pub async fn cancel(&self, key: &str) -> Result<CommandOutcome> {
+        let now = Timestamp::now();
+        let run = self.command(key, Command::Cancel, now).await?;
+        Ok(match run.state {
+            RunState::Cancelled if run.updated_at == now => CommandOutcome::Done(run.state),
+            RunState::Incomplete if run.cancel_requested_at.is_some() => CommandOutcome::Requested,
+            state => CommandOutcome::Unchanged(state),
+        })
+    }
+
+    /// Resumes run `key` if it failed, was cancelled, ran out of time or was
+    /// dead-lettered: an operator's decision, recorded in the run
+    /// ([`RunInfo::resumed_at`]). It becomes incomplete and due now, without
+    /// its deadline or counted failures; its recorded steps replay, and the
+    /// steps whose failure ended it run again. A completer picks it up, or
+    /// [`Runtime::run`](crate::Runtime::run) with its key executes it.
+    pub async fn resume(&self, key: &str) -> Result<CommandOutcome> {
+        let now = Timestamp::now();
+        let run = self.command(key, Command::Resume, now).await?;
+        Ok(match run.resumed_at == Some(now) && run.state == RunState::Incomplete {
+            true => CommandOutcome::Done(run.state),
+            false => CommandOutcome::Unchanged(run.state),
+        })
+    }
+
+    /// Makes run `key` due now if it is incomplete and waits out a backoff
+    /// (its own, or a step's retry delay), so that a completer takes it at
+    /// once and its retrying steps try again without waiting.
+    pub async fn retry_now(&self, key: &str) -> Result<CommandOutcome> {
+        let now = Timestamp::now();
+        let run = self.command(key, Command::RetryNow, now).await?;
+        let due_now = run.state == RunState::Incomplete && run.wake_at == now;
+        Ok(match due_now && run.updated_at == now {
+            true => CommandOutcome::Done(run.state),
+            false => CommandOutcome::Unchanged(run.state),
+        })
+    }
+
+    /// Starts run `new_key` from run `source`'s journal: the same workflow
+    /// and input, with copies of the source's first `steps` recorded steps
+    /// (in recording order). Executed with the current code (by a completer,
+    /// or by [`Runtime::run`](crate::Runtime::run) with the new key and the
+    /// same input), it replays those steps and executes the rest. The source
+    /// is untouched. A retried call returns the fork it made;
+    /// [`Error::RunExists`] if `new_key` names another run.
+    pub async fn fork(&self, source: &str, steps: u64, new_key: &str) -> Result<RunInfo> {
+        validate_key(new_key)?;
+        let run = self
+            .journal
+            .fork_run(source, new_key, steps, Timestamp::now())
+            .await?;
+        Ok(info_without_steps(run))
+    }
+
+    /// Deletes every finished run (completed, failed, cancelled, past its
+    /// deadline) that last changed more than `older_than` ago, with all its
+    /// records, in writes of [`PURGE_BATCH`] runs, so that workers are never
+    /// held up for long. Unfinished and dead-lettered runs are never
+    /// touched. Returns how many runs it deleted.
+    pub async fn purge(&self, older_than: Duration) -> Result<u64> {
+        let before = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut deleted = 0;
+        loop {
+            let batch = self.purge_batch(before, PURGE_BATCH).await?;
+            deleted += batch as u64;
+            if batch < PURGE_BATCH {
+                return Ok(deleted);
+            }
+            // Let workers' writes in between batches.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// One write of [`purge`](Self::purge): deletes up to `limit` finished
+    /// runs that last changed before `before`; returns how many.
+    pub async fn purge_batch(&self, before: SystemTime, limit: usize) -> Result<usize> {
+        let ms = before
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
+        self.journal.purge(Timestamp(ms), limit).await
+    }
+
+    async fn command(&self, key: &str, command: Command, now: Timestamp) -> Result<RunRecord> {
+        self.journal
+            .command(key, command, now)
+            .await?
+            .ok_or_else(|| Error::UnknownRun {
+                run: key.to_owned(),
+            })
+    }
+}
+
+fn info_without_steps(run: RunRecord) -> RunInfo {
+    RunInfo::from_snapshot(RunSnapshot {
+        run,
+        steps: Vec::new(),
+    })
+}
