@@ -941,7 +941,7 @@ async fn operations_whose_reply_was_lost_take_effect_once() {
     let release = Write::Release {
         last_error: Some("stopped".into()),
         wake_at: Timestamp(t.0 + 10),
-        failed: false,
+        failures: 0,
         at: Timestamp(t.0 + 10),
     };
     proxy.lose_reply_to(key);
@@ -1024,7 +1024,7 @@ async fn a_retry_that_overtakes_its_lost_first_attempt_returns_that_lease() {
     let release = Write::Release {
         last_error: None,
         wake_at: Timestamp(t.0 + 1),
-        failed: false,
+        failures: 0,
         at: Timestamp(t.0 + 1),
     };
     journal.write(&first.lease.unwrap(), release).await.unwrap();

@@ -534,7 +534,7 @@ async fn a_run_executing_elsewhere_is_waited_for_and_taken_over_when_given_back(
     let release = resumable::journal::Write::Release {
         last_error: None,
         wake_at: resumable::Timestamp::now(),
-        failed: false,
+        failures: 0,
         at: resumable::Timestamp::now(),
     };
     resumable::Journal::write(&*journal, &lease, release).await.unwrap();

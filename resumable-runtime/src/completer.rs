@@ -357,7 +357,8 @@ async fn resume(
                 workflow: snapshot.run.workflow.clone(),
             };
             tracing::warn!(error = %err, "cannot resume run");
-            rt.give_back_after_error(&lease, &err, &snapshot.run).await;
+            rt.give_back_after_error(&lease, &err, &snapshot.run, false)
+                .await;
             Err(err)
         }
     }

@@ -29,9 +29,16 @@
 //! The functions that test concurrency take an `Arc<dyn Journal>` and spawn
 //! tokio tasks; on a multi-threaded runtime those run in parallel.
 
+mod lifecycle;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+
+pub use lifecycle::{
+    cancel_stops_runs_durably, create_run_does_not_lease, dead_letters_wait_for_an_operator,
+    fork_copies_the_first_steps, leases_given_back_together_count_failures, list_runs_pages,
+    purge_deletes_old_finished_runs, resume_reopens_a_failed_run, retry_now_makes_a_run_due,
+};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -70,7 +77,16 @@ pub async fn run_all(journal: Arc<dyn Journal>) {
     list_runs_filters(j).await;
     claim_due_selects_due_runs(j).await;
     claim_due_respects_limit(j).await;
-    claim_due_is_exclusive(journal).await;
+    claim_due_is_exclusive(journal.clone()).await;
+    create_run_does_not_lease(j).await;
+    cancel_stops_runs_durably(j).await;
+    dead_letters_wait_for_an_operator(j).await;
+    resume_reopens_a_failed_run(j).await;
+    retry_now_makes_a_run_due(j).await;
+    fork_copies_the_first_steps(j).await;
+    purge_deletes_old_finished_runs(j).await;
+    leases_given_back_together_count_failures(j).await;
+    list_runs_pages(j).await;
 }
 
 /// `open_run` on a new key creates the run and leases it: `created`, epoch 1,
@@ -413,7 +429,7 @@ pub async fn finished_run_stays_finished(journal: &dyn Journal) {
                 last_error: Some("late".into()),
                 wake_at: at(t, 30),
                 at: at(t, 30),
-                failed: false,
+                failures: 0,
             },
             Write::RunFinished {
                 state: RunState::Completed,
@@ -483,7 +499,7 @@ pub async fn stale_epoch_is_fenced(journal: &dyn Journal) {
                 last_error: Some("stale".into()),
                 wake_at: at(t, 2_000),
                 at: at(t, 2_000),
-                failed: false,
+                failures: 0,
             },
             Write::RunFinished {
                 state: RunState::Completed,
@@ -742,7 +758,7 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         last_error: Some("database unavailable".into()),
         wake_at: at(t, 30_000),
         at: at(t, 5),
-        failed: false,
+        failures: 0,
     };
     journal
         .write(&lease1, release)
@@ -808,7 +824,7 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         last_error: None,
         wake_at: at(t, 20),
         at: at(t, 20),
-        failed: false,
+        failures: 0,
     };
     journal
         .write(&lease2, release)
@@ -884,7 +900,7 @@ pub async fn events_announce_due_and_finished_runs(journal: &dyn Journal) {
         last_error: None,
         wake_at,
         at: at(t, 1),
-        failed: false,
+        failures: 0,
     };
     journal
         .write(&lease1, release)
@@ -1585,7 +1601,7 @@ fn release(wake_at: Timestamp, when: Timestamp) -> Write {
         last_error: None,
         wake_at,
         at: when,
-        failed: false,
+        failures: 0,
     }
 }
 

@@ -143,6 +143,8 @@ struct ReplayState {
     /// New steps held back until every recorded step is replayed (see `decide`).
     gated: HashMap<String, Gated>,
     abort: Option<Error>,
+    /// Whether this execution has recorded a step.
+    progressed: bool,
     /// Why the run is stopping at a step boundary (a cancel, its deadline):
     /// no new step starts, and once no step executes the driver stops it.
     stop: Option<Error>,
@@ -212,7 +214,13 @@ impl RunCtx {
         let mut st = self.state();
         let seq = st.next_seq;
         st.next_seq = seq.saturating_add(1);
+        st.progressed = true;
         seq
+    }
+
+    /// Whether this execution has recorded a step.
+    pub fn progressed(&self) -> bool {
+        self.state().progressed
     }
 
     /// Decides whether step `id` replays or runs.

@@ -333,7 +333,7 @@ impl Runtime {
             return Ok(opened);
         };
         if let Some(lease) = &opened.lease {
-            self.give_back(lease, run.last_error.clone(), run.wake_at, false)
+            self.give_back(lease, run.last_error.clone(), run.wake_at, run.failures)
                 .await;
         }
         Err(mismatch)
@@ -391,9 +391,22 @@ impl Runtime {
         let guard = GiveBackOnDrop {
             rt: Some(self.clone()),
             lease: lease.clone(),
+            failures: snapshot.run.failures,
         };
         let record = snapshot.run.clone();
+        let mut run_ctx = None;
         let result = async {
+            // Its workers kept dying (or failing) without progress: set aside.
+            if snapshot.run.failures >= self.inner.dead_letter_after {
+                return Err(Error::DeadLettered {
+                    run: key.clone(),
+                    last_error: format!(
+                        "{} executions in a row ended without recording a step; the last error: {}",
+                        snapshot.run.failures,
+                        snapshot.run.last_error.as_deref().unwrap_or("its worker died")
+                    ),
+                });
+            }
             // Cancelled while no live worker held it, or out of time: no user code runs.
             if snapshot.run.cancel_requested_at.is_some() {
                 return Err(Error::Cancelled { run: key.clone() });
@@ -431,6 +444,7 @@ impl Runtime {
                 meta.retry.unwrap_or(self.inner.default_retry),
                 meta.name,
             ));
+            run_ctx = Some(run.clone());
             let _heartbeat = Heartbeat::start(run.clone(), self.inner.lease_duration);
             let body = start(Ctx::root(run.clone()), input);
             let result = Drive::new(body, &run, self.inner.stall_timeout).await?;
@@ -472,7 +486,8 @@ impl Runtime {
         let result = match result {
             Err(err) => {
                 span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
-                self.after_error::<R, C>(&lease, err, &record)
+                let progressed = run_ctx.as_ref().is_some_and(|run| run.progressed());
+                self.after_error::<R, C>(&lease, err, &record, progressed)
                     .instrument(span)
                     .await
             }
@@ -492,6 +507,7 @@ impl Runtime {
         lease: &Lease,
         err: Error,
         run: &RunRecord,
+        progressed: bool,
     ) -> Result<R> {
         let journal = &self.inner.journal;
         let stopped = match &err {
@@ -516,7 +532,8 @@ impl Runtime {
                 Err(Error::LeaseLost { .. }) => self.recorded_outcome::<R, C>(lease).await,
                 Err(write_err) => {
                     // Left for the next worker, which stops it the same way.
-                    self.give_back_after_error(lease, &write_err, run).await;
+                    self.give_back_after_error(lease, &write_err, run, progressed)
+                        .await;
                     Err(write_err)
                 }
             };
@@ -524,7 +541,8 @@ impl Runtime {
         if let Error::LeaseLost { .. } = err {
             return self.recorded_outcome::<R, C>(lease).await;
         }
-        self.give_back_after_error(lease, &err, run).await;
+        self.give_back_after_error(lease, &err, run, progressed)
+            .await;
         Err(err)
     }
 
@@ -543,19 +561,34 @@ impl Runtime {
         }
     }
 
-    /// Gives a run back after `err` stopped it, with the error visible and a
+    /// Gives a run back after `err` stopped an execution of it (which
+    /// recorded a step if `progressed`), with the error visible and a
     /// backoff growing with its executions; or dead-letters it if `err` is a
-    /// failure outside its steps and it has failed so too often (or at once
-    /// if its input cannot be decoded). A lost lease is not ours to give.
-    pub(crate) async fn give_back_after_error(&self, lease: &Lease, err: &Error, run: &RunRecord) {
+    /// failure outside its steps and executions in a row failed so without
+    /// progress too often (or at once if its input cannot be decoded). A
+    /// lost lease is not ours to give.
+    pub(crate) async fn give_back_after_error(
+        &self,
+        lease: &Lease,
+        err: &Error,
+        run: &RunRecord,
+        progressed: bool,
+    ) {
         if matches!(err, Error::LeaseLost { .. }) {
             return;
         }
         let failed = counts_as_failure(err);
+        let failures = match progressed {
+            true => u32::from(failed),
+            false => run.failures.saturating_add(u32::from(failed)),
+        };
         let at = Timestamp::now();
-        if failed && (run.failures.saturating_add(1) >= self.inner.dead_letter_after || is_bad_input(err)) {
+        let dead = matches!(err, Error::DeadLettered { .. })
+            || (failed && (failures >= self.inner.dead_letter_after || is_bad_input(err)));
+        if dead {
             let write = Write::DeadLetter {
                 last_error: err.to_string(),
+                failures,
                 at,
             };
             match self.inner.journal.write(lease, write).await {
@@ -569,7 +602,7 @@ impl Runtime {
         let delay = self.inner.run_backoff.jittered_delay(run.executions.max(1));
         // Never sleeping past its deadline, where it ends.
         let wake_at = run.deadline.map_or(at.after(delay), |d| d.min(at.after(delay)));
-        self.give_back(lease, Some(err.to_string()), wake_at, failed)
+        self.give_back(lease, Some(err.to_string()), wake_at, failures)
             .await;
     }
 
@@ -579,10 +612,10 @@ impl Runtime {
         lease: &Lease,
         last_error: Option<String>,
         wake_at: Timestamp,
-        failed: bool,
+        failures: u32,
     ) {
         let journal = &*self.inner.journal;
-        if let Err(err) = release(journal, lease, last_error, wake_at, failed).await {
+        if let Err(err) = release(journal, lease, last_error, wake_at, failures).await {
             tracing::debug!(run = %lease.run_key, error = %err, "could not release the lease; it will expire");
         }
     }
@@ -776,13 +809,13 @@ pub(crate) async fn release(
     lease: &Lease,
     last_error: Option<String>,
     wake_at: Timestamp,
-    failed: bool,
+    failures: u32,
 ) -> Result<Ack> {
     let at = Timestamp::now();
     let write = Write::Release {
         last_error,
         wake_at: wake_at.max(at),
-        failed,
+        failures,
         at,
     };
     journal.write(lease, write).await
@@ -864,6 +897,8 @@ pub(crate) fn validate_key(key: &str) -> Result<()> {
 struct GiveBackOnDrop {
     rt: Option<Runtime>,
     lease: Lease,
+    /// The run's failures, unchanged: an interruption is not one.
+    failures: u32,
 }
 
 impl GiveBackOnDrop {
@@ -878,6 +913,7 @@ impl Drop for GiveBackOnDrop {
             return;
         };
         let lease = self.lease.clone();
+        let failures = self.failures;
         let key = lease.run_key.clone();
         let id = fastrand::u64(..);
         let inner = rt.inner.clone();
@@ -887,7 +923,7 @@ impl Drop for GiveBackOnDrop {
             let reason = Error::Interrupted {
                 run: lease.run_key.clone(),
             };
-            rt.give_back(&lease, Some(reason.to_string()), Timestamp::now(), false)
+            rt.give_back(&lease, Some(reason.to_string()), Timestamp::now(), failures)
                 .await;
             let mut handbacks = rt.inner.handbacks.lock().unwrap_or_else(|p| p.into_inner());
             if handbacks.get(&lease.run_key).is_some_and(|h| h.id == id) {

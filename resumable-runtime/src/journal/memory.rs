@@ -107,8 +107,17 @@ impl StoredRun {
         }
     }
 
+    /// Whether a step was written under the run's current epoch.
+    fn recorded_in_epoch(&self) -> bool {
+        let epoch = self.record.epoch;
+        self.steps.records.iter().any(|s| s.epoch == epoch)
+    }
+
     fn take_lease(&mut self, req: &LeaseRequest) -> Lease {
+        // Taken over from a worker that died without recording a step.
+        let died_without_progress = self.record.lease_owner.is_some() && !self.recorded_in_epoch();
         let r = &mut self.record;
+        r.failures = r.failures.saturating_add(u32::from(died_without_progress));
         r.epoch += 1;
         r.executions += 1;
         r.lease_owner = Some(req.owner.clone());
@@ -338,10 +347,14 @@ impl Journal for MemoryJournal {
                     }
                 });
             }
-            Write::DeadLetter { last_error, at } => {
+            Write::DeadLetter {
+                last_error,
+                failures,
+                at,
+            } => {
                 end_lease(&mut run.record, at, |r| {
                     r.state = RunState::DeadLettered;
-                    r.failures = r.failures.saturating_add(1);
+                    r.failures = failures;
                 });
                 run.record.last_error = Some(last_error);
             }
@@ -355,12 +368,12 @@ impl Journal for MemoryJournal {
             Write::Release {
                 last_error,
                 wake_at,
-                failed,
+                failures,
                 at,
             } => {
                 end_lease(&mut run.record, at, |r| {
                     r.wake_at = wake_at;
-                    r.failures = r.failures.saturating_add(u32::from(failed));
+                    r.failures = failures;
                 });
                 run.record.last_error = last_error;
             }
@@ -384,7 +397,11 @@ impl Journal for MemoryJournal {
                 continue;
             };
             let cancelled = run.record.cancel_requested_at.is_some();
-            end_lease(&mut run.record, at, |r| r.wake_at = at);
+            let died_without_progress = !run.recorded_in_epoch();
+            end_lease(&mut run.record, at, |r| {
+                r.wake_at = at;
+                r.failures = r.failures.saturating_add(u32::from(died_without_progress));
+            });
             run.record.last_error = Some(last_error.to_owned());
             released += 1;
             self.events.send(match cancelled {

@@ -223,9 +223,13 @@ pub struct RunRecord {
     /// When an operator asked to cancel it, if one did while a worker held
     /// it: the worker stops at its next step boundary.
     pub cancel_requested_at: Option<Timestamp>,
-    /// Executions in a row that stopped with an error outside its steps'
-    /// own errors (a panic, a determinism or version error), since it was
-    /// created or last resumed. Reaching the runtime's limit dead-letters it.
+    /// Executions in a row that failed without recording a step: stopped
+    /// by an error outside the steps' own errors (a panic, a determinism or
+    /// version error), or ended by their worker's death (a lease taken over
+    /// after it expired, or given back by [`Journal::release_leases`]).
+    /// Set by the runtime when it gives the run back; raised by the journal
+    /// for a dead worker's execution that recorded no step; reset by a
+    /// resume. Reaching the runtime's limit dead-letters the run.
     pub failures: u32,
     /// When an operator last resumed it.
     pub resumed_at: Option<Timestamp>,
@@ -384,11 +388,13 @@ pub enum Write {
         at: Timestamp,
     },
     /// Sets the run aside for an operator ([`RunState::DeadLettered`]),
-    /// with the error that stopped it; releases the lease and counts the
-    /// failure. A run whose cancel was requested is cancelled instead.
+    /// with the error that stopped it; releases the lease. A run whose
+    /// cancel was requested is cancelled instead.
     DeadLetter {
         /// Why the run stopped.
         last_error: String,
+        /// The run's [`RunRecord::failures`] from now on.
+        failures: u32,
         /// Now.
         at: Timestamp,
     },
@@ -409,9 +415,8 @@ pub enum Write {
         last_error: Option<String>,
         /// When a completer may take it again.
         wake_at: Timestamp,
-        /// Whether the execution failed outside its steps: counted in
-        /// [`RunRecord::failures`].
-        failed: bool,
+        /// The run's [`RunRecord::failures`] from now on.
+        failures: u32,
         /// Now.
         at: Timestamp,
     },
@@ -498,7 +503,9 @@ impl RunFilter {
 pub trait Journal: Send + Sync + Debug + 'static {
     /// Creates the run if no run has `run.key` (incomplete, epoch 0), then, if
     /// it is incomplete and its lease is free or expired at `lease.now`, leases
-    /// it: epoch + 1, `executions` + 1, owner and expiry set. Returns the run,
+    /// it: epoch + 1, `executions` + 1, owner and expiry set, and `failures`
+    /// + 1 if an expired lease is taken over whose epoch recorded no step
+    /// (its worker died without progress). Returns the run,
     /// with its steps when leased. Never changes an existing run's input.
     /// Creating a run whose key has step records but no run record is
     /// refused with [`Error::OrphanSteps`], changing nothing.
@@ -529,9 +536,9 @@ pub trait Journal: Send + Sync + Debug + 'static {
     async fn write(&self, lease: &Lease, write: Write) -> Result<Ack>;
 
     /// Gives back every lease of `leases` that is still its run's (as
-    /// [`Write::Release`] with `last_error`, due at `at`, not counted as a
-    /// failure) in one write, and returns how many it gave back. The others
-    /// are skipped.
+    /// [`Write::Release`] with `last_error`, due at `at`) in one write, for
+    /// workers that died: `failures` + 1 for each lease whose epoch recorded
+    /// no step. Returns how many it gave back; the others are skipped.
     async fn release_leases(&self, leases: &[Lease], last_error: &str, at: Timestamp)
     -> Result<usize>;
 

@@ -665,8 +665,28 @@ fn refuse_orphans(conn: &Connection, key: &str, undo: bool) -> OpResult<()> {
     }))
 }
 
+/// Whether a step was written to run `lease.run_key` under `lease.epoch`.
+fn recorded_in_epoch(conn: &Connection, lease: &Lease) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM resumable_steps WHERE run_key = ?1 AND epoch = ?2)",
+    )?
+    .query_row(params![lease.run_key, lease.epoch as i64], |row| row.get(0))
+}
+
 /// Leases `run` for `req`, in the database and in `run`.
 fn take_lease(conn: &Connection, run: &mut RunRecord, req: &LeaseRequest) -> OpResult<Lease> {
+    if let Some(owner) = &run.lease_owner {
+        // Taken over from a worker that died: without progress, a failure.
+        let previous = Lease {
+            run_key: run.key.clone(),
+            owner: owner.clone(),
+            epoch: run.epoch,
+            expires_at: Timestamp(0),
+        };
+        if !recorded_in_epoch(conn, &previous)? {
+            run.failures = run.failures.saturating_add(1);
+        }
+    }
     run.epoch = next_epoch(run)?;
     run.executions = run.executions.saturating_add(1);
     run.lease_owner = Some(req.owner.clone());
@@ -674,7 +694,7 @@ fn take_lease(conn: &Connection, run: &mut RunRecord, req: &LeaseRequest) -> OpR
     run.updated_at = req.now;
     conn.prepare_cached(
         "UPDATE resumable_runs SET epoch = ?2, executions = ?3, lease_owner = ?4, lease_expires_at = ?5, \
-         updated_at = ?6 WHERE run_key = ?1",
+         updated_at = ?6, failures = ?7 WHERE run_key = ?1",
     )?
     .execute(params![
         run.key,
@@ -682,7 +702,8 @@ fn take_lease(conn: &Connection, run: &mut RunRecord, req: &LeaseRequest) -> OpR
         run.executions,
         req.owner,
         req.until.0,
-        req.now.0
+        req.now.0,
+        run.failures,
     ])?;
     Ok(Lease {
         run_key: run.key.clone(),
@@ -867,13 +888,17 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
             }
             Ok(ack)
         }
-        Write::DeadLetter { last_error, at } => {
+        Write::DeadLetter {
+            last_error,
+            failures,
+            at,
+        } => {
             let ack = fence(conn, lease)?;
             let set = match ack.cancel_requested {
-                true => "state = 'cancelled', outcome = NULL, last_error = ?3",
-                false => "state = 'dead_lettered', last_error = ?3, failures = failures + 1",
+                true => "state = 'cancelled', outcome = NULL, last_error = ?3, failures = ?4",
+                false => "state = 'dead_lettered', last_error = ?3, failures = ?4",
             };
-            end_lease(conn, set, params![key, at.0, last_error])?;
+            end_lease(conn, set, params![key, at.0, last_error, failures])?;
             Ok(ack)
         }
         Write::Pin { fingerprint, at } => {
@@ -888,16 +913,15 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
         Write::Release {
             last_error,
             wake_at,
-            failed,
+            failures,
             at,
         } => {
             let ack = fence(conn, lease)?;
             let set = match ack.cancel_requested {
-                true => "state = 'cancelled', outcome = NULL, last_error = ?3",
-                false => "last_error = ?3, wake_at = ?4, failures = min(failures + ?5, 2147483647)",
+                true => "state = 'cancelled', outcome = NULL, last_error = ?3, failures = ?5",
+                false => "last_error = ?3, wake_at = ?4, failures = ?5",
             };
-            let args = params![key, at.0, last_error, wake_at.0, i64::from(*failed)];
-            end_lease(conn, set, &args[..if ack.cancel_requested { 3 } else { 5 }])?;
+            end_lease(conn, set, params![key, at.0, last_error, wake_at.0, failures])?;
             Ok(ack)
         }
     }
@@ -940,10 +964,13 @@ fn release_leases(
             Err(Failure::Refused(_)) => continue,
             Err(err) => return Err(err),
         };
+        let failures = select_run(conn, &lease.run_key)?
+            .map_or(0, |run| run.failures)
+            .saturating_add(u32::from(!recorded_in_epoch(conn, lease)?));
         let release = Write::Release {
             last_error: Some(last_error.to_owned()),
             wake_at: at,
-            failed: false,
+            failures,
             at,
         };
         write(conn, lease, &release)?;
@@ -1636,7 +1663,7 @@ mod tests {
         let release = Write::Release {
             last_error: Some("stopped".into()),
             wake_at: Timestamp(50),
-            failed: false,
+            failures: 0,
             at: Timestamp(5),
         };
         let (refused, refused_answer) = job(move |conn| write(conn, &stale, &release));

@@ -439,8 +439,13 @@ impl PostgresJournal {
                     None => Err(lease_lost(lease)),
                 }
             }
-            Write::DeadLetter { last_error, at } => {
-                let args: [&(dyn ToSql + Sync); 1] = [last_error];
+            Write::DeadLetter {
+                last_error,
+                failures,
+                at,
+            } => {
+                let failures = attempts_i32(*failures);
+                let args: [&(dyn ToSql + Sync); 2] = [last_error, &failures];
                 let sql = &self.sql.dead_letter;
                 match self.end_lease(client, sql, lease, *at, "", &args).await? {
                     Some(ack) => Ok(ack),
@@ -463,12 +468,12 @@ impl PostgresJournal {
             Write::Release {
                 last_error,
                 wake_at,
-                failed,
+                failures,
                 at,
             } => {
                 let due = format!("{}{}", listener::DUE, wake_at.0);
-                let failed = i32::from(*failed);
-                let args: [&(dyn ToSql + Sync); 3] = [last_error, &wake_at.0, &failed];
+                let failures = attempts_i32(*failures);
+                let args: [&(dyn ToSql + Sync); 3] = [last_error, &wake_at.0, &failures];
                 let sql = &self.sql.release;
                 match self.end_lease(client, sql, lease, *at, &due, &args).await? {
                     Some(ack) => Ok(ack),

@@ -122,6 +122,19 @@ impl Statements {
                      FROM ended WHERE cancelled OR $5 <> '') AS notified)"
             )
         };
+        // 1 if run `r`'s current epoch recorded no step, else 0.
+        let no_progress = |r: &str| {
+            format!(
+                "(CASE WHEN EXISTS (SELECT 1 FROM {steps} s \
+                   WHERE s.run_key = {r}.run_key AND s.epoch = {r}.epoch) THEN 0 ELSE 1 END)"
+            )
+        };
+        // 1 if run `r`'s lease is taken over from a worker that died
+        // without recording a step under it, else 0.
+        let taken_over = format!(
+            "(CASE WHEN r.lease_owner IS NULL THEN 0 ELSE {} END)",
+            no_progress("r")
+        );
         Statements {
             // Never over orphan step records: the run is not inserted, and
             // `open_run` finds neither it nor another.
@@ -139,7 +152,8 @@ impl Statements {
             // $1 key, $2 owner, $3 until, $4 token, $5 now.
             take_lease: format!(
                 "WITH taken AS (\
-                   UPDATE {runs} SET epoch = epoch + 1, executions = LEAST(executions, 2147483646) + 1, \
+                   UPDATE {runs} r SET epoch = epoch + 1, executions = LEAST(executions, 2147483646) + 1, \
+                     failures = LEAST(failures, 2147483646) + {taken_over}, \
                      lease_owner = $2, lease_expires_at = $3, lease_token = $4, updated_at = $5 \
                    WHERE run_key = $1 AND state = 'incomplete' AND (lease_owner IS NULL \
                      OR lease_expires_at IS NULL OR lease_expires_at <= $5) \
@@ -174,10 +188,10 @@ impl Statements {
                  ON CONFLICT (run_key) DO NOTHING RETURNING {run}"
             ),
             step_ids: format!("SELECT step_id FROM {steps} WHERE run_key = $1 LIMIT 5"),
-            // $1 key, $2 epoch, $3 at, $4 channel, $5 payload, $6 if cancelled, $7 last_error.
+            // $1 key, $2 epoch, $3 at, $4 channel, $5 payload, $6 if
+            // cancelled, $7 last_error, $8 failures.
             dead_letter: end_lease(&format!(
-                "state = {}, outcome = NULL, last_error = $7, \
-                 failures = LEAST(failures, 2147483646) + 1",
+                "state = {}, outcome = NULL, last_error = $7, failures = $8",
                 or_cancelled("'dead_lettered'")
             )),
             // Leases given back together: $1 keys, $2 epochs, $3 last_error,
@@ -186,6 +200,7 @@ impl Statements {
                 "WITH ended AS (\
                    UPDATE {runs} r SET state = {state}, \
                      outcome = NULL, last_error = $3, wake_at = $4, lease_owner = NULL, \
+                     failures = LEAST(r.failures, 2147483646) + {no_progress}, \
                      lease_expires_at = NULL, lease_token = NULL, updated_at = $4 \
                    FROM unnest($1::text[], $2::bigint[]) AS l(run_key, epoch) \
                    WHERE r.run_key = l.run_key AND r.epoch = l.epoch AND r.state = 'incomplete' \
@@ -195,7 +210,8 @@ impl Statements {
                    WHERE h.run_key = ended.run_key AND h.epoch = ended.epoch) \
                  SELECT run_key, cancelled, \
                    pg_notify($5, CASE WHEN cancelled THEN $7 || run_key ELSE $6 END) FROM ended",
-                state = or_cancelled("r.state").replace("cancel_requested_at", "r.cancel_requested_at")
+                state = or_cancelled("r.state").replace("cancel_requested_at", "r.cancel_requested_at"),
+                no_progress = no_progress("r"),
             ),
             // $1 key, $2 now, $3 channel, $4 payload if cancelled now. One
             // statement under the row's lock: a run leased by a live worker
@@ -282,6 +298,7 @@ impl Statements {
                  taken AS (\
                    UPDATE {runs} r SET epoch = r.epoch + 1, \
                      executions = LEAST(r.executions, 2147483646) + 1, lease_owner = $2, \
+                     failures = LEAST(r.failures, 2147483646) + {taken_over}, \
                      lease_expires_at = $3, lease_token = $4, updated_at = $1 \
                    FROM due WHERE r.id = due.id RETURNING r.id, {r_run}), \
                  {} \
@@ -366,10 +383,9 @@ impl Statements {
                 or_cancelled("$7::text")
             )),
             // $1 key, $2 epoch, $3 at, $4 channel, $5 payload, $6 if
-            // cancelled, $7 last_error, $8 wake_at, $9 failures to add.
+            // cancelled, $7 last_error, $8 wake_at, $9 failures.
             release: end_lease(&format!(
-                "state = {}, last_error = $7, wake_at = $8, \
-                 failures = LEAST(failures + $9::integer, 2147483647)",
+                "state = {}, last_error = $7, wake_at = $8, failures = $9::integer",
                 or_cancelled("state")
             )),
             // $1 key, $2 epoch, $3 fingerprint, $4 at.
