@@ -104,12 +104,13 @@ impl Runs {
     /// finished run changes nothing and says so. [`Error::UnknownRun`] if no
     /// run has the key.
     pub async fn cancel(&self, key: &str) -> Result<CommandOutcome> {
-        let now = Timestamp::now();
-        let run = self.command(key, Command::Cancel, now).await?;
-        Ok(match run.state {
-            RunState::Cancelled if run.updated_at == now => CommandOutcome::Done(run.state),
-            RunState::Incomplete if run.cancel_requested_at.is_some() => CommandOutcome::Requested,
-            state => CommandOutcome::Unchanged(state),
+        Ok(match self.command(key, Command::Cancel).await? {
+            (run, true) if run.state == RunState::Incomplete => CommandOutcome::Requested,
+            (run, true) => CommandOutcome::Done(run.state),
+            (run, false) if run.cancel_requested_at.is_some() && !run.state.is_finished() => {
+                CommandOutcome::Requested
+            }
+            (run, false) => CommandOutcome::Unchanged(run.state),
         })
     }
 
@@ -120,25 +121,14 @@ impl Runs {
     /// steps whose failure ended it run again. A completer picks it up, or
     /// [`Runtime::run`](crate::Runtime::run) with its key executes it.
     pub async fn resume(&self, key: &str) -> Result<CommandOutcome> {
-        let now = Timestamp::now();
-        let run = self.command(key, Command::Resume, now).await?;
-        Ok(match run.resumed_at == Some(now) && run.state == RunState::Incomplete {
-            true => CommandOutcome::Done(run.state),
-            false => CommandOutcome::Unchanged(run.state),
-        })
+        self.command(key, Command::Resume).await.map(outcome)
     }
 
     /// Makes run `key` due now if it is incomplete and waits out a backoff
     /// (its own, or a step's retry delay), so that a completer takes it at
     /// once and its retrying steps try again without waiting.
     pub async fn retry_now(&self, key: &str) -> Result<CommandOutcome> {
-        let now = Timestamp::now();
-        let run = self.command(key, Command::RetryNow, now).await?;
-        let due_now = run.state == RunState::Incomplete && run.wake_at == now;
-        Ok(match due_now && run.updated_at == now {
-            true => CommandOutcome::Done(run.state),
-            false => CommandOutcome::Unchanged(run.state),
-        })
+        self.command(key, Command::RetryNow).await.map(outcome)
     }
 
     /// Starts run `new_key` from run `source`'s journal: the same workflow
@@ -187,13 +177,20 @@ impl Runs {
         self.journal.purge(Timestamp(ms), limit).await
     }
 
-    async fn command(&self, key: &str, command: Command, now: Timestamp) -> Result<RunRecord> {
+    async fn command(&self, key: &str, command: Command) -> Result<(RunRecord, bool)> {
         self.journal
-            .command(key, command, now)
+            .command(key, command, Timestamp::now())
             .await?
             .ok_or_else(|| Error::UnknownRun {
                 run: key.to_owned(),
             })
+    }
+}
+
+fn outcome((run, changed): (RunRecord, bool)) -> CommandOutcome {
+    match changed {
+        true => CommandOutcome::Done(run.state),
+        false => CommandOutcome::Unchanged(run.state),
     }
 }
 

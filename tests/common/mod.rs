@@ -114,7 +114,7 @@ impl<J: Journal> Journal for Misbehaving<J> {
         key: &str,
         command: Command,
         now: Timestamp,
-    ) -> resumable::Result<Option<RunRecord>> {
+    ) -> resumable::Result<Option<(RunRecord, bool)>> {
         self.inner.command(key, command, now).await
     }
     async fn fork_run(

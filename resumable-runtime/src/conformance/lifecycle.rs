@@ -518,10 +518,22 @@ pub async fn list_runs_pages(journal: &dyn Journal) {
     }
 }
 
+/// The run after `command`, checking that the command says it changed the
+/// run exactly when its state or times show it did.
 async fn command(journal: &dyn Journal, key: &str, command: Command, now: Timestamp) -> RunRecord {
-    journal
+    let before = load(journal, key).await.run;
+    let (run, changed) = journal
         .command(key, command, now)
         .await
         .unwrap_or_else(|e| panic!("{command:?} of '{key}' failed: {e}"))
-        .unwrap_or_else(|| panic!("{command:?} of '{key}' found no run"))
+        .unwrap_or_else(|| panic!("{command:?} of '{key}' found no run"));
+    let expected = run.state != before.state
+        || run.cancel_requested_at != before.cancel_requested_at
+        || run.wake_at != before.wake_at
+        || run.resumed_at != before.resumed_at;
+    assert_eq!(
+        changed, expected,
+        "{command:?} of '{key}' must say whether it changed the run: before {before:?}, after {run:?}"
+    );
+    run
 }

@@ -429,14 +429,16 @@ impl Journal for MemoryJournal {
         key: &str,
         command: Command,
         now: Timestamp,
-    ) -> Result<Option<RunRecord>> {
+    ) -> Result<Option<(RunRecord, bool)>> {
         let mut runs = self.runs.lock().unwrap();
         let Some(run) = runs.get_mut(key) else {
             return Ok(None);
         };
         let r = &mut run.record;
+        let mut changed = true;
         let event = match command {
             Command::Cancel if r.state == RunState::Incomplete && r.is_leased_at(now) => {
+                changed = r.cancel_requested_at.is_none();
                 r.cancel_requested_at.get_or_insert(now);
                 None
             }
@@ -466,13 +468,16 @@ impl Journal for MemoryJournal {
                 }
                 Some(JournalEvent::Due { at: now })
             }
-            _ => None,
+            _ => {
+                changed = false;
+                None
+            }
         };
         let record = run.record.clone();
         if let Some(event) = event {
             self.events.send(event);
         }
-        Ok(Some(record))
+        Ok(Some((record, changed)))
     }
 
     async fn fork_run(

@@ -546,9 +546,15 @@ pub trait Journal: Send + Sync + Debug + 'static {
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease>;
 
     /// Applies an operator's [`Command`] to run `key` at `now`, and returns
-    /// the run as it is afterwards (`None` if no run has the key).
-    async fn command(&self, key: &str, command: Command, now: Timestamp)
-    -> Result<Option<RunRecord>>;
+    /// the run as it is afterwards with whether the command changed it
+    /// (`None` if no run has the key). A command that finds its work done
+    /// already (a second cancel request) changes nothing.
+    async fn command(
+        &self,
+        key: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<Option<(RunRecord, bool)>>;
 
     /// Creates run `new_key` from run `source`: same workflow and input, no
     /// deadline, [`UNPINNED`], due at `now`, `forked_from` set, with copies
@@ -617,7 +623,7 @@ impl<J: Journal + ?Sized> Journal for std::sync::Arc<J> {
         key: &str,
         command: Command,
         now: Timestamp,
-    ) -> Result<Option<RunRecord>> {
+    ) -> Result<Option<(RunRecord, bool)>> {
         (**self).command(key, command, now).await
     }
     async fn fork_run(

@@ -995,7 +995,7 @@ fn command(
     key: &str,
     command: Command,
     now: Timestamp,
-) -> OpResult<Option<(RunRecord, Option<JournalEvent>)>> {
+) -> OpResult<Option<(RunRecord, bool, Option<JournalEvent>)>> {
     let Some(run) = select_run(conn, key)? else {
         return Ok(None);
     };
@@ -1005,8 +1005,10 @@ fn command(
         Ok(())
     };
     let due = Some(JournalEvent::Due { at: now });
+    let mut changed = true;
     let event = match command {
         Command::Cancel if run.state == RunState::Incomplete && run.is_leased_at(now) => {
+            changed = run.cancel_requested_at.is_none();
             update("cancel_requested_at = COALESCE(cancel_requested_at, ?2)")?;
             None
         }
@@ -1043,10 +1045,13 @@ fn command(
             .execute([key])?;
             due
         }
-        _ => None,
+        _ => {
+            changed = false;
+            None
+        }
     };
     let run = select_run(conn, key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-    Ok(Some((run, event)))
+    Ok(Some((run, changed, event)))
 }
 
 fn fork_run(
@@ -1297,15 +1302,17 @@ impl Journal for SqliteJournal {
         key: &str,
         cmd: Command,
         now: Timestamp,
-    ) -> Result<Option<RunRecord>> {
+    ) -> Result<Option<(RunRecord, bool)>> {
         let key = key.to_owned();
-        let Some((run, event)) = self.call(move |conn| command(conn, &key, cmd, now)).await? else {
+        let Some((run, changed, event)) =
+            self.call(move |conn| command(conn, &key, cmd, now)).await?
+        else {
             return Ok(None);
         };
         if let Some(event) = event {
             self.events.send(event);
         }
-        Ok(Some(run))
+        Ok(Some((run, changed)))
     }
 
     async fn fork_run(

@@ -886,7 +886,7 @@ impl Journal for PostgresJournal {
         key: &str,
         command: Command,
         now: Timestamp,
-    ) -> Result<Option<RunRecord>> {
+    ) -> Result<Option<(RunRecord, bool)>> {
         let (sql, payload) = match command {
             Command::Cancel => (
                 &self.sql.cancel,
@@ -896,9 +896,10 @@ impl Journal for PostgresJournal {
             Command::RetryNow => (&self.sql.retry_now, format!("{}{}", listener::DUE, now.0)),
         };
         with_client!(self, |client, retry| async {
-            query(client, sql, &[&key, &now.0, &self.channel, &payload]).await?;
+            let row = query_one(client, sql, &[&key, &now.0, &self.channel, &payload]).await?;
+            let changed = get::<i64>(&row, 0)? > 0;
             let rows = query(client, &self.sql.select_run, &[&key]).await?;
-            rows.first().map(run_from_row).transpose()
+            Ok(rows.first().map(run_from_row).transpose()?.map(|run| (run, changed)))
         })
     }
 

@@ -228,9 +228,11 @@ impl Statements {
                          lease_expires_at = CASE WHEN {live} THEN lease_expires_at END, \
                          lease_token = CASE WHEN {live} THEN lease_token END, updated_at = $2 \
                        WHERE run_key = $1 AND state IN ('incomplete', 'dead_lettered') \
+                         AND NOT ({live} AND cancel_requested_at IS NOT NULL) \
                        RETURNING state) \
-                     SELECT count(*) FROM (SELECT pg_notify($3, $4) FROM cancelled \
-                       WHERE state = 'cancelled') AS notified"
+                     SELECT (SELECT count(*) FROM cancelled), \
+                       (SELECT count(*) FROM (SELECT pg_notify($3, $4) FROM cancelled \
+                         WHERE state = 'cancelled') AS notified)"
                 )
             },
             // $1 key, $2 now, $3 channel, $4 payload. The steps that failed
