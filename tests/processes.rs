@@ -1,0 +1,331 @@
+//! The run lifecycle across real processes: a cancel sent from one process
+//! stops a run executing in another; a process killed with SIGKILL leaves
+//! runs that a restarted process takes over at once; a worker process that
+//! keeps dying on a run dead-letters it; processes opening one new SQLite
+//! file together all succeed.
+//!
+//! Each child is this test binary re-run on one `#[ignore]`d entry point.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use resumable::{
+    CommandOutcome, Completer, Journal, RunState, RunStatus, Runtime, SqliteJournal, resumable,
+    step, workflow,
+};
+
+/// The directory a child shares with its parent.
+const DIR_VAR: &str = "RESUMABLE_PROCESSES_DIR";
+/// The run key a child works on.
+const KEY_VAR: &str = "RESUMABLE_PROCESSES_KEY";
+/// The PostgreSQL server and schema a child uses, if not the SQLite file.
+const URL_VAR: &str = "RESUMABLE_TEST_POSTGRES_URL";
+const SCHEMA_VAR: &str = "RESUMABLE_PROCESSES_SCHEMA";
+
+/// Steps that say, in a file the parent reads, that they ran.
+struct Worker {
+    dir: PathBuf,
+}
+
+impl Worker {
+    #[resumable]
+    async fn order(&self, n: u32) -> Result<u32, String> {
+        let reserved = step!("reserve", { self.mark("reserve") + n });
+        let charged = step!("charge", {
+            self.mark("charge");
+            // Held until the parent says go.
+            while !self.dir.join("go").exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            reserved + 1
+        });
+        let shipped = step!("ship", { self.mark("ship") + charged + 1 });
+        Ok(shipped)
+    }
+
+    /// Kills its process before its first step while the file `poison` exists.
+    #[resumable]
+    async fn poison(&self) -> Result<u32, String> {
+        if self.dir.join("poison").exists() {
+            self.mark("abort");
+            std::process::abort();
+        }
+        let done = step!("done", { self.mark("done") + 1 });
+        Ok(done)
+    }
+
+    fn mark(&self, step: &str) -> u32 {
+        let mut ran = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("ran"))
+            .unwrap();
+        writeln!(ran, "{step}").unwrap();
+        ran.sync_all().unwrap();
+        0
+    }
+}
+
+fn ran(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("ran"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The journal a child or its parent opens: the PostgreSQL schema if the
+/// child was given one, else the SQLite file in `dir`.
+async fn open_journal(dir: &Path) -> Arc<dyn Journal> {
+    #[cfg(feature = "postgres")]
+    if let (Ok(url), Ok(schema)) = (std::env::var(URL_VAR), std::env::var(SCHEMA_VAR)) {
+        let journal = resumable::PostgresJournal::builder(url)
+            .schema(schema)
+            .open()
+            .await
+            .unwrap();
+        return Arc::new(journal);
+    }
+    Arc::new(SqliteJournal::open(dir.join("journal.db")).await.unwrap())
+}
+
+fn child(entry: &str, dir: &Path, key: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([entry, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(DIR_VAR, dir)
+        .env(KEY_VAR, key)
+        .env_remove(SCHEMA_VAR)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    command
+}
+
+fn child_env() -> (PathBuf, String) {
+    let dir = std::env::var(DIR_VAR).expect("run by a parent test");
+    (PathBuf::from(dir), std::env::var(KEY_VAR).unwrap())
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn spawn(mut command: Command) -> Self {
+        KillOnDrop(Some(command.spawn().unwrap()))
+    }
+
+    /// Waits for the child to exit, and returns what it printed.
+    fn output(mut self) -> String {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits (a minute at most: a hang guard, not a timing claim) until `cond`.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(60), "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Not a test: runs `Worker::order` with default settings and prints the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn order_child() {
+    let (dir, key) = child_env();
+    let rt = Runtime::new(open_journal(&dir).await);
+    let worker = Worker { dir: dir.clone() };
+    let outcome = rt.run(key, worker.order(1)).await;
+    println!("outcome: {outcome:?}");
+}
+
+/// Not a test: a completer with default settings but a dead-letter limit
+/// of 3, finishing what it can, then printing the run's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn completer_child() {
+    let (dir, key) = child_env();
+    let rt = Runtime::builder(open_journal(&dir).await)
+        .dead_letter_after(3)
+        .build();
+    Completer::new(&rt)
+        .register(workflow!(Worker::poison), Worker { dir })
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    let info = rt.run_info(&key).await.unwrap().unwrap();
+    println!("state: {:?}", info.status);
+}
+
+/// Not a test: opens the SQLite file once the parent says go.
+#[test]
+#[ignore = "entry point of a child process"]
+fn open_child() {
+    let (dir, _) = child_env();
+    while !dir.join("go").exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match rt.block_on(SqliteJournal::open(dir.join("journal.db"))) {
+        Ok(_) => println!("opened"),
+        Err(err) => println!("failed: {err}"),
+    }
+}
+
+/// A cancel sent by this process, through `journal`, stops the run that a
+/// child process is executing (on the same SQLite file in `dir`, or on the
+/// PostgreSQL schema `postgres`): the step in flight finishes and is
+/// journaled, the next never starts, and the outcome is `Cancelled`.
+async fn cancel_from_another_process(
+    dir: &Path,
+    journal: Arc<dyn Journal>,
+    postgres: Option<(&str, &str)>,
+) {
+    let rt = Runtime::new(journal);
+    let mut command = child("order_child", dir, "o");
+    if let Some((url, schema)) = postgres {
+        command.env(URL_VAR, url).env(SCHEMA_VAR, schema);
+    }
+    let child = KillOnDrop(Some(command.spawn().unwrap()));
+    eventually("the child to start its charge step", || {
+        ran(dir).contains(&"charge".to_owned())
+    });
+    assert_eq!(rt.runs().cancel("o").await.unwrap(), CommandOutcome::Requested);
+    std::fs::write(dir.join("go"), "").unwrap();
+    let out = child.output();
+    assert!(out.contains("outcome: Err(Cancelled"), "the child's run is cancelled: {out}");
+    assert_eq!(ran(dir), ["reserve", "charge"], "ship never started");
+    let info = rt.run_info("o").await.unwrap().unwrap();
+    assert_eq!(info.status, RunStatus::Cancelled);
+    assert!(info.step("charge#0").is_some(), "the step in flight was journaled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_process_stops_a_run_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(dir.path()).await;
+    cancel_from_another_process(dir.path(), journal, None).await;
+}
+
+#[cfg(all(feature = "postgres", feature = "conformance"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_process_stops_a_run_on_postgres() {
+    let Some(schema) =
+        resumable::conformance::postgres::TestSchema::new("a_cancel_from_another_process")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(schema.journal().await);
+    let postgres = Some((schema.url(), schema.name()));
+    cancel_from_another_process(dir.path(), journal, postgres).await;
+}
+
+/// A process killed with SIGKILL mid-run leaves its run leased for 30 s
+/// (the default). A process started after it on the same machine, with
+/// default settings, takes the run over at once: told not to wait for busy
+/// runs, it would fail with `Busy` if it had to wait out the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_process_takes_over_at_once_the_runs_of_a_killed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = child("order_child", dir.path(), "o").spawn().unwrap();
+    eventually("the child to start its charge step", || {
+        ran(dir.path()).contains(&"charge".to_owned())
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::fs::write(dir.path().join("go"), "").unwrap();
+
+    let journal = open_journal(dir.path()).await;
+    let run = journal.load_run("o").await.unwrap().unwrap().run;
+    assert!(
+        run.is_leased_at(resumable::Timestamp::now()),
+        "the killed process still holds the run's lease"
+    );
+    let rt = Runtime::builder(journal).wait_when_busy(false).build();
+    let worker = Worker {
+        dir: dir.path().to_owned(),
+    };
+    assert_eq!(rt.run("o", worker.order(1)).await.unwrap(), Ok(3));
+    assert_eq!(
+        ran(dir.path()),
+        ["reserve", "charge", "charge", "ship"],
+        "the recorded step replayed; the one in flight ran again"
+    );
+}
+
+/// A worker process that dies on a run before recording anything, again
+/// and again, dead-letters it: the completer of the process started after
+/// the third death sets it aside without running its code, and no completer
+/// takes it again until an operator resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_keeps_killing_its_worker_process_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("poison"), "").unwrap();
+    let rt = Runtime::new(open_journal(dir.path()).await);
+    let worker = Worker {
+        dir: dir.path().to_owned(),
+    };
+    rt.submit("p", worker.poison()).await.unwrap();
+    for death in 1..=3 {
+        let status = child("completer_child", dir.path(), "p").status().unwrap();
+        assert!(!status.success(), "worker process {death} must die on the run");
+    }
+    assert_eq!(ran(dir.path()), ["abort", "abort", "abort"]);
+    let out = KillOnDrop::spawn(child("completer_child", dir.path(), "p")).output();
+    assert!(out.contains("state: DeadLettered"), "{out}");
+    assert_eq!(ran(dir.path()).len(), 3, "the fourth execution ran no code");
+    let info = rt.run_info("p").await.unwrap().unwrap();
+    assert!(info.last_error.unwrap().contains("without recording a step"));
+    // Left alone by the next completer, until resumed.
+    let out = KillOnDrop::spawn(child("completer_child", dir.path(), "p")).output();
+    assert!(out.contains("state: DeadLettered"), "{out}");
+    assert_eq!(ran(dir.path()).len(), 3);
+    std::fs::remove_file(dir.path().join("poison")).unwrap();
+    assert_eq!(
+        rt.runs().resume("p").await.unwrap(),
+        CommandOutcome::Done(RunState::Incomplete)
+    );
+    let out = KillOnDrop::spawn(child("completer_child", dir.path(), "p")).output();
+    assert!(out.contains("state: Completed"), "{out}");
+    assert_eq!(rt.run("p", worker.poison()).await.unwrap(), Ok(1));
+}
+
+/// Processes opening one new SQLite file at the same moment all succeed
+/// (switching a new file to WAL takes a lock that others must wait for).
+#[test]
+fn processes_opening_one_new_sqlite_file_together_all_succeed() {
+    const PROCESSES: usize = 6;
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let children: Vec<KillOnDrop> = (0..PROCESSES)
+            .map(|_| KillOnDrop::spawn(child("open_child", dir.path(), "")))
+            .collect();
+        // Let them all start and wait, then release them together.
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.path().join("go"), "").unwrap();
+        for child in children {
+            let out = child.output();
+            assert!(out.contains("opened"), "round {round}: {out}");
+        }
+    }
+}
