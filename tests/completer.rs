@@ -122,10 +122,7 @@ async fn failing_runs_are_backed_off_with_their_error_visible_then_resumed() {
     let report = completer().run_until_idle().await.unwrap();
     assert_eq!((report.finished, report.interrupted), (0, 1));
     let info = rt.run_info("b").await.unwrap().unwrap();
-    assert_eq!(
-        (info.status, info.executions),
-        (RunStatus::BackingOff, 2)
-    );
+    assert_eq!((info.status, info.executions), (RunStatus::BackingOff, 2));
 
     // The fix is deployed: the next due pass completes it, and the step did not run again.
     jobs.broken.store(false, Ordering::SeqCst);

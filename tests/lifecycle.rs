@@ -139,7 +139,10 @@ async fn a_cancel_stops_a_running_run_at_its_next_step_boundary() {
         assert_eq!(status(&rt, "o").await, RunStatus::Running, "{name}");
         shop.go.notify_one();
         let outcome = running.await.unwrap();
-        assert!(matches!(outcome, Err(Error::Cancelled { .. })), "{name}: {outcome:?}");
+        assert!(
+            matches!(outcome, Err(Error::Cancelled { .. })),
+            "{name}: {outcome:?}"
+        );
         assert_eq!(
             shop.ran(),
             ["reserve", "charge"],
@@ -147,7 +150,10 @@ async fn a_cancel_stops_a_running_run_at_its_next_step_boundary() {
         );
         let info = rt.run_info("o").await.unwrap().unwrap();
         assert_eq!(info.status, RunStatus::Cancelled, "{name}");
-        assert!(info.step("charge#0").is_some(), "{name}: the step in flight was journaled");
+        assert!(
+            info.step("charge#0").is_some(),
+            "{name}: the step in flight was journaled"
+        );
         assert!(info.step("ship#0").is_none(), "{name}");
         // Stable: every later call gets the cancel, and no code runs.
         let again = rt.run("o", shop.order(1)).await;
@@ -173,10 +179,16 @@ async fn a_cancel_after_the_last_step_but_before_the_outcome_wins() {
             async move { rt.run("o", shop.order(1)).await }
         });
         shop.held.notified().await;
-        assert_eq!(rt.runs().cancel("o").await.unwrap(), CommandOutcome::Requested);
+        assert_eq!(
+            rt.runs().cancel("o").await.unwrap(),
+            CommandOutcome::Requested
+        );
         shop.go.notify_one();
         let outcome = running.await.unwrap();
-        assert!(matches!(outcome, Err(Error::Cancelled { .. })), "{name}: {outcome:?}");
+        assert!(
+            matches!(outcome, Err(Error::Cancelled { .. })),
+            "{name}: {outcome:?}"
+        );
         assert_eq!(shop.ran(), ["reserve", "charge", "ship"], "{name}");
         assert_eq!(status(&rt, "o").await, RunStatus::Cancelled, "{name}");
     }
@@ -218,10 +230,16 @@ async fn a_cancel_outlives_the_worker_that_did_not_see_it() {
         };
         let lease = LeaseRequest::new("doomed", Duration::from_millis(200));
         assert!(journal.open_run(new, lease).await.unwrap().lease.is_some());
-        assert_eq!(rt.runs().cancel("o").await.unwrap(), CommandOutcome::Requested);
+        assert_eq!(
+            rt.runs().cancel("o").await.unwrap(),
+            CommandOutcome::Requested
+        );
         // The next worker, once the lease expired, cancels it without running code.
         let outcome = rt.run("o", shop.order(1)).await;
-        assert!(matches!(outcome, Err(Error::Cancelled { .. })), "{name}: {outcome:?}");
+        assert!(
+            matches!(outcome, Err(Error::Cancelled { .. })),
+            "{name}: {outcome:?}"
+        );
         assert!(shop.ran().is_empty(), "{name}");
         assert_eq!(status(&rt, "o").await, RunStatus::Cancelled, "{name}");
     }
@@ -251,7 +269,11 @@ async fn a_run_past_its_deadline_ends_at_its_next_step_boundary() {
             "{name}: {outcome:?}"
         );
         assert_eq!(shop.ran(), ["reserve", "charge"], "{name}");
-        assert_eq!(status(&rt, "o").await, RunStatus::DeadlineExceeded, "{name}");
+        assert_eq!(
+            status(&rt, "o").await,
+            RunStatus::DeadlineExceeded,
+            "{name}"
+        );
         // Stable, and no completer takes it again.
         let report = Completer::new(&rt)
             .register(workflow!(Shop::order), shop.clone())
@@ -261,7 +283,10 @@ async fn a_run_past_its_deadline_ends_at_its_next_step_boundary() {
             .unwrap();
         assert_eq!((report.finished, report.interrupted), (0, 0), "{name}");
         let again = rt.run("o", shop.order(1)).await;
-        assert!(matches!(again, Err(Error::DeadlineExceeded { .. })), "{name}");
+        assert!(
+            matches!(again, Err(Error::DeadlineExceeded { .. })),
+            "{name}"
+        );
     }
 }
 
@@ -281,7 +306,11 @@ async fn a_submitted_run_past_its_deadline_runs_no_code() {
             .unwrap();
         assert_eq!(report.interrupted, 1, "{name}: its one execution ended it");
         assert!(shop.ran().is_empty(), "{name}");
-        assert_eq!(status(&rt, "late").await, RunStatus::DeadlineExceeded, "{name}");
+        assert_eq!(
+            status(&rt, "late").await,
+            RunStatus::DeadlineExceeded,
+            "{name}"
+        );
     }
 }
 
@@ -310,8 +339,14 @@ async fn a_run_that_keeps_failing_is_dead_lettered_until_resumed() {
         }
         let info = rt.run_info("poison").await.unwrap().unwrap();
         assert_eq!(info.status, RunStatus::DeadLettered, "{name}");
-        assert_eq!(info.executions, 3, "{name}: dead-lettered after 3 executions");
-        assert!(info.last_error.unwrap().contains("bug between the steps"), "{name}");
+        assert_eq!(
+            info.executions, 3,
+            "{name}: dead-lettered after 3 executions"
+        );
+        assert!(
+            info.last_error.unwrap().contains("bug between the steps"),
+            "{name}"
+        );
         let dead = rt.runs().dead_letters(10).await.unwrap();
         assert_eq!(dead.len(), 1, "{name}");
         let err = rt.run("poison", shop.order(1)).await.unwrap_err();
@@ -325,9 +360,20 @@ async fn a_run_that_keeps_failing_is_dead_lettered_until_resumed() {
             "{name}"
         );
         let info = rt.run_info("poison").await.unwrap().unwrap();
-        assert!(info.resumed_at.is_some(), "{name}: the decision is recorded");
-        assert_eq!(completer().run_until_idle().await.unwrap().finished, 1, "{name}");
-        assert_eq!(rt.run("poison", shop.order(1)).await.unwrap(), Ok(3), "{name}");
+        assert!(
+            info.resumed_at.is_some(),
+            "{name}: the decision is recorded"
+        );
+        assert_eq!(
+            completer().run_until_idle().await.unwrap().finished,
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            rt.run("poison", shop.order(1)).await.unwrap(),
+            Ok(3),
+            "{name}"
+        );
         assert_eq!(shop.ran(), ["reserve", "charge", "ship"], "{name}");
     }
 }
@@ -402,7 +448,9 @@ async fn retry_now_ends_a_backoff() {
     for (name, journal, _dir) in journals().await {
         let rt = Runtime::builder(journal.clone())
             .default_retry(FAST)
-            .run_backoff(RetryPolicy::exponential(u32::MAX).initial_delay(Duration::from_secs(3600)))
+            .run_backoff(
+                RetryPolicy::exponential(u32::MAX).initial_delay(Duration::from_secs(3600)),
+            )
             .build();
         let shop = Arc::new(Shop::default());
         shop.broken.store(true, Ordering::SeqCst);
@@ -414,14 +462,22 @@ async fn retry_now_ends_a_backoff() {
                 .register(workflow!(Shop::order), shop.clone())
                 .unwrap()
         };
-        assert_eq!(completer().run_until_idle().await.unwrap().finished, 0, "{name}");
+        assert_eq!(
+            completer().run_until_idle().await.unwrap().finished,
+            0,
+            "{name}"
+        );
         assert_eq!(
             rt.runs().retry_now("o").await.unwrap(),
             CommandOutcome::Done(RunState::Incomplete),
             "{name}"
         );
         assert_eq!(status(&rt, "o").await, RunStatus::Pending, "{name}");
-        assert_eq!(completer().run_until_idle().await.unwrap().finished, 1, "{name}");
+        assert_eq!(
+            completer().run_until_idle().await.unwrap().finished,
+            1,
+            "{name}"
+        );
         assert_eq!(
             rt.runs().retry_now("o").await.unwrap(),
             CommandOutcome::Unchanged(RunState::Completed),
@@ -440,7 +496,11 @@ async fn a_fork_replays_the_first_steps_and_runs_the_rest_with_the_current_code(
         let fork = rt.runs().fork("o", 2, "o-again").await.unwrap();
         assert_eq!(fork.forked_from.as_deref(), Some("o"), "{name}");
         assert_eq!(fork.status, RunStatus::Pending, "{name}");
-        assert_eq!(rt.run("o-again", shop.order(1)).await.unwrap(), Ok(3), "{name}");
+        assert_eq!(
+            rt.run("o-again", shop.order(1)).await.unwrap(),
+            Ok(3),
+            "{name}"
+        );
         assert_eq!(
             shop.ran(),
             ["reserve", "charge", "ship", "ship"],
@@ -475,7 +535,13 @@ async fn run_keys_that_name_nothing_are_refused_everywhere() {
         refused(rt.submit(key, shop.order(1)).await, "submit");
         refused(client.submit(&REF, key, (1,)).await, "Client::submit");
     }
-    assert!(journal.list_runs(&RunFilter::default()).await.unwrap().is_empty());
+    assert!(
+        journal
+            .list_runs(&RunFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(shop.ran().is_empty());
 }
 
@@ -514,8 +580,15 @@ async fn status_counts_executions_as_users_understand_them() {
         let info = rt.run_info("o").await.unwrap().unwrap();
         assert_eq!(info.executions, 2, "{name}");
         assert_eq!(info.last_error, None, "{name}: cleared by the success");
-        assert_eq!((&info.lease_owner, info.lease_expires_at), (&None, None), "{name}");
-        let outcome = info.outcome.clone().expect("a completed run has an outcome");
+        assert_eq!(
+            (&info.lease_owner, info.lease_expires_at),
+            (&None, None),
+            "{name}"
+        );
+        let outcome = info
+            .outcome
+            .clone()
+            .expect("a completed run has an outcome");
         assert_eq!(outcome.codec.as_deref(), Some("bincode2"), "{name}");
         assert!(info.steps.iter().all(|s| s.duration_ms.is_some()), "{name}");
         // Status is Serialize, with stable lower-case state names.

@@ -95,7 +95,13 @@ async fn open_journal(dir: &Path) -> Arc<dyn Journal> {
 fn child(entry: &str, dir: &Path, key: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args([entry, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            entry,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_VAR, dir)
         .env(KEY_VAR, key)
         .env_remove(SCHEMA_VAR)
@@ -138,7 +144,10 @@ impl Drop for KillOnDrop {
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(60), "gave up waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "gave up waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -209,14 +218,23 @@ async fn cancel_from_another_process(
     eventually("the child to start its charge step", || {
         ran(dir).contains(&"charge".to_owned())
     });
-    assert_eq!(rt.runs().cancel("o").await.unwrap(), CommandOutcome::Requested);
+    assert_eq!(
+        rt.runs().cancel("o").await.unwrap(),
+        CommandOutcome::Requested
+    );
     std::fs::write(dir.join("go"), "").unwrap();
     let out = child.output();
-    assert!(out.contains("outcome: Err(Cancelled"), "the child's run is cancelled: {out}");
+    assert!(
+        out.contains("outcome: Err(Cancelled"),
+        "the child's run is cancelled: {out}"
+    );
     assert_eq!(ran(dir), ["reserve", "charge"], "ship never started");
     let info = rt.run_info("o").await.unwrap().unwrap();
     assert_eq!(info.status, RunStatus::Cancelled);
-    assert!(info.step("charge#0").is_some(), "the step in flight was journaled");
+    assert!(
+        info.step("charge#0").is_some(),
+        "the step in flight was journaled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,14 +306,21 @@ async fn a_run_that_keeps_killing_its_worker_process_is_dead_lettered() {
     rt.submit("p", worker.poison()).await.unwrap();
     for death in 1..=3 {
         let status = child("completer_child", dir.path(), "p").status().unwrap();
-        assert!(!status.success(), "worker process {death} must die on the run");
+        assert!(
+            !status.success(),
+            "worker process {death} must die on the run"
+        );
     }
     assert_eq!(ran(dir.path()), ["abort", "abort", "abort"]);
     let out = KillOnDrop::spawn(child("completer_child", dir.path(), "p")).output();
     assert!(out.contains("state: DeadLettered"), "{out}");
     assert_eq!(ran(dir.path()).len(), 3, "the fourth execution ran no code");
     let info = rt.run_info("p").await.unwrap().unwrap();
-    assert!(info.last_error.unwrap().contains("without recording a step"));
+    assert!(
+        info.last_error
+            .unwrap()
+            .contains("without recording a step")
+    );
     // Left alone by the next completer, until resumed.
     let out = KillOnDrop::spawn(child("completer_child", dir.path(), "p")).output();
     assert!(out.contains("state: DeadLettered"), "{out}");

@@ -529,7 +529,10 @@ async fn a_run_executing_elsewhere_is_waited_for_and_taken_over_when_given_back(
         async move { rt.run("waited", fx.flaky()).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    assert!(!waiting.is_finished(), "run() waits while another worker holds the run");
+    assert!(
+        !waiting.is_finished(),
+        "run() waits while another worker holds the run"
+    );
     // The other worker gives the run back: the waiting call takes it over.
     let release = resumable::journal::Write::Release {
         last_error: None,
@@ -537,14 +540,19 @@ async fn a_run_executing_elsewhere_is_waited_for_and_taken_over_when_given_back(
         failures: 0,
         at: resumable::Timestamp::now(),
     };
-    resumable::Journal::write(&*journal, &lease, release).await.unwrap();
+    resumable::Journal::write(&*journal, &lease, release)
+        .await
+        .unwrap();
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
         .await
         .expect("the waiting run() resumes once the lease is free")
         .unwrap();
     assert!(outcome.is_ok(), "{outcome:?}");
     let info = rt.run_info("waited").await.unwrap().unwrap();
-    assert_eq!(info.executions, 2, "the other worker's lease, then this one");
+    assert_eq!(
+        info.executions, 2,
+        "the other worker's lease, then this one"
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::codec::{Bincode, Codec, Envelope};
 use crate::error::{Error, Result, Slot};
-use crate::journal::{Command, Journal, JournalEvent, NewRun, RunState, Subscription, Timestamp, UNPINNED};
+use crate::journal::{
+    Command, Journal, JournalEvent, NewRun, RunState, Subscription, Timestamp, UNPINNED,
+};
 use crate::runs::Runs;
 use crate::runtime::{mismatch, outcome_of, validate_key};
 use crate::workflow::{Journaled, WorkflowResult};
@@ -165,7 +167,10 @@ impl Client {
             input,
             deadline,
         };
-        let (run, created) = self.journal.create_run(new.clone(), Timestamp::now()).await?;
+        let (run, created) = self
+            .journal
+            .create_run(new.clone(), Timestamp::now())
+            .await?;
         if let Some(mismatch) = mismatch(&run, &new, None) {
             return Err(mismatch);
         }

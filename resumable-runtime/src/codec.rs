@@ -298,7 +298,10 @@ mod tests {
             } => {
                 assert_eq!((journaled.as_str(), *current), ("bincode2", "renamed"));
                 let message = err.to_string();
-                assert!(message.contains("bincode2") && message.contains("renamed"), "{message}");
+                assert!(
+                    message.contains("bincode2") && message.contains("renamed"),
+                    "{message}"
+                );
             }
             other => panic!("expected CodecMismatch, got {other}"),
         }
@@ -311,7 +314,10 @@ mod tests {
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
         assert_eq!(record_codec(&record), None);
-        assert_eq!(open::<(String, u8)>(&record).unwrap(), ("old".to_string(), 1));
+        assert_eq!(
+            open::<(String, u8)>(&record).unwrap(),
+            ("old".to_string(), 1)
+        );
     }
 
     #[test]

@@ -159,7 +159,13 @@ mod tests {
         let owner = format!("{}:{pid}:{}:{}", this.host, start.unwrap_or(1), this.scope);
         assert!(is_gone(&owner), "{owner}");
         // Same pid, another start time: the pid was reused.
-        let reused = format!("{}:{}:{}:{}", this.host, this.pid, this.start + 1, this.scope);
+        let reused = format!(
+            "{}:{}:{}:{}",
+            this.host,
+            this.pid,
+            this.start + 1,
+            this.scope
+        );
         assert!(is_gone(&reused));
         // Another machine, another namespace, or an id the user chose: never judged.
         let elsewhere = format!("other-host:{pid}:1:{}", this.scope);

@@ -403,7 +403,11 @@ impl Runtime {
                     last_error: format!(
                         "{} executions in a row ended without recording a step; the last error: {}",
                         snapshot.run.failures,
-                        snapshot.run.last_error.as_deref().unwrap_or("its worker died")
+                        snapshot
+                            .run
+                            .last_error
+                            .as_deref()
+                            .unwrap_or("its worker died")
                     ),
                 });
             }
@@ -474,7 +478,13 @@ impl Runtime {
                 outcome,
                 at: Timestamp::now(),
             };
-            if self.inner.journal.write(&run.lease(), write).await?.cancel_requested {
+            if self
+                .inner
+                .journal
+                .write(&run.lease(), write)
+                .await?
+                .cancel_requested
+            {
                 // A cancel that came before the outcome was recorded wins.
                 return Err(Error::Cancelled { run: key.clone() });
             }
@@ -601,7 +611,9 @@ impl Runtime {
         }
         let delay = self.inner.run_backoff.jittered_delay(run.executions.max(1));
         // Never sleeping past its deadline, where it ends.
-        let wake_at = run.deadline.map_or(at.after(delay), |d| d.min(at.after(delay)));
+        let wake_at = run
+            .deadline
+            .map_or(at.after(delay), |d| d.min(at.after(delay)));
         self.give_back(lease, Some(err.to_string()), wake_at, failures)
             .await;
     }
@@ -685,7 +697,10 @@ impl Runtime {
         });
         let given_back = self.release_all(&runs, "its worker process died").await?;
         if given_back > 0 {
-            tracing::info!(runs = given_back, "took over the runs of worker processes that died");
+            tracing::info!(
+                runs = given_back,
+                "took over the runs of worker processes that died"
+            );
         }
         Ok(given_back)
     }
@@ -782,7 +797,10 @@ pub(crate) fn mismatch(
 
 /// The stable outcome of `run`, which is not incomplete: the workflow's own
 /// journaled `Result`, or the lifecycle's error.
-pub(crate) fn outcome_of<R: Journaled, C: Codec>(envelope: &Envelope, run: &RunRecord) -> Result<R> {
+pub(crate) fn outcome_of<R: Journaled, C: Codec>(
+    envelope: &Envelope,
+    run: &RunRecord,
+) -> Result<R> {
     let key = run.key.clone();
     match run.state {
         RunState::Cancelled => Err(Error::Cancelled { run: key }),
@@ -839,9 +857,16 @@ fn counts_as_failure(err: &Error) -> bool {
 fn is_bad_input(err: &Error) -> bool {
     matches!(
         err,
-        Error::Decode { slot: Slot::Input, .. }
-            | Error::Corrupted { slot: Slot::Input, .. }
-            | Error::UnknownRecordVersion { slot: Slot::Input, .. }
+        Error::Decode {
+            slot: Slot::Input,
+            ..
+        } | Error::Corrupted {
+            slot: Slot::Input,
+            ..
+        } | Error::UnknownRecordVersion {
+            slot: Slot::Input,
+            ..
+        }
     )
 }
 

@@ -92,7 +92,11 @@ impl<J: Journal> Journal for Misbehaving<J> {
     ) -> resumable::Result<Vec<(RunSnapshot, Lease)>> {
         self.inner.claim_due(lease, limit).await
     }
-    async fn create_run(&self, run: NewRun, now: Timestamp) -> resumable::Result<(RunRecord, bool)> {
+    async fn create_run(
+        &self,
+        run: NewRun,
+        now: Timestamp,
+    ) -> resumable::Result<(RunRecord, bool)> {
         self.spend()?;
         self.inner.create_run(run, now).await
     }

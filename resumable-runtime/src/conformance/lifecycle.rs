@@ -29,12 +29,21 @@ pub async fn create_run_does_not_lease(journal: &dyn Journal) {
         .unwrap_or_else(|e| panic!("create_run failed: {e}"));
     assert!(created, "create_run on a new key must create it");
     assert_eq!(
-        (run.state, run.epoch, run.executions, run.lease_owner.as_deref()),
+        (
+            run.state,
+            run.epoch,
+            run.executions,
+            run.lease_owner.as_deref()
+        ),
         (RunState::Incomplete, 0, 0, None),
         "create_run must not lease the run nor count an execution"
     );
     assert_eq!(run.wake_at, t, "a created run is due at once");
-    assert_eq!(run.deadline, Some(at(t, 60_000)), "the deadline must be stored");
+    assert_eq!(
+        run.deadline,
+        Some(at(t, 60_000)),
+        "the deadline must be stored"
+    );
     if let Some(events) = &mut events {
         super::expect_event(events, &JournalEvent::Due { at: t }, "create_run").await;
     }
@@ -46,7 +55,10 @@ pub async fn create_run_does_not_lease(journal: &dyn Journal) {
     assert!(!created, "create_run on an existing key must not create");
     assert_eq!(again.input, b"input", "create_run must never change a run");
     let (_, lease) = open_leased(journal, new_run(&key, b"input"), at(t, 10), at(t, 60_000)).await;
-    assert_eq!(lease.epoch, 1, "the first lease of a created run is epoch 1");
+    assert_eq!(
+        lease.epoch, 1,
+        "the first lease of a created run is epoch 1"
+    );
     assert_eq!(load(journal, &key).await.run.executions, 1);
 }
 
@@ -70,11 +82,18 @@ pub async fn cancel_stops_runs_durably(journal: &dyn Journal) {
     let idle = unique("cancel-idle");
     journal.create_run(new_run(&idle, b"i"), t).await.unwrap();
     let run = command(journal, &idle, Command::Cancel, at(t, 1)).await;
-    assert_eq!(run.state, RunState::Cancelled, "an unheld run is cancelled at once");
+    assert_eq!(
+        run.state,
+        RunState::Cancelled,
+        "an unheld run is cancelled at once"
+    );
     assert_eq!(run.updated_at, at(t, 1));
     assert_eq!(run.cancel_requested_at, Some(at(t, 1)));
     let opened = journal
-        .open_run(new_run(&idle, b"i"), request(OWNER, at(t, 2), at(t, 60_000)))
+        .open_run(
+            new_run(&idle, b"i"),
+            request(OWNER, at(t, 2), at(t, 60_000)),
+        )
         .await
         .unwrap();
     assert!(opened.lease.is_none(), "a cancelled run is never leased");
@@ -87,7 +106,11 @@ pub async fn cancel_stops_runs_durably(journal: &dyn Journal) {
     let late = journal
         .write(&stale, step_completed("late#0", 0, vec![1], at(t, 21)))
         .await;
-    expect_lease_lost(late, &stale, "a write under an expired lease of a cancelled run");
+    expect_lease_lost(
+        late,
+        &stale,
+        "a write under an expired lease of a cancelled run",
+    );
 
     // Held by a live worker: a request, acknowledged by its writes.
     let live = unique("cancel-live");
@@ -103,25 +126,40 @@ pub async fn cancel_stops_runs_durably(journal: &dyn Journal) {
         (RunState::Incomplete, Some(at(t, 2))),
         "a run held by a live worker gets a cancel request"
     );
-    assert_eq!(run.lease_owner.as_deref(), Some(OWNER), "the worker keeps its lease");
+    assert_eq!(
+        run.lease_owner.as_deref(),
+        Some(OWNER),
+        "the worker keeps its lease"
+    );
     let ack = journal
         .write(&lease, step_completed("b#0", 1, vec![2], at(t, 3)))
         .await
         .unwrap_or_else(|e| panic!("a step finished after a cancel request must be recorded: {e}"));
-    assert!(ack.cancel_requested, "a step write must acknowledge the cancel request");
+    assert!(
+        ack.cancel_requested,
+        "a step write must acknowledge the cancel request"
+    );
     let ack = journal
         .write(&lease, super::step_failed("c#0", 1, "boom", at(t, 4)))
         .await
         .unwrap();
-    assert!(ack.cancel_requested, "a failed attempt must acknowledge the cancel request");
+    assert!(
+        ack.cancel_requested,
+        "a failed attempt must acknowledge the cancel request"
+    );
     let steps = load(journal, &live).await.steps;
     assert!(
-        steps.iter().any(|s| s.step_id == "b#0" && s.state == StepState::Completed),
+        steps
+            .iter()
+            .any(|s| s.step_id == "b#0" && s.state == StepState::Completed),
         "the step must be recorded"
     );
     // Its outcome, recorded after the cancel, is the cancel.
     let ack = journal.write(&lease, finished(at(t, 5))).await.unwrap();
-    assert!(ack.cancel_requested, "RunFinished must acknowledge the cancel request");
+    assert!(
+        ack.cancel_requested,
+        "RunFinished must acknowledge the cancel request"
+    );
     let run = load(journal, &live).await.run;
     assert_eq!(
         (run.state, run.lease_owner.as_deref()),
@@ -130,7 +168,10 @@ pub async fn cancel_stops_runs_durably(journal: &dyn Journal) {
     );
     // Finished: a cancel changes nothing.
     let again = command(journal, &live, Command::Cancel, at(t, 6)).await;
-    assert_eq!((again.state, again.updated_at), (RunState::Cancelled, at(t, 5)));
+    assert_eq!(
+        (again.state, again.updated_at),
+        (RunState::Cancelled, at(t, 5))
+    );
 
     // A release or a dead letter after a cancel request cancels too.
     for (label, write) in [
@@ -148,7 +189,10 @@ pub async fn cancel_stops_runs_durably(journal: &dyn Journal) {
         let (_, lease) = open_leased(journal, new_run(&key, b"i"), t, at(t, 60_000)).await;
         command(journal, &key, Command::Cancel, at(t, 8)).await;
         let ack = journal.write(&lease, write).await.unwrap();
-        assert!(ack.cancel_requested, "{label} must acknowledge the cancel request");
+        assert!(
+            ack.cancel_requested,
+            "{label} must acknowledge the cancel request"
+        );
         assert_eq!(
             load(journal, &key).await.run.state,
             RunState::Cancelled,
@@ -184,7 +228,12 @@ pub async fn dead_letters_wait_for_an_operator(journal: &dyn Journal) {
     assert!(!ack.cancel_requested);
     let run = load(journal, &key).await.run;
     assert_eq!(
-        (run.state, run.failures, run.last_error.as_deref(), run.lease_owner.as_deref()),
+        (
+            run.state,
+            run.failures,
+            run.last_error.as_deref(),
+            run.lease_owner.as_deref()
+        ),
         (RunState::DeadLettered, 3, Some("panicked: poison"), None),
         "DeadLetter must set the run aside with its error and failures, released"
     );
@@ -194,13 +243,19 @@ pub async fn dead_letters_wait_for_an_operator(journal: &dyn Journal) {
         .open_run(new_run(&key, b"i"), request(OWNER, at(t, 3), at(t, 60_000)))
         .await
         .unwrap();
-    assert!(opened.lease.is_none(), "open_run must not lease a dead-lettered run");
+    assert!(
+        opened.lease.is_none(),
+        "open_run must not lease a dead-lettered run"
+    );
     let filter = RunFilter {
         state: Some(RunState::DeadLettered),
         ..RunFilter::default()
     };
     let listed = journal.list_runs(&filter).await.unwrap();
-    assert!(listed.iter().any(|r| r.key == key), "dead letters must be listed by state");
+    assert!(
+        listed.iter().any(|r| r.key == key),
+        "dead letters must be listed by state"
+    );
 
     let run = command(journal, &key, Command::Resume, at(t, 5)).await;
     assert_eq!(
@@ -236,7 +291,10 @@ pub async fn resume_reopens_a_failed_run(journal: &dyn Journal) {
     };
     // A failure handled by the workflow, then the one that ended it.
     journal.write(&lease, fail("early#0", 0)).await.unwrap();
-    journal.write(&lease, step_completed("ok#0", 1, vec![1], t)).await.unwrap();
+    journal
+        .write(&lease, step_completed("ok#0", 1, vec![1], t))
+        .await
+        .unwrap();
     journal.write(&lease, fail("last#0", 2)).await.unwrap();
     let ended = Write::RunFinished {
         state: RunState::Failed,
@@ -246,7 +304,10 @@ pub async fn resume_reopens_a_failed_run(journal: &dyn Journal) {
     journal.write(&lease, ended).await.unwrap();
 
     let unchanged = unique("resume-incomplete");
-    journal.create_run(new_run(&unchanged, b"i"), t).await.unwrap();
+    journal
+        .create_run(new_run(&unchanged, b"i"), t)
+        .await
+        .unwrap();
     let run = command(journal, &unchanged, Command::Resume, at(t, 2)).await;
     assert_eq!(
         (run.state, run.resumed_at),
@@ -294,7 +355,10 @@ pub async fn retry_now_makes_a_run_due(journal: &dyn Journal) {
         .write(&lease, super::step_failed("s#0", 1, "timeout", at(t, 2)))
         .await
         .unwrap();
-    journal.write(&lease, release(at(t, 600_000), at(t, 3))).await.unwrap();
+    journal
+        .write(&lease, release(at(t, 600_000), at(t, 3)))
+        .await
+        .unwrap();
     let run = command(journal, &key, Command::RetryNow, at(t, 4)).await;
     assert_eq!(run.wake_at, at(t, 4), "RetryNow must make the run due now");
     let step = load(journal, &key).await.steps.remove(0);
@@ -332,21 +396,42 @@ pub async fn fork_copies_the_first_steps(journal: &dyn Journal) {
         "a fork is a new, unpinned, unleased run"
     );
     assert_eq!(
-        (run.input.as_slice(), run.workflow.as_str(), run.forked_from.as_deref()),
-        (b"input".as_slice(), before.run.workflow.as_str(), Some(source.as_str())),
+        (
+            run.input.as_slice(),
+            run.workflow.as_str(),
+            run.forked_from.as_deref()
+        ),
+        (
+            b"input".as_slice(),
+            before.run.workflow.as_str(),
+            Some(source.as_str())
+        ),
     );
     assert_eq!(run.wake_at, at(t, 2), "a fork is due at once");
     let steps = load(journal, &fork).await.steps;
     let copied: Vec<(&str, Option<u64>, &[u8])> = steps
         .iter()
-        .map(|s| (s.step_id.as_str(), s.seq, s.output.as_deref().unwrap_or_default()))
+        .map(|s| {
+            (
+                s.step_id.as_str(),
+                s.seq,
+                s.output.as_deref().unwrap_or_default(),
+            )
+        })
         .collect();
     assert_eq!(
         copied,
-        [("a#0", Some(0), [0u8].as_slice()), ("b#0", Some(1), [1u8].as_slice())],
+        [
+            ("a#0", Some(0), [0u8].as_slice()),
+            ("b#0", Some(1), [1u8].as_slice())
+        ],
         "a fork holds copies of the source's first steps"
     );
-    assert_eq!(load(journal, &source).await, before, "the source is untouched");
+    assert_eq!(
+        load(journal, &source).await,
+        before,
+        "the source is untouched"
+    );
     let again = journal.fork_run(&source, &fork, 2, at(t, 3)).await.unwrap();
     assert_eq!(again, run, "a retried fork returns the fork it made");
     match journal.fork_run(&source, &source, 1, at(t, 3)).await {
@@ -373,7 +458,10 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
     for i in 0..3 {
         let key = unique(&format!("purge-old-{i}"));
         let (_, lease) = open_leased(journal, new_run(&key, b"i"), t, at(t, 60_000)).await;
-        journal.write(&lease, step_completed("a#0", 0, vec![1], t)).await.unwrap();
+        journal
+            .write(&lease, step_completed("a#0", 0, vec![1], t))
+            .await
+            .unwrap();
         journal.write(&lease, finished(at(t, i))).await.unwrap();
         old.push(key);
     }
@@ -381,7 +469,10 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
     let (_, lease) = open_leased(journal, new_run(&young, b"i"), t, at(t, 60_000)).await;
     journal.write(&lease, finished(at(t, 500))).await.unwrap();
     let unfinished = unique("purge-unfinished");
-    journal.create_run(new_run(&unfinished, b"i"), t).await.unwrap();
+    journal
+        .create_run(new_run(&unfinished, b"i"), t)
+        .await
+        .unwrap();
     let dead = unique("purge-dead");
     let (_, lease) = open_leased(journal, new_run(&dead, b"i"), t, at(t, 60_000)).await;
     let write = Write::DeadLetter {
@@ -392,7 +483,11 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
     journal.write(&lease, write).await.unwrap();
 
     let before = at(t, 100);
-    assert_eq!(journal.purge(before, 2).await.unwrap(), 2, "purge must respect its limit");
+    assert_eq!(
+        journal.purge(before, 2).await.unwrap(),
+        2,
+        "purge must respect its limit"
+    );
     assert_eq!(journal.purge(before, 2).await.unwrap(), 1);
     assert_eq!(journal.purge(before, 2).await.unwrap(), 0);
     for key in &old {
@@ -431,7 +526,10 @@ pub async fn leases_given_back_together_count_failures(journal: &dyn Journal) {
         .await
         .unwrap();
     let (_, gone_lease) = open_leased(journal, new_run(&gone, b"i"), t, at(t, 60_000)).await;
-    journal.write(&gone_lease, finished(at(t, 1))).await.unwrap();
+    journal
+        .write(&gone_lease, finished(at(t, 1)))
+        .await
+        .unwrap();
     let stale = Lease {
         epoch: idle_lease.epoch + 7,
         ..idle_lease.clone()
@@ -441,14 +539,28 @@ pub async fn leases_given_back_together_count_failures(journal: &dyn Journal) {
         .release_leases(&leases, "worker died", at(t, 2))
         .await
         .unwrap_or_else(|e| panic!("release_leases failed: {e}"));
-    assert_eq!(released, 2, "only the leases that still hold their runs are given back");
+    assert_eq!(
+        released, 2,
+        "only the leases that still hold their runs are given back"
+    );
     let idle_run = load(journal, &idle).await.run;
     assert_eq!(
-        (idle_run.lease_owner.as_deref(), idle_run.wake_at, idle_run.last_error.as_deref()),
+        (
+            idle_run.lease_owner.as_deref(),
+            idle_run.wake_at,
+            idle_run.last_error.as_deref()
+        ),
         (None, at(t, 2), Some("worker died")),
     );
-    assert_eq!(idle_run.failures, 1, "a dead execution without progress is a failure");
-    assert_eq!(load(journal, &busy).await.run.failures, 0, "one with progress is not");
+    assert_eq!(
+        idle_run.failures, 1,
+        "a dead execution without progress is a failure"
+    );
+    assert_eq!(
+        load(journal, &busy).await.run.failures,
+        0,
+        "one with progress is not"
+    );
 
     // An expired lease taken over: the same count.
     let expired = unique("takeover");
@@ -466,7 +578,11 @@ pub async fn leases_given_back_together_count_failures(journal: &dyn Journal) {
         at: at(t, 30),
     };
     journal.write(&lease, write).await.unwrap();
-    assert_eq!(load(journal, &expired).await.run.failures, 4, "Release sets failures");
+    assert_eq!(
+        load(journal, &expired).await.run.failures,
+        4,
+        "Release sets failures"
+    );
     for key in [&idle, &busy, &expired] {
         super::retire(journal, key, Timestamp::now()).await;
     }
@@ -501,7 +617,13 @@ pub async fn list_runs_pages(journal: &dyn Journal) {
     let last = listed(journal.list_runs(&page(second.last(), 2)).await.unwrap());
     assert_eq!(last, keys[4..]);
     let unknown = unique("page-unknown");
-    assert!(journal.list_runs(&page(Some(&unknown), 2)).await.unwrap().is_empty());
+    assert!(
+        journal
+            .list_runs(&page(Some(&unknown), 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let window = RunFilter {
         workflow: Some(workflow.clone()),
         created_after: Some(at(t, 10)),

@@ -446,7 +446,9 @@ impl Journal for MemoryJournal {
                 r.cancel_requested_at.get_or_insert(now);
                 r.epoch += 1;
                 end_lease(r, now, |_| {});
-                Some(JournalEvent::Finished { key: key.to_owned() })
+                Some(JournalEvent::Finished {
+                    key: key.to_owned(),
+                })
             }
             Command::Resume if r.state.is_resumable() => {
                 r.state = RunState::Incomplete;

@@ -32,7 +32,17 @@ pub const UNPINNED: u64 = 0;
 
 /// Milliseconds since the Unix epoch, as journals store time.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
@@ -539,8 +549,12 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// [`Write::Release`] with `last_error`, due at `at`) in one write, for
     /// workers that died: `failures` + 1 for each lease whose epoch recorded
     /// no step. Returns how many it gave back; the others are skipped.
-    async fn release_leases(&self, leases: &[Lease], last_error: &str, at: Timestamp)
-    -> Result<usize>;
+    async fn release_leases(
+        &self,
+        leases: &[Lease],
+        last_error: &str,
+        at: Timestamp,
+    ) -> Result<usize>;
 
     /// Extends a lease to `until`, or [`Error::LeaseLost`] as for `write`.
     async fn renew(&self, lease: &Lease, until: Timestamp) -> Result<Lease>;

@@ -921,7 +921,11 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
                 true => "state = 'cancelled', outcome = NULL, last_error = ?3, failures = ?5",
                 false => "last_error = ?3, wake_at = ?4, failures = ?5",
             };
-            end_lease(conn, set, params![key, at.0, last_error, wake_at.0, failures])?;
+            end_lease(
+                conn,
+                set,
+                params![key, at.0, last_error, wake_at.0, failures],
+            )?;
             Ok(ack)
         }
     }
@@ -1266,7 +1270,11 @@ impl Journal for SqliteJournal {
         let lease = lease.clone();
         let ack = self.call(move |conn| write(conn, &lease, &change)).await?;
         let [plain, cancelled] = events;
-        if let Some(event) = if ack.cancel_requested { cancelled } else { plain } {
+        if let Some(event) = if ack.cancel_requested {
+            cancelled
+        } else {
+            plain
+        } {
             self.events.send(event);
         }
         Ok(ack)

@@ -245,7 +245,10 @@ impl PostgresJournal {
             }
             // Refused (a lost lease, a step recorded already, a cancel
             // requested): written alone, which says why.
-            match self.write_once(client, &q.lease, &q.write, retry || q.retry).await {
+            match self
+                .write_once(client, &q.lease, &q.write, retry || q.retry)
+                .await
+            {
                 Err(err) if is_connection_lost(&err) => return Err(err),
                 result => results.push(result),
             }

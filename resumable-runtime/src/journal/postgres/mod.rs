@@ -273,7 +273,12 @@ impl PostgresJournal {
 
     /// Notifies the journal's channel with `payload`.
     async fn notify(&self, client: &Object, payload: &str) -> Result<()> {
-        query(client, "SELECT pg_notify($1, $2)", &[&self.channel, &payload]).await?;
+        query(
+            client,
+            "SELECT pg_notify($1, $2)",
+            &[&self.channel, &payload],
+        )
+        .await?;
         Ok(())
     }
 
@@ -343,8 +348,14 @@ impl PostgresJournal {
     ) -> Result<Option<Ack>> {
         let epoch = lease.epoch as i64;
         let finished = format!("{}{}", listener::FINISHED, lease.run_key);
-        let mut all: Vec<&(dyn ToSql + Sync)> =
-            vec![&lease.run_key, &epoch, &at.0, &self.channel, &due, &finished];
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![
+            &lease.run_key,
+            &epoch,
+            &at.0,
+            &self.channel,
+            &due,
+            &finished,
+        ];
         all.extend_from_slice(args);
         let row = query_one(client, statement, &all).await?;
         Ok((get::<i64>(&row, 0)? > 0).then(|| Ack {
@@ -433,7 +444,10 @@ impl PostgresJournal {
                 let finished = format!("{}{key}", listener::FINISHED);
                 let args: [&(dyn ToSql + Sync); 2] = [&state.as_str(), outcome];
                 let sql = &self.sql.run_finished;
-                match self.end_lease(client, sql, lease, *at, &finished, &args).await? {
+                match self
+                    .end_lease(client, sql, lease, *at, &finished, &args)
+                    .await?
+                {
                     Some(ack) => Ok(ack),
                     None if retry => self.finished_as(client, lease, *state, outcome).await,
                     None => Err(lease_lost(lease)),
@@ -457,7 +471,8 @@ impl PostgresJournal {
             }
             Write::Pin { fingerprint, at } => {
                 let fingerprint = *fingerprint as i64;
-                let rows = query(client, &self.sql.pin, &[key, &epoch, &fingerprint, &at.0]).await?;
+                let rows =
+                    query(client, &self.sql.pin, &[key, &epoch, &fingerprint, &at.0]).await?;
                 match rows.first() {
                     Some(row) => Ok(Ack {
                         cancel_requested: get(row, 0)?,
@@ -840,7 +855,10 @@ impl Journal for PostgresJournal {
                 self.notify(client, &due).await?;
                 return Ok((run_from_row(row)?, true));
             }
-            match query(client, &self.sql.select_run, &[&run.key]).await?.first() {
+            match query(client, &self.sql.select_run, &[&run.key])
+                .await?
+                .first()
+            {
                 Some(row) => Ok((run_from_row(row)?, false)),
                 None => Err(self.orphans(client, &run.key).await),
             }
@@ -888,10 +906,7 @@ impl Journal for PostgresJournal {
         now: Timestamp,
     ) -> Result<Option<(RunRecord, bool)>> {
         let (sql, payload) = match command {
-            Command::Cancel => (
-                &self.sql.cancel,
-                format!("{}{key}", listener::FINISHED),
-            ),
+            Command::Cancel => (&self.sql.cancel, format!("{}{key}", listener::FINISHED)),
             Command::Resume => (&self.sql.resume, format!("{}{}", listener::DUE, now.0)),
             Command::RetryNow => (&self.sql.retry_now, format!("{}{}", listener::DUE, now.0)),
         };
@@ -899,7 +914,11 @@ impl Journal for PostgresJournal {
             let row = query_one(client, sql, &[&key, &now.0, &self.channel, &payload]).await?;
             let changed = get::<i64>(&row, 0)? > 0;
             let rows = query(client, &self.sql.select_run, &[&key]).await?;
-            Ok(rows.first().map(run_from_row).transpose()?.map(|run| (run, changed)))
+            Ok(rows
+                .first()
+                .map(run_from_row)
+                .transpose()?
+                .map(|run| (run, changed)))
         })
     }
 
@@ -916,7 +935,10 @@ impl Journal for PostgresJournal {
             let args: [&(dyn ToSql + Sync); 6] =
                 [&source, &new_key, &below, &now.0, &self.channel, &due];
             query(client, &self.sql.fork, &args).await?;
-            if let Some(row) = query(client, &self.sql.select_run, &[&new_key]).await?.first() {
+            if let Some(row) = query(client, &self.sql.select_run, &[&new_key])
+                .await?
+                .first()
+            {
                 let run = run_from_row(row)?;
                 return match run.forked_from.as_deref() == Some(source) {
                     true => Ok(run),
@@ -925,7 +947,10 @@ impl Journal for PostgresJournal {
                     }),
                 };
             }
-            if query(client, &self.sql.select_run, &[&source]).await?.is_empty() {
+            if query(client, &self.sql.select_run, &[&source])
+                .await?
+                .is_empty()
+            {
                 return Err(Error::UnknownRun {
                     run: source.to_owned(),
                 });

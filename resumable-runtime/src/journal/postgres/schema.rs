@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 /// versions they have applied.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("runs, steps and lease history", V1),
-    ("run lifecycle: deadlines, cancels, dead letters, resumes, forks", V2),
+    (
+        "run lifecycle: deadlines, cancels, dead letters, resumes, forks",
+        V2,
+    ),
 ];
 
 /// The newest schema version this code reads and writes.

@@ -210,14 +210,16 @@ impl Statements {
                    WHERE h.run_key = ended.run_key AND h.epoch = ended.epoch) \
                  SELECT run_key, cancelled, \
                    pg_notify($5, CASE WHEN cancelled THEN $7 || run_key ELSE $6 END) FROM ended",
-                state = or_cancelled("r.state").replace("cancel_requested_at", "r.cancel_requested_at"),
+                state =
+                    or_cancelled("r.state").replace("cancel_requested_at", "r.cancel_requested_at"),
                 no_progress = no_progress("r"),
             ),
             // $1 key, $2 now, $3 channel, $4 payload if cancelled now. One
             // statement under the row's lock: a run leased by a live worker
             // gets the request; any other unfinished one is cancelled now.
             cancel: {
-                let live = "(state = 'incomplete' AND lease_owner IS NOT NULL AND lease_expires_at > $2)";
+                let live =
+                    "(state = 'incomplete' AND lease_owner IS NOT NULL AND lease_expires_at > $2)";
                 format!(
                     "WITH cancelled AS (\
                        UPDATE {runs} SET cancel_requested_at = COALESCE(cancel_requested_at, $2), \
