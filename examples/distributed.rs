@@ -88,7 +88,7 @@ impl Renderer {
     /// Fetch an image, resize it three times, store the results. Each step
     /// is a recovery point: a run taken over by another worker goes on
     /// after the last recorded step.
-    #[resumable]
+    #[resumable(name = "render")]
     async fn render(&self, image: u64) -> Result<Rendered, RenderError> {
         let fetched_by = step!("fetch", {
             tokio::time::sleep(self.step_time).await;

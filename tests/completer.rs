@@ -27,7 +27,7 @@ struct Jobs {
 }
 
 impl Jobs {
-    #[resumable]
+    #[resumable(name = "job")]
     async fn job(&self, n: u32) -> Result<u32, JobError> {
         let doubled = step!("double", {
             self.runs.fetch_add(1, Ordering::SeqCst);
@@ -43,7 +43,7 @@ impl Jobs {
         Ok(doubled)
     }
 
-    #[resumable]
+    #[resumable(name = "other")]
     async fn other(&self) -> Result<(), JobError> {
         Ok(())
     }

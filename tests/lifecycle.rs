@@ -685,3 +685,50 @@ async fn a_purge_beside_busy_workers_loses_no_unfinished_run() {
         );
     }
 }
+
+mod email {
+    pub struct Sender;
+    impl Sender {
+        #[resumable::resumable]
+        pub async fn process(&self, to: u32) -> Result<String, String> {
+            let sent = resumable::step!("send", { format!("email to {to}") });
+            Ok(sent)
+        }
+    }
+}
+
+mod sms {
+    pub struct Sender;
+    impl Sender {
+        #[resumable::resumable]
+        pub async fn process(&self, to: u32) -> Result<String, String> {
+            let sent = resumable::step!("send", { format!("sms to {to}") });
+            Ok(sent)
+        }
+    }
+}
+
+/// Two `process` methods with the same steps and types, on two types in two
+/// modules, are two workflows: neither adopts the other's runs.
+#[tokio::test]
+async fn a_workflow_never_adopts_the_runs_of_another_with_the_same_name() {
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let rt = runtime(&journal);
+    let email = workflow!(email::Sender::process).meta().name;
+    let sms = workflow!(sms::Sender::process).meta().name;
+    assert_eq!(email, "lifecycle::email::process");
+    assert_eq!(sms, "lifecycle::sms::process");
+    let sent = rt.run("notify-7", email::Sender.process(7)).await.unwrap();
+    assert_eq!(sent.as_deref(), Ok("email to 7"));
+    match rt.run("notify-7", sms::Sender.process(7)).await {
+        Err(Error::WorkflowMismatch {
+            run,
+            journaled,
+            requested,
+        }) => {
+            assert_eq!((run.as_str(), journaled.as_str()), ("notify-7", email));
+            assert_eq!(requested, sms);
+        }
+        other => panic!("the wrong workflow must be refused, got {other:?}"),
+    }
+}

@@ -77,7 +77,7 @@ impl Effects {
     }
 
     /// Six steps, each recording its execution.
-    #[resumable]
+    #[resumable(name = "pipeline")]
     async fn pipeline(&self, n: u64) -> Result<u64, Failed> {
         let mut acc = n;
         for i in 0..STEPS {
@@ -90,7 +90,7 @@ impl Effects {
     }
 
     /// A step that takes `slow_step` between recording and returning.
-    #[resumable]
+    #[resumable(name = "slow")]
     async fn slow(&self, n: u64) -> Result<u64, Failed> {
         let a = step!("before", |s| {
             self.record(&s.idempotency_key()).await?;

@@ -262,6 +262,13 @@ impl Generator<'_> {
         } = self;
         let retry = option(args.retry.as_ref());
         let compatible = &args.compatible;
+        // The identity: the explicit name, kept as written, or the function's
+        // module path and name, so that workflows of one name in two modules
+        // never adopt each other's runs.
+        let name = match &args.name {
+            Some(_) => quote!(#name),
+            None => quote!(::core::concat!(::core::module_path!(), "::", #name)),
+        };
         let meta = quote! {
             #[doc(hidden)]
             #(#cfg_attrs)*
