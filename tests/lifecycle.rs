@@ -732,3 +732,66 @@ async fn a_workflow_never_adopts_the_runs_of_another_with_the_same_name() {
         other => panic!("the wrong workflow must be refused, got {other:?}"),
     }
 }
+
+/// Step records left under a key without a run record (a purge cut short,
+/// rows written by hand) are never adopted by a new run of that key.
+#[tokio::test]
+async fn orphan_step_records_are_never_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let sqlite: Arc<dyn Journal> = Arc::new(SqliteJournal::open(&path).await.unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, epoch, \
+             started_at, updated_at) VALUES ('o', 'reserve#0', 0, 'completed', x'00', 1, 1, 0, 0)",
+            [],
+        )
+        .unwrap();
+    }
+    let mut journals = vec![("sqlite", sqlite)];
+    #[cfg(all(feature = "postgres", feature = "conformance"))]
+    let schema = resumable::conformance::postgres::TestSchema::new("orphan_steps");
+    #[cfg(all(feature = "postgres", feature = "conformance"))]
+    if let Some(schema) = &schema {
+        let journal: Arc<dyn Journal> = Arc::new(schema.journal().await);
+        let sql = format!(
+            "INSERT INTO \"{}\".resumable_steps (run_key, step_id, seq, state, output, attempts, \
+             epoch, started_at, updated_at) VALUES ('o', 'reserve#0', 0, 'completed', '\\x00', 1, 1, 0, 0)",
+            schema.name()
+        );
+        schema.connect().await.batch_execute(&sql).await.unwrap();
+        journals.push(("postgres", journal));
+    }
+    for (name, journal) in journals {
+        let rt = runtime(&journal);
+        let shop = Shop::default();
+        for attempt in [rt.run("o", shop.order(1)).await.map(drop), rt.submit("o", shop.order(1)).await] {
+            match attempt {
+                Err(Error::OrphanSteps { run, steps }) => {
+                    assert_eq!((run.as_str(), steps), ("o", vec!["reserve#0".to_owned()]), "{name}");
+                }
+                other => panic!("{name}: orphan steps must be refused, got {other:?}"),
+            }
+        }
+        assert!(shop.ran().is_empty(), "{name}");
+        assert!(journal.load_run("o").await.unwrap().is_none(), "{name}: no run was created");
+    }
+}
+
+/// A client without the workflow's code cancels a run and sees the cancel
+/// as the run's outcome.
+#[tokio::test]
+async fn a_client_cancels_and_waits_for_the_cancel() {
+    const ORDER: WorkflowRef<(u32,), Result<u32, ShopError>> = WorkflowRef::named("order");
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let client = Client::new(journal);
+    client.submit(&ORDER, "o", (1,)).await.unwrap();
+    assert_eq!(
+        client.runs().cancel("o").await.unwrap(),
+        CommandOutcome::Done(RunState::Cancelled)
+    );
+    let outcome = client.wait(&ORDER, "o").await;
+    assert!(matches!(outcome, Err(Error::Cancelled { .. })), "{outcome:?}");
+    assert_eq!(client.status("o").await.unwrap(), Some(RunState::Cancelled));
+}
