@@ -57,13 +57,21 @@ impl Worker {
         Ok(done)
     }
 
+    /// One quick step.
+    #[resumable]
+    async fn quick(&self, n: u32) -> Result<u32, String> {
+        let done = step!("mark", { self.mark(&format!("quick-{n}")) + n });
+        Ok(done)
+    }
+
     fn mark(&self, step: &str) -> u32 {
         let mut ran = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("ran"))
             .unwrap();
-        writeln!(ran, "{step}").unwrap();
+        // One write: processes append to the file at the same time.
+        ran.write_all(format!("{step}\n").as_bytes()).unwrap();
         ran.sync_all().unwrap();
         0
     }
@@ -180,6 +188,22 @@ async fn completer_child() {
         .unwrap();
     let info = rt.run_info(&key).await.unwrap().unwrap();
     println!("state: {:?}", info.status);
+}
+
+/// Not a test: a completer that finishes every `Worker::quick` run it finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn quick_worker_child() {
+    let (dir, _) = child_env();
+    let rt = Runtime::new(open_journal(&dir).await);
+    let report = Completer::new(&rt)
+        .concurrency(8)
+        .register(workflow!(Worker::quick), Worker { dir })
+        .unwrap()
+        .run_until_idle()
+        .await
+        .unwrap();
+    println!("finished: {}", report.finished);
 }
 
 /// Not a test: opens the SQLite file once the parent says go.
@@ -333,6 +357,54 @@ async fn a_run_that_keeps_killing_its_worker_process_is_dead_lettered() {
     let out = KillOnDrop::spawn(child("completer_child", dir.path(), "p")).output();
     assert!(out.contains("state: Completed"), "{out}");
     assert_eq!(rt.run("p", worker.poison()).await.unwrap(), Ok(1));
+}
+
+/// A purge running in this process beside two worker processes busy on one
+/// SQLite file deletes only finished runs: every run is completed, and each
+/// is either purged or still there, completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_beside_worker_processes_loses_no_unfinished_run() {
+    const RUNS: u32 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(open_journal(dir.path()).await);
+    let worker = Worker {
+        dir: dir.path().to_owned(),
+    };
+    for n in 0..RUNS {
+        rt.submit(format!("q-{n}"), worker.quick(n)).await.unwrap();
+    }
+    let workers: Vec<KillOnDrop> = (0..2)
+        .map(|_| KillOnDrop::spawn(child("quick_worker_child", dir.path(), "")))
+        .collect();
+    let mut purged = 0;
+    let incomplete = resumable::RunFilter {
+        state: Some(RunState::Incomplete),
+        limit: Some(1),
+        ..resumable::RunFilter::default()
+    };
+    loop {
+        purged += rt.runs().purge(Duration::ZERO).await.unwrap();
+        if rt.list_runs(&incomplete).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let finished: u64 = workers
+        .into_iter()
+        .map(|w| {
+            let out = w.output();
+            let n = out.split("finished: ").nth(1).and_then(|r| r.split_whitespace().next());
+            n.unwrap_or_else(|| panic!("a worker failed: {out}")).parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(finished, u64::from(RUNS), "the workers finished every run");
+    let mut marked = ran(dir.path());
+    marked.sort();
+    marked.dedup();
+    assert_eq!(marked.len(), RUNS as usize, "every run's step ran");
+    let left = rt.list_runs(&resumable::RunFilter::default()).await.unwrap();
+    assert!(left.iter().all(|r| r.status == RunStatus::Completed));
+    assert_eq!(purged + left.len() as u64, u64::from(RUNS), "each run purged or kept");
 }
 
 /// Processes opening one new SQLite file at the same moment all succeed
