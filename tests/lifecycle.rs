@@ -627,6 +627,35 @@ async fn runs_are_listed_by_state_and_workflow_in_pages() {
         ..RunFilter::default()
     };
     assert_eq!(keys(rt.list_runs(&cancelled).await.unwrap()), ["o-3"]);
+    // By status, which for incomplete runs depends on leases and times.
+    let shop = Shop::default();
+    shop.broken.store(true, Ordering::SeqCst);
+    let slow = Runtime::builder(journal.clone())
+        .default_retry(FAST)
+        .run_backoff(RetryPolicy::exponential(u32::MAX).initial_delay(Duration::from_secs(3600)))
+        .build();
+    slow.run("o-2", shop.order(2)).await.unwrap_err();
+    let all = RunFilter::default();
+    let by_status = |status| {
+        let rt = rt.clone();
+        let all = all.clone();
+        async move { keys(rt.runs().list_with_status(status, &all).await.unwrap()) }
+    };
+    assert_eq!(by_status(RunStatus::Pending).await, ["o-0", "o-4"]);
+    assert_eq!(by_status(RunStatus::BackingOff).await, ["o-2"]);
+    assert_eq!(by_status(RunStatus::Completed).await, ["o-1"]);
+    assert_eq!(by_status(RunStatus::Cancelled).await, ["o-3"]);
+    assert!(by_status(RunStatus::Running).await.is_empty());
+    let first = RunFilter {
+        limit: Some(1),
+        ..RunFilter::default()
+    };
+    let pending = rt
+        .runs()
+        .list_with_status(RunStatus::Pending, &first)
+        .await
+        .unwrap();
+    assert_eq!(keys(pending), ["o-0"]);
 }
 
 /// A purge running beside busy workers deletes only finished runs: every
@@ -766,16 +795,26 @@ async fn orphan_step_records_are_never_adopted() {
     for (name, journal) in journals {
         let rt = runtime(&journal);
         let shop = Shop::default();
-        for attempt in [rt.run("o", shop.order(1)).await.map(drop), rt.submit("o", shop.order(1)).await] {
+        for attempt in [
+            rt.run("o", shop.order(1)).await.map(drop),
+            rt.submit("o", shop.order(1)).await,
+        ] {
             match attempt {
                 Err(Error::OrphanSteps { run, steps }) => {
-                    assert_eq!((run.as_str(), steps), ("o", vec!["reserve#0".to_owned()]), "{name}");
+                    assert_eq!(
+                        (run.as_str(), steps),
+                        ("o", vec!["reserve#0".to_owned()]),
+                        "{name}"
+                    );
                 }
                 other => panic!("{name}: orphan steps must be refused, got {other:?}"),
             }
         }
         assert!(shop.ran().is_empty(), "{name}");
-        assert!(journal.load_run("o").await.unwrap().is_none(), "{name}: no run was created");
+        assert!(
+            journal.load_run("o").await.unwrap().is_none(),
+            "{name}: no run was created"
+        );
     }
 }
 
@@ -792,6 +831,9 @@ async fn a_client_cancels_and_waits_for_the_cancel() {
         CommandOutcome::Done(RunState::Cancelled)
     );
     let outcome = client.wait(&ORDER, "o").await;
-    assert!(matches!(outcome, Err(Error::Cancelled { .. })), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(Error::Cancelled { .. })),
+        "{outcome:?}"
+    );
     assert_eq!(client.status("o").await.unwrap(), Some(RunState::Cancelled));
 }

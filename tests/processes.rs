@@ -393,8 +393,13 @@ async fn a_purge_beside_worker_processes_loses_no_unfinished_run() {
         .into_iter()
         .map(|w| {
             let out = w.output();
-            let n = out.split("finished: ").nth(1).and_then(|r| r.split_whitespace().next());
-            n.unwrap_or_else(|| panic!("a worker failed: {out}")).parse::<u64>().unwrap()
+            let n = out
+                .split("finished: ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next());
+            n.unwrap_or_else(|| panic!("a worker failed: {out}"))
+                .parse::<u64>()
+                .unwrap()
         })
         .sum();
     assert_eq!(finished, u64::from(RUNS), "the workers finished every run");
@@ -402,9 +407,16 @@ async fn a_purge_beside_worker_processes_loses_no_unfinished_run() {
     marked.sort();
     marked.dedup();
     assert_eq!(marked.len(), RUNS as usize, "every run's step ran");
-    let left = rt.list_runs(&resumable::RunFilter::default()).await.unwrap();
+    let left = rt
+        .list_runs(&resumable::RunFilter::default())
+        .await
+        .unwrap();
     assert!(left.iter().all(|r| r.status == RunStatus::Completed));
-    assert_eq!(purged + left.len() as u64, u64::from(RUNS), "each run purged or kept");
+    assert_eq!(
+        purged + left.len() as u64,
+        u64::from(RUNS),
+        "each run purged or kept"
+    );
 }
 
 /// Processes opening one new SQLite file at the same moment all succeed

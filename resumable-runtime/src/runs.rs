@@ -9,10 +9,13 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::journal::{Command, Journal, RunFilter, RunRecord, RunSnapshot, RunState, Timestamp};
 use crate::runtime::validate_key;
-use crate::status::RunInfo;
+use crate::status::{RunInfo, RunStatus};
 
 /// How many runs [`Runs::purge`] deletes per journal write.
 pub const PURGE_BATCH: usize = 1000;
+
+/// How many runs [`Runs::list_with_status`] reads per journal call.
+const PAGE: usize = 500;
 
 /// What an operator's command did to a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,6 +87,70 @@ impl Runs {
     pub async fn list(&self, filter: &RunFilter) -> Result<Vec<RunInfo>> {
         let runs = self.journal.list_runs(filter).await?;
         Ok(runs.into_iter().map(info_without_steps).collect())
+    }
+
+    /// Runs whose [`RunStatus`] is `status` and that match `filter` (whose
+    /// `state` is replaced by the one `status` implies), in the order they
+    /// were created, at most `filter.limit`. The statuses of incomplete runs
+    /// depend on leases and times, so they are read page by page from the
+    /// incomplete runs; a run that changes while listed may be missed or
+    /// listed with its new status.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{MemoryJournal, RunFilter, RunStatus, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// let filter = RunFilter { limit: Some(20), ..RunFilter::default() };
+    /// let backing_off = rt.runs().list_with_status(RunStatus::BackingOff, &filter).await?;
+    /// assert!(backing_off.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_with_status(
+        &self,
+        status: RunStatus,
+        filter: &RunFilter,
+    ) -> Result<Vec<RunInfo>> {
+        let state = match status {
+            RunStatus::Completed => RunState::Completed,
+            RunStatus::Failed => RunState::Failed,
+            RunStatus::Cancelled => RunState::Cancelled,
+            RunStatus::DeadlineExceeded => RunState::DeadlineExceeded,
+            RunStatus::DeadLettered => RunState::DeadLettered,
+            RunStatus::Pending
+            | RunStatus::Running
+            | RunStatus::WaitingToRetry
+            | RunStatus::BackingOff => RunState::Incomplete,
+        };
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut page = RunFilter {
+            state: Some(state),
+            limit: Some(limit.clamp(1, PAGE)),
+            ..filter.clone()
+        };
+        let mut found = Vec::new();
+        while found.len() < limit {
+            let runs = self.journal.list_runs(&page).await?;
+            let full = runs.len() == page.limit.unwrap_or(PAGE);
+            page.after = runs.last().map(|r| r.key.clone());
+            for run in runs {
+                // Only a leased run can wait out a step's retry delay: its steps say.
+                let info = match run.is_leased_at(Timestamp::now()) {
+                    true => self.info(&run.key).await?,
+                    false => Some(info_without_steps(run)),
+                };
+                if let Some(info) = info.filter(|i| i.status == status) {
+                    found.push(info);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// Dead-lettered runs, oldest first, at most `limit`.
