@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::journal::{JournalEvent, Lease, RunSnapshot, Subscription, Timestamp};
-use crate::runtime::Runtime;
+use crate::runtime::{PastExecutions, Runtime};
 use crate::workflow::{BoxFuture, Journaled, Workflow, WorkflowResult};
 
 /// Finds runs that are incomplete, unleased (or whose lease expired) and due,
@@ -357,8 +357,8 @@ async fn resume(
                 workflow: snapshot.run.workflow.clone(),
             };
             tracing::warn!(error = %err, "cannot resume run");
-            rt.give_back_after_error(&lease, &err, &snapshot.run, false)
-                .await;
+            let past = PastExecutions::of(&snapshot.run);
+            rt.give_back_after_error(&lease, &err, past, false).await;
             Err(err)
         }
     }

@@ -236,13 +236,13 @@ impl Runtime {
         let new = self.new_run::<I, C>(key, &meta, &input, deadline).await?;
         let mut events = None;
         loop {
-            let opened = self.open(&new, &meta).await?;
-            let run = opened.snapshot.run.clone();
-            if let Some(lease) = opened.lease {
-                return self
-                    .execute::<I, R, C>(meta, opened.snapshot, lease, start)
-                    .await;
+            let Opened {
+                snapshot, lease, ..
+            } = self.open(&new, &meta).await?;
+            if let Some(lease) = lease {
+                return self.execute::<I, R, C>(meta, snapshot, lease, start).await;
             }
+            let run = snapshot.run;
             if run.state != RunState::Incomplete {
                 return self.finished_outcome::<R, C>(&run);
             }
@@ -393,7 +393,7 @@ impl Runtime {
             lease: lease.clone(),
             failures: snapshot.run.failures,
         };
-        let record = snapshot.run.clone();
+        let past = PastExecutions::of(&snapshot.run);
         let mut run_ctx = None;
         let result = async {
             // Its workers kept dying (or failing) without progress: set aside.
@@ -497,7 +497,7 @@ impl Runtime {
             Err(err) => {
                 span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
                 let progressed = run_ctx.as_ref().is_some_and(|run| run.progressed());
-                self.after_error::<R, C>(&lease, err, &record, progressed)
+                self.after_error::<R, C>(&lease, err, past, progressed)
                     .instrument(span)
                     .await
             }
@@ -516,7 +516,7 @@ impl Runtime {
         &self,
         lease: &Lease,
         err: Error,
-        run: &RunRecord,
+        past: PastExecutions,
         progressed: bool,
     ) -> Result<R> {
         let journal = &self.inner.journal;
@@ -533,7 +533,7 @@ impl Runtime {
             };
             return match journal.write(lease, write).await {
                 Ok(ack) if ack.cancel_requested => Err(Error::Cancelled {
-                    run: run.key.clone(),
+                    run: lease.run_key.clone(),
                 }),
                 Ok(_) => {
                     tracing::info!(outcome = state.as_str(), "run finished");
@@ -542,7 +542,7 @@ impl Runtime {
                 Err(Error::LeaseLost { .. }) => self.recorded_outcome::<R, C>(lease).await,
                 Err(write_err) => {
                     // Left for the next worker, which stops it the same way.
-                    self.give_back_after_error(lease, &write_err, run, progressed)
+                    self.give_back_after_error(lease, &write_err, past, progressed)
                         .await;
                     Err(write_err)
                 }
@@ -551,7 +551,7 @@ impl Runtime {
         if let Error::LeaseLost { .. } = err {
             return self.recorded_outcome::<R, C>(lease).await;
         }
-        self.give_back_after_error(lease, &err, run, progressed)
+        self.give_back_after_error(lease, &err, past, progressed)
             .await;
         Err(err)
     }
@@ -581,7 +581,7 @@ impl Runtime {
         &self,
         lease: &Lease,
         err: &Error,
-        run: &RunRecord,
+        past: PastExecutions,
         progressed: bool,
     ) {
         if matches!(err, Error::LeaseLost { .. }) {
@@ -590,7 +590,7 @@ impl Runtime {
         let failed = counts_as_failure(err);
         let failures = match progressed {
             true => u32::from(failed),
-            false => run.failures.saturating_add(u32::from(failed)),
+            false => past.failures.saturating_add(u32::from(failed)),
         };
         let at = Timestamp::now();
         let dead = matches!(err, Error::DeadLettered { .. })
@@ -609,9 +609,12 @@ impl Runtime {
             }
             return;
         }
-        let delay = self.inner.run_backoff.jittered_delay(run.executions.max(1));
+        let delay = self
+            .inner
+            .run_backoff
+            .jittered_delay(past.executions.max(1));
         // Never sleeping past its deadline, where it ends.
-        let wake_at = run
+        let wake_at = past
             .deadline
             .map_or(at.after(delay), |d| d.min(at.after(delay)));
         self.give_back(lease, Some(err.to_string()), wake_at, failures)
@@ -816,6 +819,28 @@ pub(crate) fn outcome_of<R: Journaled, C: Codec>(
         RunState::Completed | RunState::Failed => {
             let bytes = run.outcome.as_deref().unwrap_or_default();
             envelope.open::<C, R>(&run.key, || Slot::Outcome, bytes)
+        }
+    }
+}
+
+/// What giving a run back after an execution needs to know of the run as
+/// that execution found it (copied, not the whole record with its input).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PastExecutions {
+    /// Executions so far, this one included.
+    executions: u32,
+    /// Failures in a row before this execution.
+    failures: u32,
+    /// The run's deadline.
+    deadline: Option<Timestamp>,
+}
+
+impl PastExecutions {
+    pub(crate) fn of(run: &RunRecord) -> Self {
+        PastExecutions {
+            executions: run.executions,
+            failures: run.failures,
+            deadline: run.deadline,
         }
     }
 }

@@ -24,7 +24,7 @@ pub enum JournalEvent {
         /// When it becomes due.
         at: Timestamp,
     },
-    /// A run finished; its outcome is journaled.
+    /// A run finished (its outcome is journaled) or was dead-lettered.
     Finished {
         /// The run key.
         key: String,
@@ -37,17 +37,17 @@ pub enum JournalEvent {
 impl JournalEvent {
     /// The event that `write` to run `run_key`, committed with `ack`,
     /// announces, if any: a released run is due at its `wake_at`; a finished
-    /// run (or one that a requested cancel finished) finished.
+    /// run (or one that a requested cancel finished, or a dead-lettered one)
+    /// finished.
     pub fn announced_by(run_key: &str, write: &Write, ack: Ack) -> Option<Self> {
         let finished = || JournalEvent::Finished {
             key: run_key.to_owned(),
         };
         match write {
-            Write::Release { .. } | Write::DeadLetter { .. } if ack.cancel_requested => {
-                Some(finished())
-            }
+            Write::Release { .. } if ack.cancel_requested => Some(finished()),
             Write::Release { wake_at, .. } => Some(JournalEvent::Due { at: *wake_at }),
-            Write::RunFinished { .. } => Some(finished()),
+            // Dead-lettered: waiting callers get `Error::DeadLettered`.
+            Write::RunFinished { .. } | Write::DeadLetter { .. } => Some(finished()),
             _ => None,
         }
     }

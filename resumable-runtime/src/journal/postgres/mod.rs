@@ -461,7 +461,11 @@ impl PostgresJournal {
                 let failures = attempts_i32(*failures);
                 let args: [&(dyn ToSql + Sync); 2] = [last_error, &failures];
                 let sql = &self.sql.dead_letter;
-                match self.end_lease(client, sql, lease, *at, "", &args).await? {
+                let finished = format!("{}{key}", listener::FINISHED);
+                match self
+                    .end_lease(client, sql, lease, *at, &finished, &args)
+                    .await?
+                {
                     Some(ack) => Ok(ack),
                     None if retry && self.released_at(client, lease, *at).await? => {
                         Ok(Ack::default())
