@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Steps, plain_sequence, quiet_deliberate_panics, sequential_run, time_each};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use resumable::{MemoryJournal, Runtime};
+use resumable::{Error, MemoryJournal, Runtime};
 
 const STEPS: u32 = 1_000;
 
@@ -53,14 +53,17 @@ fn step_overhead(c: &mut Criterion) {
         // place, so each iteration replays the same run.
         let steps = Steps::new();
         steps.crash_at_end.store(true, Ordering::Relaxed);
-        let runtime = Runtime::new(MemoryJournal::new());
+        // It must not be dead-lettered however often it crashes.
+        let runtime = Runtime::builder(MemoryJournal::new())
+            .dead_letter_after(u32::MAX)
+            .build();
         let crashed = rt.block_on(runtime.run("replay", steps.sequence(STEPS)));
         assert!(crashed.is_err(), "the seeded run should have crashed");
         b.to_async(&rt).iter(|| async {
             let replayed = runtime.run("replay", steps.sequence(STEPS)).await;
             assert!(
-                replayed.is_err(),
-                "the replayed run should have crashed again"
+                matches!(replayed, Err(Error::WorkflowPanicked { .. })),
+                "the replayed run should have crashed again, got {replayed:?}"
             );
         });
     });

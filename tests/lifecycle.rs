@@ -120,17 +120,35 @@ fn status(rt: &Runtime, key: &str) -> impl Future<Output = RunStatus> {
     async move { rt.run_info(&key).await.unwrap().unwrap().status }
 }
 
+/// Runs `shop.order(1)` as run `o` (with a time limit, if given) in a task,
+/// and returns once it reached the point the shop holds.
+async fn run_until_held(
+    rt: &Runtime,
+    shop: &Arc<Shop>,
+    limit: Option<Duration>,
+) -> tokio::task::JoinHandle<resumable::Result<Result<u32, ShopError>>> {
+    let running = tokio::spawn({
+        let (rt, shop) = (rt.clone(), shop.clone());
+        async move {
+            let call = shop.order(1);
+            let call = match limit {
+                Some(limit) => call.time_limit(limit),
+                None => call,
+            };
+            rt.run("o", call).await
+        }
+    });
+    shop.held.notified().await;
+    running
+}
+
 #[tokio::test]
 async fn a_cancel_stops_a_running_run_at_its_next_step_boundary() {
     for (name, journal, _dir) in journals().await {
         let rt = runtime(&journal);
         let shop = Arc::new(Shop::default());
         shop.hold_at("charge");
-        let running = tokio::spawn({
-            let (rt, shop) = (rt.clone(), shop.clone());
-            async move { rt.run("o", shop.order(1)).await }
-        });
-        shop.held.notified().await;
+        let running = run_until_held(&rt, &shop, None).await;
         assert_eq!(
             rt.runs().cancel("o").await.unwrap(),
             CommandOutcome::Requested,
@@ -174,11 +192,7 @@ async fn a_cancel_after_the_last_step_but_before_the_outcome_wins() {
         let rt = runtime(&journal);
         let shop = Arc::new(Shop::default());
         shop.hold_at("end");
-        let running = tokio::spawn({
-            let (rt, shop) = (rt.clone(), shop.clone());
-            async move { rt.run("o", shop.order(1)).await }
-        });
-        shop.held.notified().await;
+        let running = run_until_held(&rt, &shop, None).await;
         assert_eq!(
             rt.runs().cancel("o").await.unwrap(),
             CommandOutcome::Requested
@@ -251,14 +265,8 @@ async fn a_run_past_its_deadline_ends_at_its_next_step_boundary() {
         let rt = runtime(&journal);
         let shop = Arc::new(Shop::default());
         shop.hold_at("charge");
-        let running = tokio::spawn({
-            let (rt, shop) = (rt.clone(), shop.clone());
-            async move {
-                let call = shop.order(1).time_limit(Duration::from_millis(300));
-                rt.run("o", call).await
-            }
-        });
-        shop.held.notified().await;
+        let limit = Some(Duration::from_millis(300));
+        let running = run_until_held(&rt, &shop, limit).await;
         let info = rt.run_info("o").await.unwrap().unwrap();
         assert!(info.deadline.is_some(), "{name}: the deadline is journaled");
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -566,11 +574,7 @@ async fn status_counts_executions_as_users_understand_them() {
         shop.broken.store(false, Ordering::SeqCst);
         // Held while running: the lease holder and its expiry are shown.
         shop.hold_at("ship");
-        let running = tokio::spawn({
-            let (rt, shop) = (rt.clone(), shop.clone());
-            async move { rt.run("o", shop.order(1)).await }
-        });
-        shop.held.notified().await;
+        let running = run_until_held(&rt, &shop, None).await;
         let info = rt.run_info("o").await.unwrap().unwrap();
         assert_eq!(info.status, RunStatus::Running, "{name}");
         assert_eq!(info.lease_owner.as_deref(), Some(rt.worker_id()), "{name}");

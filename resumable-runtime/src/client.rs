@@ -194,29 +194,67 @@ impl Client {
         // Subscribed before looking, so a finish in between is not missed.
         let mut events = self.journal.subscribe();
         loop {
-            let run = self
-                .journal
-                .load_run(key)
-                .await?
-                .ok_or_else(|| Error::UnknownRun {
-                    run: key.to_owned(),
-                })?
-                .run;
-            if run.workflow != workflow.name {
-                return Err(Error::WorkflowMismatch {
-                    run: key.to_owned(),
-                    journaled: run.workflow,
-                    requested: workflow.name.to_owned(),
-                });
-            }
-            if run.state != RunState::Incomplete {
-                return outcome_of::<R, C>(&self.envelope, &run);
+            if let Some(outcome) = self.outcome(workflow, key).await? {
+                return Ok(outcome);
             }
             let poll = tokio::time::sleep(self.poll_interval);
             tokio::select! {
                 () = poll => {}
                 () = finished(&mut events, key) => {}
             }
+        }
+    }
+
+    /// Run `key`'s outcome, decoded, if it has finished: `Ok(None)` while it
+    /// is incomplete, [`Error::UnknownRun`] if no run has the key, and the
+    /// lifecycle's errors ([`Error::Cancelled`], [`Error::DeadlineExceeded`],
+    /// [`Error::DeadLettered`]) as [`wait`](Self::wait) returns them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{Client, MemoryJournal, WorkflowRef};
+    ///
+    /// const RESIZE: WorkflowRef<(u64,), Result<u32, String>> = WorkflowRef::named("resize");
+    ///
+    /// let client = Client::new(MemoryJournal::new());
+    /// client.submit(&RESIZE, "resize-7", (7,)).await?;
+    /// assert_eq!(client.outcome(&RESIZE, "resize-7").await?, None); // not run yet
+    /// client.runs().cancel("resize-7").await?;
+    /// assert!(matches!(
+    ///     client.outcome(&RESIZE, "resize-7").await,
+    ///     Err(resumable::Error::Cancelled { .. })
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn outcome<I, R, C>(
+        &self,
+        workflow: &WorkflowRef<I, R, C>,
+        key: &str,
+    ) -> Result<Option<R>>
+    where
+        R: WorkflowResult + Journaled,
+        C: Codec,
+    {
+        let run = self
+            .journal
+            .load_run(key)
+            .await?
+            .ok_or_else(|| Error::UnknownRun {
+                run: key.to_owned(),
+            })?
+            .run;
+        if run.workflow != workflow.name {
+            return Err(Error::WorkflowMismatch {
+                run: key.to_owned(),
+                journaled: run.workflow,
+                requested: workflow.name.to_owned(),
+            });
+        }
+        match run.state {
+            RunState::Incomplete => Ok(None),
+            _ => outcome_of::<R, C>(&self.envelope, &run).map(Some),
         }
     }
 

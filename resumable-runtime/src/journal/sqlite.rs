@@ -1475,6 +1475,44 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
     }
 
+    /// A file written by the previous version (schema 1) is migrated when
+    /// opened: its runs keep their data and gain the lifecycle's columns.
+    #[tokio::test]
+    async fn a_version_1_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(V1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO resumable_runs (run_key, workflow, fingerprint, input, state, epoch, \
+                 wake_at, executions, created_at, updated_at) \
+                 VALUES ('old', 'wf', 1, x'01', 'incomplete', 3, 0, 3, 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let journal = SqliteJournal::open(&path).await.unwrap();
+        let run = journal.load_run("old").await.unwrap().unwrap().run;
+        assert_eq!((run.epoch, run.executions, run.failures), (3, 3, 0));
+        assert_eq!((run.deadline, run.cancel_requested_at), (None, None));
+        let opened = journal
+            .open_run(new_run("old"), request("w", 10, 1_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            opened.lease.unwrap().epoch,
+            4,
+            "the old run is leased as before"
+        );
+        let version: i64 = journal
+            .call(|conn| Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
     #[tokio::test]
     async fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
