@@ -739,30 +739,50 @@ mod sms {
             Ok(sent)
         }
     }
+
+    /// Another type with a `process` method, in the same module.
+    pub struct Pager;
+    impl Pager {
+        #[resumable::resumable]
+        pub async fn process(&self, to: u32) -> Result<String, String> {
+            let sent = resumable::step!("send", { format!("page to {to}") });
+            Ok(sent)
+        }
+    }
 }
 
 /// Two `process` methods with the same steps and types, on two types in two
-/// modules, are two workflows: neither adopts the other's runs.
+/// modules or in one, are two workflows: none adopts another's runs.
 #[tokio::test]
 async fn a_workflow_never_adopts_the_runs_of_another_with_the_same_name() {
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
     let rt = runtime(&journal);
     let email = workflow!(email::Sender::process).meta().name;
     let sms = workflow!(sms::Sender::process).meta().name;
-    assert_eq!(email, "lifecycle::email::process");
-    assert_eq!(sms, "lifecycle::sms::process");
+    let pager = workflow!(sms::Pager::process).meta().name;
+    assert_eq!(email, "lifecycle::email::Sender::process");
+    assert_eq!(sms, "lifecycle::sms::Sender::process");
+    assert_eq!(pager, "lifecycle::sms::Pager::process");
     let sent = rt.run("notify-7", email::Sender.process(7)).await.unwrap();
     assert_eq!(sent.as_deref(), Ok("email to 7"));
-    match rt.run("notify-7", sms::Sender.process(7)).await {
-        Err(Error::WorkflowMismatch {
-            run,
-            journaled,
-            requested,
-        }) => {
-            assert_eq!((run.as_str(), journaled.as_str()), ("notify-7", email));
-            assert_eq!(requested, sms);
+    let sent = rt.run("page-7", sms::Sender.process(7)).await.unwrap();
+    assert_eq!(sent.as_deref(), Ok("sms to 7"));
+    let refused = [
+        ("notify-7", rt.run("notify-7", sms::Sender.process(7)).await, email, sms),
+        ("page-7", rt.run("page-7", sms::Pager.process(7)).await, sms, pager),
+    ];
+    for (key, outcome, owner, other) in refused {
+        match outcome {
+            Err(Error::WorkflowMismatch {
+                run,
+                journaled,
+                requested,
+            }) => {
+                assert_eq!((run.as_str(), journaled.as_str()), (key, owner));
+                assert_eq!(requested, other);
+            }
+            other => panic!("the wrong workflow must be refused, got {other:?}"),
         }
-        other => panic!("the wrong workflow must be refused, got {other:?}"),
     }
 }
 

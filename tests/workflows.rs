@@ -266,7 +266,7 @@ async fn same_key_with_other_input_is_an_input_mismatch() {
     // Another workflow under the same key is refused as well.
     let err = rt.run("o", fx.flaky()).await.unwrap_err();
     assert!(
-        matches!(&err, Error::WorkflowMismatch { journaled, .. } if journaled == "workflows::three_steps"),
+        matches!(&err, Error::WorkflowMismatch { journaled, .. } if journaled == "workflows::Effects::three_steps"),
         "{err}"
     );
 }

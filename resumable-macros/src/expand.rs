@@ -262,17 +262,35 @@ impl Generator<'_> {
         } = self;
         let retry = option(args.retry.as_ref());
         let compatible = &args.compatible;
-        // The identity: the explicit name, kept as written, or the function's
-        // module path and name, so that workflows of one name in two modules
-        // never adopt each other's runs.
-        let name = match &args.name {
-            Some(_) => quote!(#name),
-            None => quote!(::core::concat!(::core::module_path!(), "::", #name)),
+        // The identity: the explicit name, kept as written; else the module
+        // path and the function's name, with a method's type between them,
+        // so that workflows of one name never adopt each other's runs. The
+        // type's name is only known to the compiler: it is read once.
+        let (name_cell, name) = match (&args.name, f.method) {
+            (Some(_), _) => (None, quote!(#name)),
+            (None, false) => (
+                None,
+                quote!(::core::concat!(::core::module_path!(), "::", #name)),
+            ),
+            (None, true) => (
+                Some(quote! {
+                    static NAME: #krate::__private::NameCell = #krate::__private::NameCell::new();
+                }),
+                quote! {
+                    #krate::__private::method_identity(
+                        &NAME,
+                        ::core::module_path!(),
+                        ::core::any::type_name::<Self>(),
+                        #name,
+                    )
+                },
+            ),
         };
         let meta = quote! {
             #[doc(hidden)]
             #(#cfg_attrs)*
             fn #meta_fn() -> #krate::__private::WorkflowMeta {
+                #name_cell
                 #krate::__private::WorkflowMeta {
                     name: #name,
                     fingerprint: #krate::__private::fingerprint(#hash, <#codec as #krate::Codec>::NAME),

@@ -62,6 +62,24 @@ pub mod __private {
     };
     pub use std::boxed::Box;
 
+    /// Where a method workflow's identity is kept once built.
+    pub type NameCell = std::sync::OnceLock<String>;
+
+    /// A method workflow's identity, `module::Type::method`: the type's own
+    /// name, without its path or generic arguments, from `type_name`.
+    pub fn method_identity(
+        cell: &'static NameCell,
+        module: &str,
+        type_name: &str,
+        method: &str,
+    ) -> &'static str {
+        cell.get_or_init(|| {
+            let ty = type_name.split('<').next().unwrap_or(type_name);
+            let ty = ty.rsplit("::").next().unwrap_or(ty);
+            format!("{module}::{ty}::{method}")
+        })
+    }
+
     /// Mixes the codec's name into the macro's fingerprint of the step
     /// structure. Never [`UNPINNED`](crate::journal::UNPINNED) (0).
     pub const fn fingerprint(shape: u64, codec: &str) -> u64 {
