@@ -7,6 +7,7 @@
 //! is also what makes fencing and `claim_due` safe between processes sharing
 //! the file: their transactions run one after another.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -330,6 +331,13 @@ impl Drop for WriterThread {
     }
 }
 
+/// The error a request that panicked on the writer thread fails with.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> rusqlite::Error {
+    let message = crate::context::panic_message(payload);
+    // Any variant that carries a message; it is only ever shown.
+    rusqlite::Error::ToSqlConversionFailure(format!("a journal request panicked: {message}").into())
+}
+
 fn writer_stopped() -> Error {
     Error::storage(BACKEND, "the SQLite writer thread has stopped")
 }
@@ -489,7 +497,13 @@ where
     F: FnMut(&Connection) -> OpResult<T> + Send + 'static,
 {
     fn execute(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        let outcome = match (self.op)(conn) {
+        // A panic (a bug, or a row no code expected) fails this request
+        // alone: the batch is rolled back and the others run again without
+        // it, and the writer thread goes on serving every run.
+        let op = &mut self.op;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| op(conn)))
+            .unwrap_or_else(|payload| Err(Failure::Sql(panicked(&*payload))));
+        let outcome = match result {
             Ok(value) => Ok(value),
             Err(Failure::Refused(err)) => Err(err),
             Err(Failure::Sql(err)) => {
@@ -1700,6 +1714,52 @@ mod tests {
             loaded.blocking_recv().unwrap().unwrap().unwrap().run.epoch,
             1
         );
+    }
+
+    /// A request that panics fails alone; the writer thread lives on.
+    #[test]
+    fn a_panicking_request_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&SqliteJournal::builder(dir.path().join("batch.db"))).unwrap();
+        let (first, first_answer) = open_job("first", 0);
+        let (bad, bad_answer) = job(|_: &Connection| -> OpResult<()> { panic!("tampered row") });
+        let (second, second_answer) = open_job("second", 0);
+        run_batch(&mut conn, vec![first, bad, second], &Counters::default());
+        assert!(first_answer.blocking_recv().unwrap().unwrap().created);
+        assert!(second_answer.blocking_recv().unwrap().unwrap().created);
+        let err = bad_answer.blocking_recv().unwrap().unwrap_err();
+        assert!(err.to_string().contains("panicked: tampered row"), "{err}");
+        let (load, loaded) = job(|conn| load_run(conn, "first"));
+        run_batch(&mut conn, vec![load], &Counters::default());
+        assert!(loaded.blocking_recv().unwrap().unwrap().is_some());
+    }
+
+    /// A run at the last epoch is refused, not wrapped, and the journal
+    /// keeps serving other runs.
+    #[tokio::test]
+    async fn epoch_arithmetic_never_overflows() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path().join("journal.db")).await.unwrap();
+        journal.open_run(new_run("top"), request("w", 0, 1)).await.unwrap();
+        journal
+            .call(|conn| {
+                conn.execute("UPDATE resumable_runs SET epoch = -1 WHERE run_key = 'top'", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let err = journal
+            .open_run(new_run("top"), request("w", 10, 1_000))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("last epoch"), "{err}");
+        let cancel = journal.command("top", Command::Cancel, Timestamp(20)).await;
+        assert!(cancel.is_err(), "cancelling must not wrap the epoch either");
+        let opened = journal
+            .open_run(new_run("other"), request("w", 10, 1_000))
+            .await
+            .unwrap();
+        assert!(opened.lease.is_some(), "other runs are served");
     }
 
     #[test]
