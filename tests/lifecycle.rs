@@ -234,16 +234,7 @@ async fn a_cancel_outlives_the_worker_that_did_not_see_it() {
         let shop = Shop::default();
         rt.submit("o", shop.order(1)).await.unwrap();
         // A worker takes it for 200 ms and dies.
-        let stored = journal.load_run("o").await.unwrap().unwrap().run;
-        let new = NewRun {
-            key: "o".into(),
-            workflow: stored.workflow,
-            fingerprint: stored.fingerprint,
-            input: stored.input,
-            deadline: None,
-        };
-        let lease = LeaseRequest::new("doomed", Duration::from_millis(200));
-        assert!(journal.open_run(new, lease).await.unwrap().lease.is_some());
+        lease_elsewhere(&journal, "o", Duration::from_millis(200)).await;
         assert_eq!(
             rt.runs().cancel("o").await.unwrap(),
             CommandOutcome::Requested
@@ -256,6 +247,79 @@ async fn a_cancel_outlives_the_worker_that_did_not_see_it() {
         );
         assert!(shop.ran().is_empty(), "{name}");
         assert_eq!(status(&rt, "o").await, RunStatus::Cancelled, "{name}");
+    }
+}
+
+/// Takes run `key`'s lease for `duration` as another worker, `elsewhere`,
+/// would, without executing it.
+async fn lease_elsewhere(
+    journal: &Arc<dyn Journal>,
+    key: &str,
+    duration: Duration,
+) -> resumable::journal::Lease {
+    let stored = journal.load_run(key).await.unwrap().unwrap().run;
+    let new = NewRun {
+        key: key.into(),
+        workflow: stored.workflow,
+        fingerprint: stored.fingerprint,
+        input: stored.input,
+        deadline: None,
+    };
+    let request = LeaseRequest::new("elsewhere", duration);
+    journal.open_run(new, request).await.unwrap().lease.unwrap()
+}
+
+/// Two runs whose step's next attempt is due at the end of time (a tampered
+/// row) never hold a completer's slots: the wait is capped at the policy's
+/// longest delay, and a run that must wait longer than a second is given
+/// back until then, so the other runs proceed.
+#[tokio::test]
+async fn a_retry_due_at_the_end_of_time_holds_no_completer_slot() {
+    for (name, journal, _dir) in journals().await {
+        let rt = runtime(&journal);
+        let shop = Arc::new(Shop::default());
+        for key in ["far-0", "far-1"] {
+            rt.submit(key, shop.order(1)).await.unwrap();
+            let lease = lease_elsewhere(&journal, key, Duration::from_secs(60)).await;
+            let failed = resumable::journal::Write::AttemptFailed {
+                step_id: "reserve#0".into(),
+                attempts: 1,
+                error: "timeout".into(),
+                retry_at: Some(Timestamp(i64::MAX)),
+                started_at: Timestamp::now(),
+                at: Timestamp::now(),
+            };
+            journal.write(&lease, failed).await.unwrap();
+            let release = resumable::journal::Write::Release {
+                last_error: None,
+                wake_at: Timestamp::now(),
+                failures: 0,
+                at: Timestamp::now(),
+            };
+            journal.write(&lease, release).await.unwrap();
+        }
+        for n in 0..20 {
+            rt.submit(format!("good-{n}"), shop.order(n)).await.unwrap();
+        }
+        let completer = Completer::new(&rt)
+            .concurrency(2)
+            .register(workflow!(Shop::order), shop.clone())
+            .unwrap()
+            .run_until_idle();
+        let report = tokio::time::timeout(Duration::from_secs(60), completer)
+            .await
+            .expect("the completer is never stuck")
+            .unwrap();
+        assert_eq!(report.finished, 20, "{name}: every good run finished");
+        for key in ["far-0", "far-1"] {
+            let info = rt.run_info(key).await.unwrap().unwrap();
+            assert_eq!(
+                info.status,
+                RunStatus::WaitingToRetry,
+                "{name}: {key} is parked"
+            );
+            assert_eq!(info.lease_owner, None, "{name}: {key} holds no lease");
+        }
     }
 }
 
@@ -768,8 +832,18 @@ async fn a_workflow_never_adopts_the_runs_of_another_with_the_same_name() {
     let sent = rt.run("page-7", sms::Sender.process(7)).await.unwrap();
     assert_eq!(sent.as_deref(), Ok("sms to 7"));
     let refused = [
-        ("notify-7", rt.run("notify-7", sms::Sender.process(7)).await, email, sms),
-        ("page-7", rt.run("page-7", sms::Pager.process(7)).await, sms, pager),
+        (
+            "notify-7",
+            rt.run("notify-7", sms::Sender.process(7)).await,
+            email,
+            sms,
+        ),
+        (
+            "page-7",
+            rt.run("page-7", sms::Pager.process(7)).await,
+            sms,
+            pager,
+        ),
     ];
     for (key, outcome, owner, other) in refused {
         match outcome {

@@ -88,7 +88,7 @@ where
         let workflow = self.workflow;
         Box::pin(async move {
             let start = |ctx, input| (workflow.start)(&*deps, ctx, input);
-            rt.execute::<I, R, C>(workflow.meta, snapshot, lease, start)
+            rt.execute::<I, R, C>(workflow.meta, snapshot, lease, start, Some(PARK_AFTER))
                 .await
                 .map(drop)
         })
@@ -288,6 +288,10 @@ impl Completer {
         Ok(())
     }
 }
+
+/// A step whose next attempt is further away than this gives its run (and
+/// the completer's slot) back until then, instead of holding the slot.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// How often a running completer looks for runs left leased by worker
 /// processes on this machine that died.

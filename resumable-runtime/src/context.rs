@@ -114,6 +114,10 @@ pub(crate) struct RunCtx {
     pub retry: RetryPolicy,
     /// When the run must have finished: no step starts after it.
     deadline: Option<Timestamp>,
+    /// A step whose next attempt is further away than this stops the run
+    /// (to be taken again when the attempt is due) instead of holding its
+    /// worker while it waits; `None`: it waits in place.
+    pub park_after: Option<std::time::Duration>,
     state: Mutex<ReplayState>,
     driver: AtomicWaker,
 }
@@ -165,6 +169,7 @@ impl RunCtx {
         envelope: Envelope,
         retry: RetryPolicy,
         workflow: &'static str,
+        park_after: Option<std::time::Duration>,
     ) -> Self {
         let deadline = snapshot.run.deadline;
         let mut state = ReplayState::default();
@@ -191,6 +196,7 @@ impl RunCtx {
             envelope,
             retry,
             deadline,
+            park_after,
             state: Mutex::new(state),
             driver: AtomicWaker::new(),
         }

@@ -307,6 +307,18 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A step's next attempt is due later than a completer keeps a worker
+    /// waiting: the run was given back, due again `until`.
+    #[error("step '{step}' of run '{run}' waits to retry; the run is due again at {until:?}")]
+    WaitingToRetry {
+        /// The run key.
+        run: String,
+        /// The step id.
+        step: String,
+        /// When its next attempt is due.
+        until: std::time::SystemTime,
+    },
+
     /// The run was cancelled by an operator: its stable outcome.
     #[error("run '{run}' was cancelled")]
     Cancelled {
@@ -379,6 +391,7 @@ impl Error {
                 | Error::Busy { .. }
                 | Error::LeaseLost { .. }
                 | Error::Interrupted { .. }
+                | Error::WaitingToRetry { .. }
         )
     }
 }

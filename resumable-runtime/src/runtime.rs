@@ -240,7 +240,10 @@ impl Runtime {
                 snapshot, lease, ..
             } = self.open(&new, &meta).await?;
             if let Some(lease) = lease {
-                return self.execute::<I, R, C>(meta, snapshot, lease, start).await;
+                // The caller waits for the outcome: retry delays are waited here.
+                return self
+                    .execute::<I, R, C>(meta, snapshot, lease, start, None)
+                    .await;
             }
             let run = snapshot.run;
             if run.state != RunState::Incomplete {
@@ -367,13 +370,15 @@ impl Runtime {
 
     /// Executes a leased, incomplete run to its outcome (or to an error, in
     /// which case the run is given back with that error as its last error,
-    /// or dead-lettered).
+    /// or dead-lettered). With `park_after`, a step whose next attempt is
+    /// further away gives the run back until then instead of waiting.
     pub(crate) async fn execute<'a, I, R, C>(
         &self,
         meta: WorkflowMeta,
         mut snapshot: RunSnapshot,
         lease: Lease,
         start: impl FnOnce(Ctx, I) -> BoxFuture<'a, R>,
+        park_after: Option<Duration>,
     ) -> Result<R>
     where
         I: Journaled,
@@ -447,6 +452,7 @@ impl Runtime {
                 self.inner.envelope,
                 meta.retry.unwrap_or(self.inner.default_retry),
                 meta.name,
+                park_after,
             ));
             run_ctx = Some(run.clone());
             let _heartbeat = Heartbeat::start(run.clone(), self.inner.lease_duration);
@@ -609,14 +615,17 @@ impl Runtime {
             }
             return;
         }
-        let delay = self
-            .inner
-            .run_backoff
-            .jittered_delay(past.executions.max(1));
+        let due = match err {
+            // Parked until its step's next attempt.
+            Error::WaitingToRetry { until, .. } => Timestamp::from(*until),
+            _ => at.after(
+                self.inner
+                    .run_backoff
+                    .jittered_delay(past.executions.max(1)),
+            ),
+        };
         // Never sleeping past its deadline, where it ends.
-        let wake_at = past
-            .deadline
-            .map_or(at.after(delay), |d| d.min(at.after(delay)));
+        let wake_at = past.deadline.map_or(due, |d| d.min(due));
         self.give_back(lease, Some(err.to_string()), wake_at, failures)
             .await;
     }

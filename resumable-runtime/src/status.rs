@@ -16,7 +16,9 @@ pub enum RunStatus {
     Pending,
     /// A worker holds its lease and is executing it.
     Running,
-    /// A worker holds it, and one of its steps waits out a retry delay.
+    /// One of its steps waits out a retry delay: in its worker, or, for a
+    /// long delay, given back until the attempt is due (listed without
+    /// steps, such a run shows as `BackingOff`).
     WaitingToRetry,
     /// It stopped with an error and waits out its backoff before a
     /// completer takes it again.
@@ -47,6 +49,7 @@ impl RunStatus {
                 RunStatus::WaitingToRetry
             }
             RunState::Incomplete if run.is_leased_at(now) => RunStatus::Running,
+            RunState::Incomplete if run.wake_at > now && step_waiting => RunStatus::WaitingToRetry,
             RunState::Incomplete if run.wake_at > now => RunStatus::BackingOff,
             RunState::Incomplete => RunStatus::Pending,
         }

@@ -197,9 +197,10 @@ impl<'c, E> Step<'c, E> {
                 self.started_at = started_at;
                 // A retry that was due later when the last worker stopped still waits.
                 if let Some(due) = retry_at {
-                    let wait = due.0.saturating_sub(Timestamp::now().0);
-                    if wait > 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+                    self.wait_until(due).await;
+                    if self.run.stopping() {
+                        self.finish();
+                        return std::future::pending().await;
                     }
                 }
                 Prepared::Attempt
@@ -358,10 +359,31 @@ impl<'c, E> Step<'c, E> {
 
     async fn retry_later(&mut self, message: String) {
         let delay = self.policy.jittered_delay(self.attempts);
-        self.record_failure(message, Some(Timestamp::now().after(delay)))
-            .await;
-        if !self.run.stopping() {
-            tokio::time::sleep(delay).await;
+        let due = Timestamp::now().after(delay);
+        self.record_failure(message, Some(due)).await;
+        self.wait_until(due).await;
+    }
+
+    /// Waits for the next attempt, due at `due`, for the policy's longest
+    /// delay at most (a time from the journal may be anything). A run that
+    /// must not hold a worker that long (see `RunCtx::park_after`) is
+    /// stopped at its next boundary instead, to be taken again when due.
+    async fn wait_until(&mut self, due: Timestamp) {
+        if self.run.stopping() {
+            return;
+        }
+        let left = due.0.saturating_sub(Timestamp::now().0).max(0) as u64;
+        let wait = std::time::Duration::from_millis(left).min(self.policy.max_delay);
+        if wait.is_zero() {
+            return;
+        }
+        match self.run.park_after {
+            Some(limit) if wait > limit => self.run.stop_at_boundary(Error::WaitingToRetry {
+                run: self.run.run_key.clone(),
+                step: self.id.to_string(),
+                until: Timestamp::now().after(wait).to_system_time(),
+            }),
+            _ => tokio::time::sleep(wait).await,
         }
     }
 

@@ -71,6 +71,16 @@ impl Timestamp {
     }
 }
 
+impl From<SystemTime> for Timestamp {
+    /// Milliseconds since the Unix epoch (0 before it, the largest value far after it).
+    fn from(time: SystemTime) -> Self {
+        let ms = time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
+        Timestamp(ms)
+    }
+}
+
 /// A run to create if its key is new.
 #[derive(Debug, Clone)]
 pub struct NewRun {

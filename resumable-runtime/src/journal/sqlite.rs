@@ -1739,11 +1739,19 @@ mod tests {
     #[tokio::test]
     async fn epoch_arithmetic_never_overflows() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = SqliteJournal::open(dir.path().join("journal.db")).await.unwrap();
-        journal.open_run(new_run("top"), request("w", 0, 1)).await.unwrap();
+        let journal = SqliteJournal::open(dir.path().join("journal.db"))
+            .await
+            .unwrap();
+        journal
+            .open_run(new_run("top"), request("w", 0, 1))
+            .await
+            .unwrap();
         journal
             .call(|conn| {
-                conn.execute("UPDATE resumable_runs SET epoch = -1 WHERE run_key = 'top'", [])?;
+                conn.execute(
+                    "UPDATE resumable_runs SET epoch = -1 WHERE run_key = 'top'",
+                    [],
+                )?;
                 Ok(())
             })
             .await
