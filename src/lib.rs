@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 #[doc(inline)]
 pub use resumable_macros::{resumable, step, workflow};

@@ -935,3 +935,35 @@ async fn a_client_cancels_and_waits_for_the_cancel() {
     );
     assert_eq!(client.status("o").await.unwrap(), Some(RunState::Cancelled));
 }
+
+/// A run key never reaches an error message raw: control characters are
+/// escaped, and a lookup with an oversized key is refused with a short error.
+#[tokio::test]
+async fn run_keys_are_escaped_and_bounded_in_errors() {
+    let forged = "o\nERROR forged log line\u{1b}[31m";
+    let message = Error::Cancelled {
+        run: forged.to_owned(),
+    }
+    .to_string();
+    assert!(
+        !message.contains('\n') && !message.contains('\u{1b}'),
+        "{message}"
+    );
+    assert!(
+        message.contains("\\n") && message.contains("\\u{1b}"),
+        "{message}"
+    );
+
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let rt = runtime(&journal);
+    let client = Client::new(journal.clone());
+    let huge = "k".repeat(1 << 20);
+    for err in [
+        rt.run_info(&huge).await.map(drop).unwrap_err(),
+        rt.runs().cancel(&huge).await.map(drop).unwrap_err(),
+        client.status(&huge).await.map(drop).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::InvalidRunKey { .. }), "{err}");
+        assert!(err.to_string().len() < 200, "the error stays short");
+    }
+}

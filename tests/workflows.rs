@@ -673,7 +673,7 @@ async fn corrupted_and_truncated_records_are_typed_errors_naming_run_and_step() 
             other => panic!("expected Corrupted, got {other}"),
         }
         assert!(
-            err.to_string().contains("step 'reserve#0' of run 't'"),
+            err.to_string().contains("step 'reserve#0' of run \"t\""),
             "{err}"
         );
     }

@@ -6,6 +6,8 @@
 //! `steps` finds and checks every `step!` and computes the step structure,
 //! and `expand` writes the code.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod ast;
 mod checks;

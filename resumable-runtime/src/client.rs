@@ -13,7 +13,7 @@ use crate::journal::{
     Command, Journal, JournalEvent, NewRun, RunState, Subscription, Timestamp, UNPINNED,
 };
 use crate::runs::Runs;
-use crate::runtime::{mismatch, outcome_of, validate_key};
+use crate::runtime::{mismatch, outcome_of, validate_key, validate_lookup_key};
 use crate::workflow::{Journaled, WorkflowResult};
 
 /// A workflow as a client sees it: its name and its types, without its code.
@@ -237,6 +237,7 @@ impl Client {
         R: WorkflowResult + Journaled,
         C: Codec,
     {
+        validate_lookup_key(key)?;
         let run = self
             .journal
             .load_run(key)
@@ -283,6 +284,7 @@ impl Client {
 
     /// Where run `key` is, if it exists.
     pub async fn status(&self, key: &str) -> Result<Option<RunState>> {
+        validate_lookup_key(key)?;
         Ok(self.journal.load_run(key).await?.map(|s| s.run.state))
     }
 }

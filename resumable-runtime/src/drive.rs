@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 
 use crate::context::{RunCtx, panic_message};
-use crate::error::{Error, Result};
+use crate::error::{Error, Escaped, Result};
 use crate::journal::Timestamp;
 use crate::workflow::BoxFuture;
 
@@ -145,7 +145,7 @@ impl Heartbeat {
                         });
                     }
                     Err(err) => {
-                        tracing::warn!(run = %lease.run_key, error = %err, "lease renewal failed; retrying")
+                        tracing::warn!(run = %Escaped(&lease.run_key), error = %err, "lease renewal failed; retrying")
                     }
                 }
             }

@@ -5,6 +5,17 @@ use std::fmt;
 /// A boxed error from a storage driver or a codec, kept out of the public API's types.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A run key (or any text from outside) as logs show it: control
+/// characters, quotes and backslashes escaped, so that a key cannot forge
+/// log lines or terminal escapes.
+pub(crate) struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.escape_debug())
+    }
+}
+
 /// Which journaled value an error is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Slot {
@@ -54,7 +65,7 @@ impl fmt::Display for Location {
 pub enum Error {
     /// The run key is already used by a run with a different input.
     #[error(
-        "run '{run}' was started with a different input; a run key names one operation, so use a new key for new input"
+        "run {run:?} was started with a different input; a run key names one operation, so use a new key for new input"
     )]
     InputMismatch {
         /// The run key.
@@ -62,7 +73,7 @@ pub enum Error {
     },
 
     /// The run key is already used by a run of another workflow.
-    #[error("run '{run}' belongs to workflow '{journaled}', not to '{requested}'")]
+    #[error("run {run:?} belongs to workflow {journaled:?}, not to {requested:?}")]
     WorkflowMismatch {
         /// The run key.
         run: String,
@@ -76,7 +87,7 @@ pub enum Error {
     /// where it expected another: the code between steps is not deterministic,
     /// or it changed. The run's journal is left untouched.
     #[error(
-        "non-determinism in run '{run}': the journal expected step '{expected}' but the workflow asked for step '{found}' at {location}; code between steps must be deterministic (take time, randomness and ids from steps)"
+        "non-determinism in run {run:?}: the journal expected step '{expected}' but the workflow asked for step '{found}' at {location}; code between steps must be deterministic (take time, randomness and ids from steps)"
     )]
     NonDeterminism {
         /// The run key.
@@ -92,7 +103,7 @@ pub enum Error {
     /// The run was started by a version of the workflow with another step
     /// structure, and this code does not declare it compatible.
     #[error(
-        "run '{run}' of workflow '{workflow}' was started by code with fingerprint {journaled:016x}, but this code has fingerprint {current:016x}; if this code can resume such runs, declare it with #[resumable(compatible = [\"{journaled:016x}\"])]"
+        "run {run:?} of workflow '{workflow}' was started by code with fingerprint {journaled:016x}, but this code has fingerprint {current:016x}; if this code can resume such runs, declare it with #[resumable(compatible = [\"{journaled:016x}\"])]"
     )]
     VersionMismatch {
         /// The run key.
@@ -108,7 +119,7 @@ pub enum Error {
     /// This worker's lease on the run was taken over (or the run finished
     /// elsewhere); its write was rejected and it stopped.
     #[error(
-        "lease on run '{run}' lost: epoch {epoch} is no longer current, another worker owns the run"
+        "lease on run {run:?} lost: epoch {epoch} is no longer current, another worker owns the run"
     )]
     LeaseLost {
         /// The run key.
@@ -118,7 +129,7 @@ pub enum Error {
     },
 
     /// Another worker is executing the run right now.
-    #[error("run '{run}' is being executed by '{owner}'; try again later")]
+    #[error("run {run:?} is being executed by {owner:?}; try again later")]
     Busy {
         /// The run key.
         run: String,
@@ -127,7 +138,7 @@ pub enum Error {
     },
 
     /// A step output was recorded a second time.
-    #[error("step '{step}' of run '{run}' is already recorded; a recorded step never runs again")]
+    #[error("step '{step}' of run {run:?} is already recorded; a recorded step never runs again")]
     StepAlreadyRecorded {
         /// The run key.
         run: String,
@@ -137,7 +148,7 @@ pub enum Error {
 
     /// A step panicked on every attempt its retry policy allowed. The run stays
     /// incomplete with this as its last error, so a fixed deployment can resume it.
-    #[error("step '{step}' of run '{run}' panicked on attempt {attempts}: {message}")]
+    #[error("step '{step}' of run {run:?} panicked on attempt {attempts}: {message}")]
     StepPanicked {
         /// The run key.
         run: String,
@@ -150,7 +161,7 @@ pub enum Error {
     },
 
     /// The workflow body panicked outside any step. The run stays incomplete.
-    #[error("workflow of run '{run}' panicked outside a step: {message}")]
+    #[error("workflow of run {run:?} panicked outside a step: {message}")]
     WorkflowPanicked {
         /// The run key.
         run: String,
@@ -159,7 +170,7 @@ pub enum Error {
     },
 
     /// A journaled record is damaged: too short, or its checksum does not match.
-    #[error("corrupted journal record for {slot} of run '{run}': {reason}")]
+    #[error("corrupted journal record for {slot} of run {run:?}: {reason}")]
     Corrupted {
         /// The run key.
         run: String,
@@ -171,7 +182,7 @@ pub enum Error {
 
     /// A journaled record has a format version this code does not know.
     #[error(
-        "{slot} of run '{run}' is stored in record format {found}, this code reads format {supported}"
+        "{slot} of run {run:?} is stored in record format {found}, this code reads format {supported}"
     )]
     UnknownRecordVersion {
         /// The run key.
@@ -188,7 +199,7 @@ pub enum Error {
     /// code reads it with (the workflow's codec changed while runs were in
     /// flight).
     #[error(
-        "{slot} of run '{run}' was written with codec '{journaled}', but this code reads it with codec '{current}'"
+        "{slot} of run {run:?} was written with codec '{journaled}', but this code reads it with codec '{current}'"
     )]
     CodecMismatch {
         /// The run key.
@@ -202,7 +213,7 @@ pub enum Error {
     },
 
     /// A journaled record did not decode as the type the code expects.
-    #[error("{slot} of run '{run}' does not decode as `{ty}`: {source}")]
+    #[error("{slot} of run {run:?} does not decode as `{ty}`: {source}")]
     Decode {
         /// The run key.
         run: String,
@@ -216,7 +227,7 @@ pub enum Error {
     },
 
     /// A value could not be encoded.
-    #[error("{slot} of run '{run}' cannot be encoded as `{ty}`: {source}")]
+    #[error("{slot} of run {run:?} cannot be encoded as `{ty}`: {source}")]
     Encode {
         /// The run key.
         run: String,
@@ -230,7 +241,7 @@ pub enum Error {
     },
 
     /// A value is larger than the runtime's payload limit.
-    #[error("{slot} of run '{run}' is {size} bytes, over the limit of {limit} bytes")]
+    #[error("{slot} of run {run:?} is {size} bytes, over the limit of {limit} bytes")]
     PayloadTooLarge {
         /// The run key.
         run: String,
@@ -243,7 +254,7 @@ pub enum Error {
     },
 
     /// No workflow is registered under the name a run was started with.
-    #[error("run '{run}' needs workflow '{workflow}', which is not registered with this completer")]
+    #[error("run {run:?} needs workflow '{workflow}', which is not registered with this completer")]
     UnknownWorkflow {
         /// The run key.
         run: String,
@@ -279,7 +290,7 @@ pub enum Error {
     },
 
     /// No run has this key.
-    #[error("no run has the key '{run}'")]
+    #[error("no run has the key {run:?}")]
     UnknownRun {
         /// The run key.
         run: String,
@@ -309,7 +320,7 @@ pub enum Error {
 
     /// A step's next attempt is due later than a completer keeps a worker
     /// waiting: the run was given back, due again `until`.
-    #[error("step '{step}' of run '{run}' waits to retry; the run is due again at {until:?}")]
+    #[error("step '{step}' of run {run:?} waits to retry; the run is due again at {until:?}")]
     WaitingToRetry {
         /// The run key.
         run: String,
@@ -320,14 +331,14 @@ pub enum Error {
     },
 
     /// The run was cancelled by an operator: its stable outcome.
-    #[error("run '{run}' was cancelled")]
+    #[error("run {run:?} was cancelled")]
     Cancelled {
         /// The run key.
         run: String,
     },
 
     /// The run went past its deadline: its stable outcome.
-    #[error("run '{run}' did not finish before its deadline")]
+    #[error("run {run:?} did not finish before its deadline")]
     DeadlineExceeded {
         /// The run key.
         run: String,
@@ -336,7 +347,7 @@ pub enum Error {
     /// The run was set aside after failing outside its steps too often (or
     /// because its input cannot be decoded). No worker executes it until an
     /// operator resumes it.
-    #[error("run '{run}' is dead-lettered (resume it once the cause is fixed): {last_error}")]
+    #[error("run {run:?} is dead-lettered (resume it once the cause is fixed): {last_error}")]
     DeadLettered {
         /// The run key.
         run: String,
@@ -347,7 +358,7 @@ pub enum Error {
     /// Step records exist under a run key that has no run record (left by a
     /// partial purge or written by hand); a new run never adopts them.
     #[error(
-        "run key '{run}' has step records but no run ({}): delete them before reusing the key",
+        "run key {run:?} has step records but no run ({}): delete them before reusing the key",
         steps.join(", ")
     )]
     OrphanSteps {
@@ -358,7 +369,7 @@ pub enum Error {
     },
 
     /// A run with this key exists already (a fork's new key must be new).
-    #[error("a run with the key '{run}' exists already")]
+    #[error("a run with the key {run:?} exists already")]
     RunExists {
         /// The run key.
         run: String,
@@ -366,7 +377,7 @@ pub enum Error {
 
     /// The run's execution was dropped before it finished (the caller stopped
     /// waiting, or a completer shut down); the run is left for the next worker.
-    #[error("run '{run}' was interrupted before it finished; the next worker resumes it")]
+    #[error("run {run:?} was interrupted before it finished; the next worker resumes it")]
     Interrupted {
         /// The run key.
         run: String,

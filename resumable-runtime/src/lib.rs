@@ -3,6 +3,7 @@
 //! and the codec. Users depend on the `resumable` facade crate, which
 //! re-exports all of this together with the `#[resumable]` macro.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;

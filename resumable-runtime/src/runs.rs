@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::journal::{Command, Journal, RunFilter, RunRecord, RunSnapshot, RunState, Timestamp};
-use crate::runtime::validate_key;
+use crate::runtime::{validate_key, validate_lookup_key};
 use crate::status::{RunInfo, RunStatus};
 
 /// How many runs [`Runs::purge`] deletes per journal write.
@@ -74,6 +74,7 @@ impl Runs {
 
     /// Run `key`'s status and steps, if it exists.
     pub async fn info(&self, key: &str) -> Result<Option<RunInfo>> {
+        validate_lookup_key(key)?;
         Ok(self
             .journal
             .load_run(key)
@@ -245,6 +246,7 @@ impl Runs {
     }
 
     async fn command(&self, key: &str, command: Command) -> Result<(RunRecord, bool)> {
+        validate_lookup_key(key)?;
         self.journal
             .command(key, command, Timestamp::now())
             .await?

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use crate::codec::{Codec, Envelope};
 use crate::context::{Ctx, RunCtx};
 use crate::drive::{Drive, Heartbeat};
-use crate::error::{Error, Result, Slot};
+use crate::error::{Error, Escaped, Result, Slot};
 use crate::journal::{
     Ack, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
     RunSnapshot, RunState, Subscription, Timestamp, UNPINNED, Write,
@@ -354,12 +354,12 @@ impl Runtime {
             epoch: run.epoch,
             expires_at: run.lease_expires_at.unwrap_or_default(),
         };
-        let reason = format!("worker '{owner}' died while executing run '{}'", run.key);
+        let reason = format!("worker {owner:?} died while executing run {:?}", run.key);
         self.inner
             .journal
             .release_leases(&[lease], &reason, Timestamp::now())
             .await?;
-        tracing::info!(run = %run.key, owner, "took over a run whose worker process is gone");
+        tracing::info!(run = %Escaped(&run.key), owner = %Escaped(owner), "took over a run whose worker process is gone");
         Ok(true)
     }
 
@@ -388,7 +388,7 @@ impl Runtime {
         let key = snapshot.run.key.clone();
         let span = tracing::info_span!(
             "run",
-            run = %key,
+            run = %Escaped(&key),
             workflow = meta.name,
             epoch = lease.epoch,
             execution = snapshot.run.executions,
@@ -608,9 +608,11 @@ impl Runtime {
                 at,
             };
             match self.inner.journal.write(lease, write).await {
-                Ok(_) => tracing::error!(run = %lease.run_key, error = %err, "run dead-lettered"),
+                Ok(_) => {
+                    tracing::error!(run = %Escaped(&lease.run_key), error = %err, "run dead-lettered")
+                }
                 Err(e) => {
-                    tracing::debug!(run = %lease.run_key, error = %e, "could not dead-letter the run; its lease will expire")
+                    tracing::debug!(run = %Escaped(&lease.run_key), error = %e, "could not dead-letter the run; its lease will expire")
                 }
             }
             return;
@@ -640,7 +642,7 @@ impl Runtime {
     ) {
         let journal = &*self.inner.journal;
         if let Err(err) = release(journal, lease, last_error, wake_at, failures).await {
-            tracing::debug!(run = %lease.run_key, error = %err, "could not release the lease; it will expire");
+            tracing::debug!(run = %Escaped(&lease.run_key), error = %err, "could not release the lease; it will expire");
         }
     }
 
@@ -673,7 +675,7 @@ impl Runtime {
             ..RunFilter::default()
         };
         let runs = self.inner.journal.list_runs(&filter).await?;
-        let reason = format!("worker '{}' restarted", self.inner.worker_id);
+        let reason = format!("worker {:?} restarted", self.inner.worker_id);
         let given_back = self.release_all(&runs, &reason).await?;
         if given_back > 0 {
             tracing::info!(worker = %self.inner.worker_id, runs = given_back, "gave back the runs a previous process left leased");
@@ -932,14 +934,26 @@ async fn wait_for_lease_or_outcome(events: &mut Option<Subscription>, run: &RunR
     }
 }
 
+/// Checks the key of a new run: not empty or blank, at most
+/// [`MAX_RUN_KEY`] bytes, without control characters.
 pub(crate) fn validate_key(key: &str) -> Result<()> {
+    check_key(key, true)
+}
+
+/// Checks a key that only looks a run up: not empty, not longer than any
+/// stored key (so that no error echoes an oversized key).
+pub(crate) fn validate_lookup_key(key: &str) -> Result<()> {
+    check_key(key, false)
+}
+
+fn check_key(key: &str, new: bool) -> Result<()> {
     let reason = if key.is_empty() {
         "a run key must not be empty"
     } else if key.len() > MAX_RUN_KEY {
         "a run key must be at most 512 bytes"
-    } else if key.trim().is_empty() {
+    } else if new && key.trim().is_empty() {
         "a run key must not be blank"
-    } else if key.chars().any(char::is_control) {
+    } else if new && key.chars().any(char::is_control) {
         "a run key must not contain control characters"
     } else {
         return Ok(());

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::codec::Codec;
 use crate::codec::Envelope;
 use crate::context::{Ctx, Decision, RunCtx, panic_message};
-use crate::error::{Error, Location, Slot};
+use crate::error::{Error, Escaped, Location, Slot};
 use crate::journal::{Ack, StepState, Timestamp, Write};
 use crate::retry::RetryPolicy;
 use crate::workflow::{Journaled, WorkflowError};
@@ -172,7 +172,7 @@ impl<'c, E> Step<'c, E> {
                 self.phase = Phase::Finished;
                 let span = tracing::info_span!(
                     "step",
-                    run = %self.run.run_key,
+                    run = %Escaped(&self.run.run_key),
                     workflow = self.run.workflow,
                     step = %self.id,
                     attempt = record.attempts,
@@ -240,7 +240,7 @@ impl<'c, E> Step<'c, E> {
     {
         self.span = tracing::info_span!(
             "step",
-            run = %self.run.run_key,
+            run = %Escaped(&self.run.run_key),
             workflow = self.run.workflow,
             step = %self.id,
             attempt = self.attempts.saturating_add(1),

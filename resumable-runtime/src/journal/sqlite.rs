@@ -735,7 +735,7 @@ fn next_epoch(run: &RunRecord) -> OpResult<u64> {
         .ok_or_else(|| {
             Failure::Refused(Error::storage(
                 BACKEND,
-                format!("run '{}' is at the last epoch ({})", run.key, run.epoch),
+                format!("run {:?} is at the last epoch ({})", run.key, run.epoch),
             ))
         })
 }
