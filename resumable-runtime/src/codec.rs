@@ -1,9 +1,12 @@
 //! How values become journal bytes: a pluggable [`Codec`], and the checked
 //! envelope every journaled value is stored in.
 
+mod guard;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use self::guard::{GuardedSeed, Limits};
 use crate::error::{BoxError, Error, Slot};
 
 /// Turns values into bytes and back. A workflow picks its codec at compile
@@ -51,8 +54,14 @@ impl Codec for Bincode {
         Ok(bincode::serde::encode_to_vec(value, BINCODE_CONFIG)?)
     }
 
+    /// Decodes from the record's own bytes, nesting at most 256 levels deep,
+    /// with every length prefix of a string or byte buffer checked against
+    /// the bytes that follow it before anything is allocated, and at most 64
+    /// values per byte.
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BoxError> {
-        let (value, read) = bincode::serde::decode_from_slice(bytes, BINCODE_CONFIG)?;
+        let limits = Limits::for_payload(bytes.len());
+        let seed = GuardedSeed::<T>::new(&limits);
+        let (value, read) = bincode::serde::seed_decode_from_slice(seed, bytes, BINCODE_CONFIG)?;
         if read != bytes.len() {
             return Err(format!("{} trailing bytes after the value", bytes.len() - read).into());
         }
@@ -317,6 +326,84 @@ mod tests {
         assert_eq!(
             open::<(String, u8)>(&record).unwrap(),
             ("old".to_string(), 1)
+        );
+    }
+
+    /// A recursive type, as a crafted record can nest it.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Node {
+        next: Option<Box<Node>>,
+    }
+
+    /// `levels` nested `Some`s, then `None`, as bincode encodes a `Node`.
+    fn nested(levels: usize) -> Vec<u8> {
+        let mut payload = vec![1u8; levels];
+        payload.push(0);
+        payload
+    }
+
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut record = vec![1];
+        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        record.extend_from_slice(payload);
+        record
+    }
+
+    #[test]
+    fn deep_nesting_is_a_decode_error_not_a_stack_overflow() {
+        // 50,000 levels overflowed the stack (and aborted the process).
+        let large = Envelope {
+            max_payload: 1 << 20,
+        };
+        let slot = || Slot::Step("s#0".into());
+        let err = large
+            .open::<Bincode, Node>("r", slot, &framed(&nested(50_000)))
+            .unwrap_err();
+        match &err {
+            Error::Decode { slot, source, .. } => {
+                assert_eq!(slot, &Slot::Step("s#0".into()));
+                assert!(source.to_string().contains("256 levels"), "{source}");
+            }
+            other => panic!("expected Decode, got {other}"),
+        }
+        // Nesting within the limit decodes.
+        let mut node = open::<Node>(&framed(&nested(100))).unwrap();
+        let mut depth = 0;
+        while let Some(next) = node.next {
+            node = *next;
+            depth += 1;
+        }
+        assert_eq!(depth, 100);
+    }
+
+    #[test]
+    fn a_length_prefix_is_checked_against_the_bytes_that_follow() {
+        // 6 bytes claiming a string of 2^28 - 1 bytes, under bincode's own
+        // limit: refused before any allocation of that size.
+        let mut payload = vec![252u8];
+        payload.extend_from_slice(&((1u32 << 28) - 1).to_le_bytes());
+        payload.push(b'x');
+        assert!(matches!(
+            open::<String>(&framed(&payload)),
+            Err(Error::Decode { .. })
+        ));
+        assert!(matches!(
+            open::<Vec<u8>>(&framed(&payload)),
+            Err(Error::Decode { .. })
+        ));
+        // A sequence of 2^40 zero-sized values takes no bytes: refused, not looped over.
+        let mut payload = vec![253u8];
+        payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let err = open::<Vec<()>>(&framed(&payload)).unwrap_err();
+        assert!(
+            err.to_string().contains("more values than its size allows"),
+            "{err}"
+        );
+        // Owned strings and buffers still decode.
+        let record = seal(&("text".to_string(), vec![1u8, 2, 3]));
+        assert_eq!(
+            open::<(String, Vec<u8>)>(&record).unwrap(),
+            ("text".to_string(), vec![1, 2, 3])
         );
     }
 
