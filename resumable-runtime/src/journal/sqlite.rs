@@ -761,12 +761,54 @@ fn claim_due(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut claimed = Vec::with_capacity(keys.len());
     for key in keys {
-        let mut run = select_run(conn, &key)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-        let lease = take_lease(conn, &mut run, req)?;
-        let steps = select_steps(conn, &key)?;
-        claimed.push((RunSnapshot { run, steps }, lease));
+        // A run whose rows cannot be read is set aside, alone.
+        match claim_one(conn, &key, req) {
+            Ok(Some(run)) => claimed.push(run),
+            Ok(None) => {}
+            Err(Failure::Sql(err)) if is_unreadable(&err) => set_aside(conn, &key, &err)?,
+            Err(Failure::Refused(err)) => set_aside(conn, &key, &err)?,
+            Err(err) => return Err(err),
+        }
     }
     Ok(claimed)
+}
+
+/// Reads and leases run `key` for `claim_due`.
+fn claim_one(
+    conn: &Connection,
+    key: &str,
+    req: &LeaseRequest,
+) -> OpResult<Option<(RunSnapshot, Lease)>> {
+    let Some(mut run) = select_run(conn, key)? else {
+        return Ok(None);
+    };
+    let steps = select_steps(conn, key)?;
+    let lease = take_lease(conn, &mut run, req)?;
+    Ok(Some((RunSnapshot { run, steps }, lease)))
+}
+
+/// Whether `err` says a row holds what this code cannot read (a tampered or
+/// corrupted row), as opposed to the database failing.
+fn is_unreadable(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::InvalidColumnType(..)
+    )
+}
+
+/// Dead-letters run `key`, whose rows cannot be read or leased, with an
+/// error naming it, so that claims go on with the other runs.
+fn set_aside(conn: &Connection, key: &str, err: &dyn std::fmt::Display) -> OpResult<()> {
+    tracing::error!(run = %crate::error::Escaped(key), error = %err, "a run's rows cannot be read; dead-lettered");
+    let last_error = format!("run {key:?} cannot be read from the journal: {err}");
+    conn.prepare_cached(
+        "UPDATE resumable_runs SET state = 'dead_lettered', last_error = ?2, \
+         lease_owner = NULL, lease_expires_at = NULL WHERE run_key = ?1",
+    )?
+    .execute(params![key, last_error])?;
+    Ok(())
 }
 
 /// Refuses with `LeaseLost` unless `lease` is the run's current epoch, the
@@ -1130,11 +1172,21 @@ fn purge(conn: &Connection, before: Timestamp, limit: usize) -> OpResult<usize> 
 }
 
 fn load_run(conn: &Connection, key: &str) -> OpResult<Option<RunSnapshot>> {
-    let Some(run) = select_run(conn, key)? else {
-        return Ok(None);
+    let read = || -> rusqlite::Result<Option<RunSnapshot>> {
+        let Some(run) = select_run(conn, key)? else {
+            return Ok(None);
+        };
+        let steps = select_steps(conn, key)?;
+        Ok(Some(RunSnapshot { run, steps }))
     };
-    let steps = select_steps(conn, key)?;
-    Ok(Some(RunSnapshot { run, steps }))
+    match read() {
+        // A row no code wrote: an error that names the run, for it alone.
+        Err(err) if is_unreadable(&err) => Err(Failure::Refused(Error::storage(
+            BACKEND,
+            format!("run {key:?} cannot be read from the journal: {err}"),
+        ))),
+        result => Ok(result?),
+    }
 }
 
 fn list_runs(conn: &Connection, filter: &RunFilter) -> OpResult<Vec<RunRecord>> {
@@ -1218,13 +1270,14 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         lease_owner: row.get(7)?,
         lease_expires_at: time(8)?,
         wake_at: Timestamp(row.get(9)?),
-        executions: row.get(10)?,
+        // A counter out of range (a tampered row) is clamped, not refused.
+        executions: clamped(row, 10)?,
         last_error: row.get(11)?,
         created_at: Timestamp(row.get(12)?),
         updated_at: Timestamp(row.get(13)?),
         deadline: time(14)?,
         cancel_requested_at: time(15)?,
-        failures: row.get(16)?,
+        failures: clamped(row, 16)?,
         resumed_at: time(17)?,
         forked_from: row.get(18)?,
     })
@@ -1236,13 +1289,18 @@ fn step_from_row(row: &Row<'_>) -> rusqlite::Result<StepRecord> {
         seq: row.get::<_, Option<i64>>(1)?.map(|s| s as u64),
         state: parsed(row, 2, StepState::parse)?,
         output: row.get(3)?,
-        attempts: row.get(4)?,
+        attempts: clamped(row, 4)?,
         last_error: row.get(5)?,
         retry_at: row.get::<_, Option<i64>>(6)?.map(Timestamp),
         epoch: row.get::<_, i64>(7)? as u64,
         started_at: Timestamp(row.get(8)?),
         updated_at: Timestamp(row.get(9)?),
     })
+}
+
+/// A counter column as a `u32`, clamped into its range.
+fn clamped(row: &Row<'_>, idx: usize) -> rusqlite::Result<u32> {
+    Ok(row.get::<_, i64>(idx)?.clamp(0, i64::from(u32::MAX)) as u32)
 }
 
 /// A text column parsed with `parse`, such as a state name.

@@ -822,17 +822,34 @@ impl Journal for PostgresJournal {
                     [&req.now.0, &req.owner, &req.until.0, &token, &limit];
                 rows = query(client, &self.sql.claim, &args).await?;
             }
-            let runs = rows.iter().map(run_from_row).collect::<Result<Vec<_>>>()?;
+            // A run whose rows cannot be read is set aside, alone.
+            let mut unreadable: Vec<(String, Error)> = Vec::new();
+            let mut runs = Vec::with_capacity(rows.len());
+            for row in &rows {
+                match run_from_row(row) {
+                    Ok(run) => runs.push(run),
+                    Err(err) => unreadable.push((get(row, 0)?, err)),
+                }
+            }
             let keys: Vec<&str> = runs.iter().map(|r| r.key.as_str()).collect();
             let mut steps: HashMap<String, Vec<StepRecord>> = HashMap::new();
             if !keys.is_empty() {
                 for row in query(client, &self.sql.select_steps_of, &[&keys]).await? {
                     let key: String = get(&row, 0)?;
-                    steps.entry(key).or_default().push(step_from_row(&row, 1)?);
+                    match step_from_row(&row, 1) {
+                        Ok(step) => steps.entry(key).or_default().push(step),
+                        Err(err) => unreadable.push((key, err)),
+                    }
                 }
+            }
+            for (key, err) in &unreadable {
+                tracing::error!(run = %crate::error::Escaped(key), error = %err, "a run's rows cannot be read; dead-lettered");
+                let last_error = format!("run {key:?} cannot be read from the journal: {err}");
+                query(client, &self.sql.set_aside, &[key, &last_error]).await?;
             }
             Ok(runs
                 .into_iter()
+                .filter(|run| !unreadable.iter().any(|(key, _)| *key == run.key))
                 .map(|run| {
                     let lease = lease_of(&run, &req);
                     let steps = steps.remove(&run.key).unwrap_or_default();
@@ -1001,9 +1018,19 @@ impl Journal for PostgresJournal {
             let Some(row) = rows.first() else {
                 return Ok(None);
             };
-            let run = run_from_row(row)?;
-            let steps = self.load_steps(client, key).await?;
-            Ok(Some(RunSnapshot { run, steps }))
+            let read = async {
+                let run = run_from_row(row)?;
+                let steps = self.load_steps(client, key).await?;
+                Ok(Some(RunSnapshot { run, steps }))
+            };
+            read.await.map_err(|err: Error| match err {
+                err if is_connection_lost(&err) => err,
+                Error::Storage { source, .. } => Error::storage(
+                    BACKEND,
+                    format!("run {key:?} cannot be read from the journal: {source}"),
+                ),
+                err => err,
+            })
         })
     }
 

@@ -51,6 +51,7 @@ pub(super) struct Statements {
     pub fence_holds: String,
     pub create_run: String,
     pub step_ids: String,
+    pub set_aside: String,
     pub dead_letter: String,
     pub release_many: String,
     pub cancel: String,
@@ -188,6 +189,11 @@ impl Statements {
                  ON CONFLICT (run_key) DO NOTHING RETURNING {run}"
             ),
             step_ids: format!("SELECT step_id FROM {steps} WHERE run_key = $1 LIMIT 5"),
+            // $1 key, $2 last_error: a run whose rows cannot be read.
+            set_aside: format!(
+                "UPDATE {runs} SET state = 'dead_lettered', last_error = $2, lease_owner = NULL, \
+                 lease_expires_at = NULL, lease_token = NULL WHERE run_key = $1"
+            ),
             // $1 key, $2 epoch, $3 at, $4 channel, $5 payload, $6 if
             // cancelled, $7 last_error, $8 failures.
             dead_letter: end_lease(&format!(
@@ -298,6 +304,7 @@ impl Statements {
                    SELECT id FROM {runs} \
                    WHERE state = 'incomplete' AND wake_at <= $1 AND (lease_owner IS NULL \
                      OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
+                     AND epoch < 9223372036854775807 \
                    ORDER BY wake_at, id LIMIT $5 FOR UPDATE SKIP LOCKED), \
                  taken AS (\
                    UPDATE {runs} r SET epoch = r.epoch + 1, \
