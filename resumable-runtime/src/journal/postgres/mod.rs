@@ -73,7 +73,8 @@ pub struct PostgresJournal {
 }
 
 /// Settings for a [`PostgresJournal`], from [`PostgresJournal::builder`].
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct PostgresJournalBuilder {
     url: String,
     schema: String,
@@ -562,6 +563,20 @@ impl PostgresJournal {
     }
 }
 
+impl std::fmt::Debug for PostgresJournalBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresJournalBuilder")
+            .field("url", &redact(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("application_name", &self.application_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_timeout", &self.reconnect_timeout)
+            .field("notifications", &self.notifications)
+            .finish()
+    }
+}
+
 impl PostgresJournalBuilder {
     /// The schema holding the journal's tables (default `resumable`): lower-case
     /// letters, digits and `_`, at most 48 bytes. Journals in different
@@ -622,7 +637,9 @@ impl PostgresJournalBuilder {
                 .parse()
                 .map_err(|err: tokio_postgres::Error| Error::InvalidSetting {
                     setting: "PostgreSQL URL",
-                    value: redact(&self.url),
+                    // A string that did not parse is never echoed: where its
+                    // password is cannot be known.
+                    value: "(not shown: it may hold a password)".to_owned(),
                     reason: err.to_string(),
                 })?;
         if config.get_application_name().is_none() {
@@ -695,19 +712,29 @@ impl PostgresJournalBuilder {
     }
 }
 
-/// The connection string without its password, for error messages: the
-/// URL's user info, and every `password` value of a query string or a
-/// `key = value` string (quoted or not).
+/// The connection string without its password, for `Debug`: the URL's
+/// user info (however many slashes follow the scheme), and every
+/// `password` value, in any case, of a query string (up to `&`) or of a
+/// `key = value` string (quoted, or up to white space).
 fn redact(url: &str) -> String {
     let mut out = url.to_owned();
-    if let (Some(scheme), Some(at)) = (out.find("://"), out.rfind('@')) {
-        let userinfo = &out[scheme + 3..at];
-        if let Some(colon) = userinfo.find(':') {
-            out.replace_range(scheme + 3 + colon + 1..at, "***");
+    let url_form = url_scheme_end(&out);
+    if let Some(start) = url_form {
+        // The user info ends at the last `@` before the path.
+        let authority_end = out[start..].find('/').map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..authority_end].rfind('@')
+            && let Some(colon) = out[start..start + at].find(':')
+        {
+            out.replace_range(start + colon + 1..start + at, "***");
         }
     }
     let mut from = 0;
-    while let Some(found) = out[from..].find("password") {
+    loop {
+        // ASCII lower-casing keeps every byte where it is.
+        let lower = out.to_ascii_lowercase();
+        let Some(found) = lower[from..].find("password") else {
+            break;
+        };
         let mut start = from + found + "password".len();
         let rest = &out[start..];
         let Some(eq) = rest.trim_start().strip_prefix('=') else {
@@ -734,14 +761,32 @@ fn redact(url: &str) -> String {
                 }
                 end.unwrap_or(value.len())
             }
+            // In a URL's query, `&` ends the value; in `key=value` form only
+            // white space does (`&` may be part of the password).
             None => value
-                .find(|c: char| c == '&' || c.is_whitespace())
+                .find(|c: char| (url_form.is_some() && c == '&') || c.is_whitespace())
                 .unwrap_or(value.len()),
         };
         out.replace_range(start..start + len, "***");
         from = start + 3;
     }
     out
+}
+
+/// Where the authority of a URL-form connection string starts (after
+/// `scheme:` and any slashes), if it is one.
+fn url_scheme_end(url: &str) -> Option<usize> {
+    let colon = url.find(':')?;
+    let scheme = &url[..colon];
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    {
+        return None;
+    }
+    let slashes = url[colon + 1..].len() - url[colon + 1..].trim_start_matches('/').len();
+    Some(colon + 1 + slashes)
 }
 
 /// Aborts the listener task when the journal is dropped.
@@ -1468,6 +1513,28 @@ mod tests {
             "host=db password=*** user=app"
         );
         assert_eq!(redact("passwordless=1"), "passwordless=1");
+        // Upper case, one slash, `&` inside a key=value password.
+        assert_eq!(
+            redact("host=db PASSWORD=s3cret user=app"),
+            "host=db PASSWORD=*** user=app"
+        );
+        assert_eq!(redact("postgres:/u:pw@host/x"), "postgres:/u:***@host/x");
+        assert_eq!(redact("postgresql:u:pw@host"), "postgresql:u:***@host");
+        assert_eq!(
+            redact("host=db password=a&b user=app"),
+            "host=db password=*** user=app"
+        );
+        assert_eq!(
+            redact("postgres://u:p@ss@host/x?Password=a&sslmode=x"),
+            "postgres://u:***@host/x?Password=***&sslmode=x"
+        );
+        // The builder's Debug shows no password either.
+        let builder = PostgresJournal::builder("postgres://app:s3cret@db/x");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("app:***@db"),
+            "{shown}"
+        );
     }
 
     #[test]
