@@ -125,3 +125,203 @@ async fn bad_rows_on_postgres_are_set_aside_and_the_other_runs_proceed() {
     schema.connect().await.batch_execute(&sql).await.unwrap();
     check(&rt, &counter, "postgres").await;
 }
+
+// ---- random and mutated records through the public decode path ----
+
+mod records {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use resumable::journal::{LeaseRequest, NewRun, Write};
+    use resumable::{Error, Journal, MemoryJournal, Runtime, Slot, Timestamp, resumable, step};
+    use serde::{Deserialize, Serialize};
+
+    /// A shape with every kind of serde value: strings, sequences, maps,
+    /// options, enums of every variant form, recursion.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Tree {
+        name: String,
+        children: Vec<Tree>,
+        tags: BTreeMap<String, Option<Vec<u8>>>,
+        kind: Kind,
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub enum Kind {
+        #[default]
+        Leaf,
+        Weighted(f64),
+        Pair(u64, i16),
+        Named {
+            label: String,
+            next: Option<Box<Tree>>,
+        },
+    }
+
+    pub struct Forest;
+
+    impl Forest {
+        #[resumable(name = "forest")]
+        pub async fn grow(&self, seed: u32) -> Result<Tree, String> {
+            let tree = step!("tree", {
+                Tree {
+                    name: format!("t{seed}"),
+                    ..Tree::default()
+                }
+            });
+            Ok(tree)
+        }
+    }
+
+    /// A valid record of a deep, varied tree: mutations start from it.
+    fn valid_payload() -> Vec<u8> {
+        let leaf = Tree {
+            name: "leaf".into(),
+            kind: Kind::Pair(7, -3),
+            ..Tree::default()
+        };
+        let tree = Tree {
+            name: "root".into(),
+            children: vec![leaf.clone(), leaf.clone()],
+            tags: [("a".to_string(), Some(vec![1, 2])), ("b".into(), None)].into(),
+            kind: Kind::Named {
+                label: "x".into(),
+                next: Some(Box::new(leaf)),
+            },
+        };
+        <resumable::Bincode as resumable::Codec>::encode(&tree).unwrap()
+    }
+
+    /// `payload` framed as record format 2 by bincode, with a correct
+    /// checksum, so that it reaches the decoder.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let name = b"bincode2";
+        let mut checked = vec![name.len() as u8];
+        checked.extend_from_slice(name);
+        checked.extend_from_slice(payload);
+        let mut record = vec![2];
+        record.extend_from_slice(&crc32(&checked).to_le_bytes());
+        record.extend_from_slice(&checked);
+        record
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// Records a step `tree#0` whose journaled output is `record`, then lets
+    /// the workflow replay it.
+    fn replay(record: Vec<u8>) -> resumable::Result<Result<Tree, String>> {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            let journal = std::sync::Arc::new(MemoryJournal::new());
+            let rt = Runtime::new(journal.clone());
+            rt.submit("r", Forest.grow(1)).await.unwrap();
+            let stored = journal.load_run("r").await.unwrap().unwrap().run;
+            let new = NewRun {
+                key: "r".into(),
+                workflow: stored.workflow,
+                fingerprint: stored.fingerprint,
+                input: stored.input,
+                deadline: None,
+            };
+            let request = LeaseRequest::new("forger", std::time::Duration::from_secs(60));
+            let lease = journal.open_run(new, request).await.unwrap().lease.unwrap();
+            let write = Write::StepRecorded {
+                step_id: "tree#0".into(),
+                seq: 0,
+                state: resumable::journal::StepState::Completed,
+                output: record,
+                error: None,
+                attempts: 1,
+                started_at: Timestamp::now(),
+                at: Timestamp::now(),
+            };
+            journal.write(&lease, write).await.unwrap();
+            let release = Write::Release {
+                last_error: None,
+                wake_at: Timestamp::now(),
+                failures: 0,
+                at: Timestamp::now(),
+            };
+            journal.write(&lease, release).await.unwrap();
+            rt.run("r", Forest.grow(1)).await
+        })
+    }
+
+    /// What any record may do: decode, or fail with a typed error naming
+    /// the run and the step.
+    fn check(outcome: resumable::Result<Result<Tree, String>>) -> Result<(), TestCaseError> {
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(
+                Error::Decode { run, slot, .. }
+                | Error::Corrupted { run, slot, .. }
+                | Error::UnknownRecordVersion { run, slot, .. }
+                | Error::CodecMismatch { run, slot, .. }
+                | Error::PayloadTooLarge { run, slot, .. },
+            ) => {
+                prop_assert_eq!(run, "r");
+                prop_assert_eq!(slot, Slot::Step("tree#0".into()));
+                Ok(())
+            }
+            Err(other) => Err(TestCaseError::fail(format!("untyped: {other:?}"))),
+        }
+    }
+
+    proptest! {
+        // A few thousand cases in CI; for a long run:
+        // PROPTEST_CASES=200000 cargo test --test hostile records
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2_000),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn random_bytes_in_a_valid_frame_are_decoded_or_refused(payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+            check(replay(framed(&payload)))?;
+        }
+
+        #[test]
+        fn random_records_are_refused_or_decoded(record in proptest::collection::vec(any::<u8>(), 0..64)) {
+            check(replay(record))?;
+        }
+
+        #[test]
+        fn mutated_records_are_decoded_or_refused(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let mut payload = valid_payload();
+            for (at, byte, kind) in edits {
+                let i = at.index(payload.len() + 1);
+                match kind {
+                    0 if i < payload.len() => payload[i] = byte,
+                    1 => payload.insert(i, byte),
+                    _ if i < payload.len() => { payload.remove(i); }
+                    _ => payload.push(byte),
+                }
+            }
+            check(replay(framed(&payload)))?;
+        }
+    }
+
+    #[test]
+    fn the_valid_record_replays() {
+        let outcome = replay(framed(&valid_payload())).unwrap().unwrap();
+        assert_eq!(outcome.name, "root");
+    }
+}
