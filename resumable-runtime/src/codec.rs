@@ -6,6 +6,8 @@ mod guard;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+#[cfg(any(feature = "json", feature = "postcard"))]
+use self::guard::Guarded;
 use self::guard::{GuardedSeed, Limits};
 use crate::error::{BoxError, Error, Slot};
 
@@ -64,6 +66,76 @@ impl Codec for Bincode {
         let (value, read) = bincode::serde::seed_decode_from_slice(seed, bytes, BINCODE_CONFIG)?;
         if read != bytes.len() {
             return Err(format!("{} trailing bytes after the value", bytes.len() - read).into());
+        }
+        Ok(value)
+    }
+}
+
+/// JSON through `serde_json` (feature `json`): records a person (or the
+/// `resumable` tool) can read without the Rust types. Decoding is guarded as
+/// [`Bincode`]'s is.
+///
+/// ```
+/// use resumable::{Codec, Json};
+/// let bytes = Json::encode(&(7u32, "seven")).unwrap();
+/// assert_eq!(bytes, br#"[7,"seven"]"#);
+/// let back: (u32, String) = Json::decode(&bytes).unwrap();
+/// assert_eq!(back, (7, "seven".to_string()));
+/// ```
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+#[cfg(feature = "json")]
+impl Codec for Json {
+    const NAME: &'static str = "json";
+
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, BoxError> {
+        Ok(serde_json::to_vec(value)?)
+    }
+
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BoxError> {
+        let limits = Limits::for_payload(bytes.len());
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let value = T::deserialize(Guarded::new(&mut de, &limits))?;
+        de.end()?;
+        Ok(value)
+    }
+}
+
+/// postcard 1 through serde (feature `postcard`): a compact binary format
+/// that is maintained (bincode 2.0.1 is the last release of bincode).
+/// Decoding is guarded as [`Bincode`]'s is.
+///
+/// ```
+/// use resumable::{Codec, Postcard};
+/// let bytes = Postcard::encode(&(7u32, "seven")).unwrap();
+/// let back: (u32, String) = Postcard::decode(&bytes).unwrap();
+/// assert_eq!(back, (7, "seven".to_string()));
+/// ```
+///
+/// A workflow chooses it with `#[resumable(codec = resumable::Postcard)]`.
+#[cfg(feature = "postcard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postcard")))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Postcard;
+
+#[cfg(feature = "postcard")]
+impl Codec for Postcard {
+    const NAME: &'static str = "postcard1";
+
+    fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, BoxError> {
+        Ok(postcard::to_allocvec(value)?)
+    }
+
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BoxError> {
+        let limits = Limits::for_payload(bytes.len());
+        let mut de = postcard::Deserializer::from_bytes(bytes);
+        let value = T::deserialize(Guarded::new(&mut de, &limits))?;
+        let rest = de.finalize()?;
+        if !rest.is_empty() {
+            return Err(format!("{} trailing bytes after the value", rest.len()).into());
         }
         Ok(value)
     }
@@ -405,6 +477,61 @@ mod tests {
             open::<(String, Vec<u8>)>(&record).unwrap(),
             ("text".to_string(), vec![1, 2, 3])
         );
+    }
+
+    /// Every codec shipped decodes through the same guard.
+    #[cfg(all(feature = "json", feature = "postcard"))]
+    #[test]
+    fn every_codec_is_guarded() {
+        let large = Envelope {
+            max_payload: 1 << 20,
+        };
+        let slot = || Slot::Outcome;
+        let tree = (String::from("a"), vec![Some(1u8), None], 7u64);
+        fn deep<C: Codec>() -> Vec<u8> {
+            // 10,000 levels of `Node`, encoded by the codec itself from a
+            // hand-built chain (serialising it recursively would be as deep).
+            let mut payload = Vec::new();
+            for _ in 0..10_000 {
+                payload.extend(C::encode(&Some(())).unwrap().into_iter().take(1));
+            }
+            payload.extend(C::encode(&None::<()>).unwrap());
+            payload
+        }
+        let json_deep = format!("{}null{}", "{\"next\":".repeat(10_000), "}".repeat(10_000));
+        let cases: [(&str, Vec<u8>, Vec<u8>); 2] = [
+            (
+                "json",
+                large.seal::<Json, _>("r", slot, &tree).unwrap(),
+                json_deep.into_bytes(),
+            ),
+            (
+                "postcard1",
+                large.seal::<Postcard, _>("r", slot, &tree).unwrap(),
+                deep::<Postcard>(),
+            ),
+        ];
+        for (name, record, deep_payload) in cases {
+            assert_eq!(record_codec(&record), Some(name));
+            let back = match name {
+                "json" => large.open::<Json, (String, Vec<Option<u8>>, u64)>("r", slot, &record),
+                _ => large.open::<Postcard, (String, Vec<Option<u8>>, u64)>("r", slot, &record),
+            };
+            assert_eq!(back.unwrap(), tree, "{name}");
+            let mut framed = vec![2];
+            let mut checked = vec![name.len() as u8];
+            checked.extend_from_slice(name.as_bytes());
+            checked.extend_from_slice(&deep_payload);
+            framed.extend_from_slice(&crc32fast::hash(&checked).to_le_bytes());
+            framed.extend_from_slice(&checked);
+            let err = match name {
+                "json" => large.open::<Json, Node>("r", slot, &framed).unwrap_err(),
+                _ => large
+                    .open::<Postcard, Node>("r", slot, &framed)
+                    .unwrap_err(),
+            };
+            assert!(matches!(err, Error::Decode { .. }), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -26,6 +26,10 @@ mod workflow;
 pub mod conformance;
 
 pub use client::{Client, WorkflowRef};
+#[cfg(feature = "json")]
+pub use codec::Json;
+#[cfg(feature = "postcard")]
+pub use codec::Postcard;
 pub use codec::{Bincode, Codec, RECORD_VERSION};
 pub use completer::{Completer, CompleterHandle, CompleterReport};
 pub use context::Ctx;
