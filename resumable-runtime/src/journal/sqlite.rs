@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rusqlite::types::{ToSql, Type};
+use rusqlite::types::{ToSql, Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
@@ -97,6 +97,11 @@ ALTER TABLE resumable_runs ADD COLUMN resumed_at INTEGER;
 ALTER TABLE resumable_runs ADD COLUMN forked_from TEXT;
 CREATE INDEX IF NOT EXISTS resumable_runs_finished ON resumable_runs (updated_at, id)
     WHERE state IN ('completed', 'failed', 'cancelled', 'deadline_exceeded');
+-- Listing by state, in creation order, whatever the history holds.
+CREATE INDEX IF NOT EXISTS resumable_runs_state ON resumable_runs (state, id);
+-- Finding a worker's leases (recover_leases), without scanning every run.
+CREATE INDEX IF NOT EXISTS resumable_runs_lease_owner ON resumable_runs (lease_owner)
+    WHERE lease_owner IS NOT NULL;
 ";
 
 /// The states of finished runs, as an SQL list (as in `resumable_runs_finished`).
@@ -173,8 +178,67 @@ pub struct SqliteJournal {
     requests: mpsc::Sender<Box<dyn Job>>,
     stats: Arc<Counters>,
     events: EventSender,
+    readers: Arc<Readers>,
     // Only held for its drop, which joins the thread.
     _writer: WriterThread,
+}
+
+/// Connections that only read (`load_run`, `list_runs`), each read in a
+/// short transaction of its own: in WAL mode they read while the writer
+/// writes, so that a status page or a CLI listing runs never holds up the
+/// writer's batches (and so the runs' steps).
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    busy_timeout: Duration,
+    idle: std::sync::Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    /// How many idle read connections are kept.
+    const KEEP: usize = 4;
+
+    fn take(&self) -> rusqlite::Result<Connection> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => {
+                let conn = Connection::open(&self.path)?;
+                conn.busy_timeout(self.busy_timeout)?;
+                conn.set_prepared_statement_cache_capacity(32);
+                Ok(conn)
+            }
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < Self::KEEP {
+            idle.push(conn);
+        }
+    }
+
+    /// Runs `op` in a read transaction on a connection of its own.
+    fn read<T>(&self, op: impl FnOnce(&Connection) -> OpResult<T>) -> Result<T> {
+        let conn = self.take().map_err(sql_error)?;
+        let in_transaction = |conn: &Connection| -> OpResult<T> {
+            conn.prepare_cached("BEGIN")?.execute([])?;
+            let value = op(conn);
+            // A read changes nothing: its end is only a matter of releasing the snapshot.
+            let _ = conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut s| s.execute([]));
+            value
+        };
+        let result = in_transaction(&conn);
+        if conn.is_autocommit() {
+            self.give_back(conn);
+        }
+        result.map_err(|failure| match failure {
+            Failure::Refused(err) => err,
+            Failure::Sql(err) => sql_error(err),
+        })
+    }
 }
 
 /// Settings for a [`SqliteJournal`], from [`SqliteJournal::builder`].
@@ -244,6 +308,19 @@ impl SqliteJournal {
         }
     }
 
+    /// Runs `op` on a read connection, on tokio's blocking threads, never
+    /// in the writer's transaction.
+    async fn read<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> OpResult<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.read(op))
+            .await
+            .map_err(|err| Error::storage(BACKEND, format!("a journal read failed: {err}")))?
+    }
+
     /// Runs `op` on the writer thread, inside the next batch's transaction.
     async fn call<T, F>(&self, op: F) -> Result<T>
     where
@@ -290,12 +367,18 @@ impl SqliteJournalBuilder {
             .map_err(|e| Error::storage(BACKEND, e))?;
         // Built before awaiting so that, if this future is dropped, the
         // journal's own drop order closes the channel before joining.
+        let readers = Arc::new(Readers {
+            path: self.path.clone(),
+            busy_timeout: self.busy_timeout,
+            idle: std::sync::Mutex::default(),
+        });
         let journal = SqliteJournal {
             path: self.path,
             durability: self.durability,
             requests,
             stats,
             events: EventSender::new(),
+            readers,
             _writer: WriterThread(Some(thread)),
         };
         opened.await.map_err(|_| writer_stopped())??;
@@ -1190,47 +1273,49 @@ fn load_run(conn: &Connection, key: &str) -> OpResult<Option<RunSnapshot>> {
 }
 
 fn list_runs(conn: &Connection, filter: &RunFilter) -> OpResult<Vec<RunRecord>> {
-    // Only the filter's conditions go into the SQL, so that a workflow filter
-    // can use the `(workflow, id)` index; the state is a literal from a
-    // fixed list, so that the partial indexes apply.
+    let (sql, args) = list_query(filter);
+    let runs = conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(&args), run_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(runs)
+}
+
+/// `list_runs`' statement and its parameters. Only the filter's conditions
+/// go into the SQL, so that each can use its index; the state is a literal
+/// from a fixed list, so that the partial indexes apply.
+fn list_query(filter: &RunFilter) -> (String, Vec<Value>) {
     let mut sql = format!("SELECT {RUN_COLUMNS} FROM resumable_runs WHERE 1 = 1");
-    let mut args: Vec<&dyn ToSql> = Vec::new();
+    let mut args = Vec::new();
     if let Some(state) = filter.state {
         sql.push_str(&format!(" AND state = '{}'", state.as_str()));
     }
     if let Some(workflow) = &filter.workflow {
         sql.push_str(" AND workflow = ?");
-        args.push(workflow);
+        args.push(Value::Text(workflow.clone()));
     }
     if let Some(owner) = &filter.lease_owner {
         sql.push_str(" AND lease_owner = ?");
-        args.push(owner);
+        args.push(Value::Text(owner.clone()));
     }
-    let before = filter.created_before.map(|t| t.0);
-    if let Some(before) = &before {
+    if let Some(before) = filter.created_before {
         sql.push_str(" AND created_at < ?");
-        args.push(before);
+        args.push(Value::Integer(before.0));
     }
-    let after = filter.created_after.map(|t| t.0);
-    if let Some(after) = &after {
+    if let Some(after) = filter.created_after {
         sql.push_str(" AND created_at >= ?");
-        args.push(after);
+        args.push(Value::Integer(after.0));
     }
     if let Some(key) = &filter.after {
         // No run with that key: no page after it.
         sql.push_str(
             " AND id > COALESCE((SELECT id FROM resumable_runs WHERE run_key = ?), 9223372036854775807)",
         );
-        args.push(key);
+        args.push(Value::Text(key.clone()));
     }
-    let limit = filter.limit.map_or(i64::MAX, sql_limit);
     sql.push_str(" ORDER BY id LIMIT ?");
-    args.push(&limit);
-    let runs = conn
-        .prepare_cached(&sql)?
-        .query_map(args.as_slice(), run_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(runs)
+    args.push(Value::Integer(filter.limit.map_or(i64::MAX, sql_limit)));
+    (sql, args)
 }
 
 fn sql_limit(limit: usize) -> i64 {
@@ -1416,12 +1501,12 @@ impl Journal for SqliteJournal {
 
     async fn load_run(&self, key: &str) -> Result<Option<RunSnapshot>> {
         let key = key.to_owned();
-        self.call(move |conn| load_run(conn, &key)).await
+        self.read(move |conn| load_run(conn, &key)).await
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let filter = filter.clone();
-        self.call(move |conn| list_runs(conn, &filter)).await
+        self.read(move |conn| list_runs(conn, &filter)).await
     }
 
     fn subscribe(&self) -> Option<Subscription> {
@@ -1772,6 +1857,155 @@ mod tests {
             loaded.blocking_recv().unwrap().unwrap().unwrap().run.epoch,
             1
         );
+    }
+
+    /// Reads do not wait for the writer: a load and a listing finish while
+    /// the writer is busy in a long transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_never_wait_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(
+            SqliteJournal::open(dir.path().join("journal.db"))
+                .await
+                .unwrap(),
+        );
+        journal
+            .open_run(new_run("r"), request("w", 0, 1_000))
+            .await
+            .unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let busy = tokio::spawn({
+            let journal = journal.clone();
+            async move {
+                journal
+                    .call(move |conn| {
+                        // A write in the writer's transaction, held open.
+                        conn.execute("UPDATE resumable_runs SET updated_at = 7", [])?;
+                        let _ = started_tx.send(());
+                        let _ = release_rx.lock().unwrap().recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        // The writer holds its transaction until released: these must not wait for it.
+        // (Bounded, so that a regression fails instead of hanging.)
+        let reads = async {
+            let loaded = journal.load_run("r").await.unwrap().unwrap();
+            let listed = journal.list_runs(&RunFilter::default()).await.unwrap();
+            (loaded, listed)
+        };
+        let (loaded, listed) = tokio::time::timeout(Duration::from_secs(30), reads)
+            .await
+            .expect("reads must not wait for the writer");
+        assert_eq!(
+            loaded.run.updated_at,
+            Timestamp(0),
+            "the uncommitted write is not seen"
+        );
+        assert_eq!(listed.len(), 1);
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        let loaded = journal.load_run("r").await.unwrap().unwrap();
+        assert_eq!(
+            loaded.run.updated_at,
+            Timestamp(7),
+            "the committed write is seen"
+        );
+    }
+
+    /// Every statement on a hot or operator path finds its rows through an
+    /// index: none reads the whole run table, whatever the history holds.
+    #[test]
+    fn statements_use_indexes_not_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&SqliteJournal::builder(dir.path().join("plans.db"))).unwrap();
+        // Some history, and statistics, so the planner chooses as it would.
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO resumable_runs (run_key, workflow, fingerprint, input, state, epoch,
+               wake_at, executions, created_at, updated_at)
+             SELECT 'run-' || i, 'wf-' || (i % 7), 1, x'00',
+               CASE WHEN i % 50 = 0 THEN 'incomplete' ELSE 'completed' END, 1, i, 1, i, i
+             FROM n;
+             ANALYZE;",
+        )
+        .unwrap();
+        let plan = |sql: &str, args: &[Value]| -> String {
+            let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(args), |row| {
+                    row.get::<_, String>(3)
+                })
+                .unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join(" | ")
+        };
+        let key = || Some("run-100".to_owned());
+        let filters = [
+            RunFilter::default(),
+            RunFilter {
+                state: Some(RunState::Incomplete),
+                ..RunFilter::default()
+            },
+            RunFilter {
+                state: Some(RunState::DeadLettered),
+                after: key(),
+                ..RunFilter::default()
+            },
+            RunFilter {
+                workflow: Some("wf-3".into()),
+                after: key(),
+                ..RunFilter::default()
+            },
+            RunFilter {
+                lease_owner: Some("worker".into()),
+                ..RunFilter::default()
+            },
+            RunFilter {
+                after: key(),
+                limit: Some(50),
+                ..RunFilter::default()
+            },
+        ];
+        let mut statements: Vec<(String, Vec<Value>)> = filters.iter().map(list_query).collect();
+        statements.push((
+            "SELECT run_key FROM resumable_runs WHERE state = 'incomplete' AND wake_at <= ?1 \
+             AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
+             ORDER BY wake_at, id LIMIT ?2"
+                .into(),
+            vec![Value::Integer(10), Value::Integer(16)],
+        ));
+        statements.push((
+            format!(
+                "SELECT id FROM resumable_runs WHERE state IN {FINISHED} AND updated_at < ?1 \
+                 ORDER BY updated_at, id LIMIT ?2"
+            ),
+            vec![Value::Integer(100), Value::Integer(1000)],
+        ));
+        statements.push((
+            format!("SELECT {STEP_COLUMNS} FROM resumable_steps WHERE run_key = ?1 ORDER BY rowid"),
+            vec![Value::Text("run-1".into())],
+        ));
+        statements.push((
+            format!("SELECT {RUN_COLUMNS} FROM resumable_runs WHERE run_key = ?1"),
+            vec![Value::Text("run-1".into())],
+        ));
+        for (sql, args) in &statements {
+            let plan = plan(sql, args);
+            // `SCAN t` alone reads every row; `SCAN t USING ... INDEX` walks an
+            // index in order (and stops at the limit).
+            let full_scan = plan
+                .split(" | ")
+                .any(|step| step.starts_with("SCAN") && !step.contains("INDEX"));
+            let unfiltered =
+                !sql.contains("WHERE 1 = 1 AND") && sql.contains("WHERE 1 = 1 ORDER BY");
+            assert!(!full_scan || unfiltered, "{sql}\n  plan: {plan}");
+        }
     }
 
     /// A request that panics fails alone; the writer thread lives on.

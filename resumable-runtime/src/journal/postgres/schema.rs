@@ -83,6 +83,9 @@ ALTER TABLE {s}.resumable_runs
     ADD COLUMN forked_from TEXT;
 CREATE INDEX resumable_runs_finished ON {s}.resumable_runs (updated_at, id)
     WHERE state IN ('completed', 'failed', 'cancelled', 'deadline_exceeded');
+CREATE INDEX resumable_runs_state ON {s}.resumable_runs (state, id);
+CREATE INDEX resumable_runs_lease_owner ON {s}.resumable_runs (lease_owner)
+    WHERE lease_owner IS NOT NULL;
 "#;
 
 /// Brings `schema` to [`SCHEMA_VERSION`] in one transaction, creating it if
