@@ -108,10 +108,14 @@ async fn journals() -> Vec<(&'static str, Arc<dyn Journal>, Guard)> {
 }
 
 fn runtime(journal: &Arc<dyn Journal>) -> Runtime {
+    builder(journal, Duration::ZERO).build()
+}
+
+/// Fast step retries; a run that stops with an error backs off for `backoff`.
+fn builder(journal: &Arc<dyn Journal>, backoff: Duration) -> resumable::RuntimeBuilder {
     Runtime::builder(journal.clone())
         .default_retry(FAST)
-        .run_backoff(RetryPolicy::exponential(u32::MAX).initial_delay(Duration::ZERO))
-        .build()
+        .run_backoff(RetryPolicy::exponential(u32::MAX).initial_delay(backoff))
 }
 
 fn status(rt: &Runtime, key: &str) -> impl Future<Output = RunStatus> {
@@ -392,9 +396,7 @@ async fn a_submitted_run_past_its_deadline_runs_no_code() {
 #[tokio::test]
 async fn a_run_that_keeps_failing_is_dead_lettered_until_resumed() {
     for (name, journal, _dir) in journals().await {
-        let rt = Runtime::builder(journal.clone())
-            .default_retry(FAST)
-            .run_backoff(RetryPolicy::exponential(u32::MAX).initial_delay(Duration::ZERO))
+        let rt = builder(&journal, Duration::ZERO)
             .dead_letter_after(3)
             .build();
         let shop = Arc::new(Shop::default());
@@ -518,12 +520,7 @@ async fn a_failed_run_resumed_by_an_operator_runs_its_failed_step_again() {
 #[tokio::test]
 async fn retry_now_ends_a_backoff() {
     for (name, journal, _dir) in journals().await {
-        let rt = Runtime::builder(journal.clone())
-            .default_retry(FAST)
-            .run_backoff(
-                RetryPolicy::exponential(u32::MAX).initial_delay(Duration::from_secs(3600)),
-            )
-            .build();
+        let rt = builder(&journal, Duration::from_secs(3600)).build();
         let shop = Arc::new(Shop::default());
         shop.broken.store(true, Ordering::SeqCst);
         rt.run("o", shop.order(1)).await.unwrap_err();
@@ -698,10 +695,7 @@ async fn runs_are_listed_by_state_and_workflow_in_pages() {
     // By status, which for incomplete runs depends on leases and times.
     let shop = Shop::default();
     shop.broken.store(true, Ordering::SeqCst);
-    let slow = Runtime::builder(journal.clone())
-        .default_retry(FAST)
-        .run_backoff(RetryPolicy::exponential(u32::MAX).initial_delay(Duration::from_secs(3600)))
-        .build();
+    let slow = builder(&journal, Duration::from_secs(3600)).build();
     slow.run("o-2", shop.order(2)).await.unwrap_err();
     let all = RunFilter::default();
     let by_status = |status| {

@@ -206,6 +206,28 @@ impl Runs {
     /// same input), it replays those steps and executes the rest. The source
     /// is untouched. A retried call returns the fork it made;
     /// [`Error::RunExists`] if `new_key` names another run.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{resumable, step, MemoryJournal, Runtime};
+    ///
+    /// #[resumable]
+    /// async fn quote(item: u32) -> Result<u32, String> {
+    ///     let price = step!("price", { item * 10 });
+    ///     let total = step!("total", { price + 1 });
+    ///     Ok(total)
+    /// }
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// rt.run("quote-1", quote(4)).await?.unwrap();
+    /// // Keep the recorded price, compute the total again with today's code.
+    /// let fork = rt.runs().fork("quote-1", 1, "quote-1-again").await?;
+    /// assert_eq!(fork.forked_from.as_deref(), Some("quote-1"));
+    /// assert_eq!(rt.run("quote-1-again", quote(4)).await?, Ok(41));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn fork(&self, source: &str, steps: u64, new_key: &str) -> Result<RunInfo> {
         validate_key(new_key)?;
         let run = self
@@ -220,6 +242,20 @@ impl Runs {
     /// records, in writes of [`PURGE_BATCH`] runs, so that workers are never
     /// held up for long. Unfinished and dead-lettered runs are never
     /// touched. Returns how many runs it deleted.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::Duration;
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// // Keep 30 days of finished runs.
+    /// let deleted = rt.runs().purge(Duration::from_secs(30 * 86_400)).await?;
+    /// assert_eq!(deleted, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn purge(&self, older_than: Duration) -> Result<u64> {
         let before = SystemTime::now()
             .checked_sub(older_than)

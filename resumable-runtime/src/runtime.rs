@@ -128,6 +128,16 @@ impl RuntimeBuilder {
     /// cannot be decoded) a run is dead-lettered: set aside, untouched by
     /// completers, until an operator resumes it (default 10; at least 1).
     /// A run whose input cannot be decoded is dead-lettered at once.
+    ///
+    /// ```
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::builder(MemoryJournal::new())
+    ///     .dead_letter_after(5)    // set a run aside after 5 failing executions
+    ///     .wait_when_busy(false)   // Error::Busy instead of waiting for another worker
+    ///     .build();
+    /// # drop(rt);
+    /// ```
     pub fn dead_letter_after(mut self, executions: u32) -> Self {
         self.dead_letter_after = executions.max(1);
         self
