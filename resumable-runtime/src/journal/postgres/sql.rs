@@ -98,7 +98,8 @@ impl Statements {
         let log_lease = |from: &str| {
             format!(
                 "logged AS (INSERT INTO {leases} (run_key, epoch, owner, acquired_at, expires_at) \
-                 SELECT run_key, epoch, lease_owner, updated_at, lease_expires_at FROM {from})"
+                 SELECT run_key, epoch, lease_owner, updated_at, lease_expires_at FROM {from} \
+                 WHERE lease_owner IS NOT NULL)"
             )
         };
         // A run whose cancel was requested ends cancelled, whatever `set` says.
@@ -299,23 +300,35 @@ impl Statements {
                 "SELECT released_at FROM {leases} WHERE run_key = $1 AND epoch = $2"
             ),
             // $1 now, $2 owner, $3 until, $4 token, $5 limit.
-            claim: format!(
-                "WITH due AS (\
-                   SELECT id FROM {runs} \
-                   WHERE state = 'incomplete' AND wake_at <= $1 AND (lease_owner IS NULL \
-                     OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
-                     AND epoch < 9223372036854775807 \
-                   ORDER BY wake_at, id LIMIT $5 FOR UPDATE SKIP LOCKED), \
-                 taken AS (\
-                   UPDATE {runs} r SET epoch = r.epoch + 1, \
-                     executions = LEAST(r.executions, 2147483646) + 1, lease_owner = $2, \
-                     failures = LEAST(r.failures, 2147483646) + {taken_over}, \
-                     lease_expires_at = $3, lease_token = $4, updated_at = $1 \
-                   FROM due WHERE r.id = due.id RETURNING r.id, {r_run}), \
-                 {} \
-                 SELECT {run} FROM taken ORDER BY wake_at, id",
-                log_lease("taken")
-            ),
+            // A due run at the last epoch cannot be leased: it is set aside
+            // (dead-lettered, with an error naming it) in the same statement,
+            // and left out of what the claim returns.
+            claim: {
+                let last = "r.epoch = 9223372036854775807";
+                format!(
+                    "WITH due AS (\
+                       SELECT id FROM {runs} \
+                       WHERE state = 'incomplete' AND wake_at <= $1 AND (lease_owner IS NULL \
+                         OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
+                       ORDER BY wake_at, id LIMIT $5 FOR UPDATE SKIP LOCKED), \
+                     taken AS (\
+                       UPDATE {runs} r SET \
+                         epoch = CASE WHEN {last} THEN r.epoch ELSE r.epoch + 1 END, \
+                         state = CASE WHEN {last} THEN 'dead_lettered' ELSE r.state END, \
+                         last_error = CASE WHEN {last} THEN 'run ' || quote_literal(r.run_key) \
+                           || ' cannot be leased: it is at the last epoch' ELSE r.last_error END, \
+                         executions = LEAST(r.executions, 2147483646) + 1, \
+                         lease_owner = CASE WHEN {last} THEN NULL ELSE $2::text END, \
+                         failures = LEAST(r.failures, 2147483646) + {taken_over}, \
+                         lease_expires_at = CASE WHEN {last} THEN NULL ELSE $3::bigint END, \
+                         lease_token = CASE WHEN {last} THEN NULL ELSE $4::bigint END, \
+                         updated_at = $1 \
+                       FROM due WHERE r.id = due.id RETURNING r.id, {r_run}), \
+                     {} \
+                     SELECT {run} FROM taken WHERE state = 'incomplete' ORDER BY wake_at, id",
+                    log_lease("taken")
+                )
+            },
             select_run: format!("SELECT {run} FROM {runs} WHERE run_key = $1"),
             select_steps: format!(
                 "SELECT {STEP_COLUMNS} FROM {steps} WHERE run_key = $1 \
