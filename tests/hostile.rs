@@ -218,9 +218,29 @@ mod records {
         !crc
     }
 
-    /// Records a step `tree#0` whose journaled output is `record`, then lets
-    /// the workflow replay it.
-    fn replay(record: Vec<u8>) -> resumable::Result<Result<Tree, String>> {
+    /// Which journaled value a forged record stands for.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Forged {
+        /// Step `tree#0`'s output.
+        Output,
+        /// Step `tree#0`'s error (a step that failed for good).
+        Error,
+        /// The run's outcome.
+        Outcome,
+    }
+
+    impl Forged {
+        fn slot(self) -> Slot {
+            match self {
+                Forged::Outcome => Slot::Outcome,
+                _ => Slot::Step("tree#0".into()),
+            }
+        }
+    }
+
+    /// Journals `record` as `forged` in run `r`, then asks for the run again,
+    /// which decodes it.
+    fn replay(forged: Forged, record: Vec<u8>) -> resumable::Result<Result<Tree, String>> {
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -239,31 +259,47 @@ mod records {
             };
             let request = LeaseRequest::new("forger", std::time::Duration::from_secs(60));
             let lease = journal.open_run(new, request).await.unwrap().lease.unwrap();
-            let write = Write::StepRecorded {
-                step_id: "tree#0".into(),
-                seq: 0,
-                state: resumable::journal::StepState::Completed,
-                output: record,
-                error: None,
-                attempts: 1,
-                started_at: Timestamp::now(),
-                at: Timestamp::now(),
+            let now = Timestamp::now();
+            let write = match forged {
+                Forged::Outcome => Write::RunFinished {
+                    state: resumable::RunState::Completed,
+                    outcome: record,
+                    at: now,
+                },
+                _ => Write::StepRecorded {
+                    step_id: "tree#0".into(),
+                    seq: 0,
+                    state: match forged {
+                        Forged::Error => resumable::journal::StepState::Failed,
+                        _ => resumable::journal::StepState::Completed,
+                    },
+                    output: record,
+                    error: None,
+                    attempts: 1,
+                    started_at: now,
+                    at: now,
+                },
             };
             journal.write(&lease, write).await.unwrap();
-            let release = Write::Release {
-                last_error: None,
-                wake_at: Timestamp::now(),
-                failures: 0,
-                at: Timestamp::now(),
-            };
-            journal.write(&lease, release).await.unwrap();
+            if !matches!(forged, Forged::Outcome) {
+                let release = Write::Release {
+                    last_error: None,
+                    wake_at: now,
+                    failures: 0,
+                    at: now,
+                };
+                journal.write(&lease, release).await.unwrap();
+            }
             rt.run("r", Forest.grow(1)).await
         })
     }
 
     /// What any record may do: decode, or fail with a typed error naming
-    /// the run and the step.
-    fn check(outcome: resumable::Result<Result<Tree, String>>) -> Result<(), TestCaseError> {
+    /// the run and the value.
+    fn check(
+        forged: Forged,
+        outcome: resumable::Result<Result<Tree, String>>,
+    ) -> Result<(), TestCaseError> {
         match outcome {
             Ok(_) => Ok(()),
             Err(
@@ -274,11 +310,57 @@ mod records {
                 | Error::PayloadTooLarge { run, slot, .. },
             ) => {
                 prop_assert_eq!(run, "r");
-                prop_assert_eq!(slot, Slot::Step("tree#0".into()));
+                prop_assert_eq!(slot, forged.slot());
                 Ok(())
             }
             Err(other) => Err(TestCaseError::fail(format!("untyped: {other:?}"))),
         }
+    }
+
+    /// A forged input: a completer takes the run, and it either completes
+    /// or is dead-lettered at once with an error naming its input.
+    fn forged_input(record: Vec<u8>) -> Result<(), TestCaseError> {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            let journal = std::sync::Arc::new(MemoryJournal::new());
+            let rt = Runtime::new(journal.clone());
+            let meta = *resumable::workflow!(Forest::grow).meta();
+            let new = NewRun {
+                key: "r".into(),
+                workflow: meta.name.into(),
+                fingerprint: meta.fingerprint,
+                input: record,
+                deadline: None,
+            };
+            journal.create_run(new, Timestamp::now()).await.unwrap();
+            resumable::Completer::new(&rt)
+                .register(resumable::workflow!(Forest::grow), Forest)
+                .unwrap()
+                .run_until_idle()
+                .await
+                .unwrap();
+            let info = rt.run_info("r").await.unwrap().unwrap();
+            match info.status {
+                resumable::RunStatus::Completed => Ok(()),
+                resumable::RunStatus::DeadLettered => {
+                    let error = info.last_error.unwrap_or_default();
+                    prop_assert!(error.contains("input of run \"r\""), "{}", error);
+                    Ok(())
+                }
+                other => Err(TestCaseError::fail(format!("left {other:?}"))),
+            }
+        })
+    }
+
+    fn forged() -> impl Strategy<Value = Forged> {
+        prop_oneof![
+            Just(Forged::Output),
+            Just(Forged::Error),
+            Just(Forged::Outcome)
+        ]
     }
 
     proptest! {
@@ -290,13 +372,27 @@ mod records {
         })]
 
         #[test]
-        fn random_bytes_in_a_valid_frame_are_decoded_or_refused(payload in proptest::collection::vec(any::<u8>(), 0..256)) {
-            check(replay(framed(&payload)))?;
+        fn random_bytes_in_a_valid_frame_are_decoded_or_refused(
+            forged in forged(),
+            payload in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            check(forged, replay(forged, framed(&payload)))?;
         }
 
         #[test]
-        fn random_records_are_refused_or_decoded(record in proptest::collection::vec(any::<u8>(), 0..64)) {
-            check(replay(record))?;
+        fn random_records_are_refused_or_decoded(
+            forged in forged(),
+            record in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            check(forged, replay(forged, record))?;
+        }
+
+        #[test]
+        fn random_inputs_complete_or_are_dead_lettered(
+            framed_payload in any::<bool>(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            forged_input(if framed_payload { framed(&bytes) } else { bytes })?;
         }
 
         #[test]
@@ -313,13 +409,167 @@ mod records {
                     _ => payload.push(byte),
                 }
             }
-            check(replay(framed(&payload)))?;
+            check(Forged::Output, replay(Forged::Output, framed(&payload)))?;
         }
     }
 
     #[test]
     fn the_valid_record_replays() {
-        let outcome = replay(framed(&valid_payload())).unwrap().unwrap();
+        let outcome = replay(Forged::Output, framed(&valid_payload()))
+            .unwrap()
+            .unwrap();
         assert_eq!(outcome.name, "root");
+    }
+}
+
+// ---- run and step rows tampered with by SQL ----
+
+mod rows {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use resumable::{Durability, Journal, RunFilter, RunStatus, Runtime, SqliteJournal, workflow};
+    use rusqlite::types::Value;
+
+    use super::Counter;
+
+    /// A column of a run or step row, and a value of any SQL type for it.
+    fn tamper() -> impl Strategy<Value = (&'static str, &'static str, Value)> {
+        let run_columns = prop::sample::select(vec![
+            "state",
+            "epoch",
+            "executions",
+            "failures",
+            "wake_at",
+            "lease_owner",
+            "lease_expires_at",
+            "fingerprint",
+            "input",
+            "outcome",
+            "workflow",
+            "deadline",
+            "cancel_requested_at",
+            "created_at",
+        ]);
+        let step_columns = prop::sample::select(vec![
+            "state",
+            "seq",
+            "attempts",
+            "epoch",
+            "output",
+            "retry_at",
+            "step_id",
+            "started_at",
+        ]);
+        let value = prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            prop::sample::select(vec![
+                "completed",
+                "incomplete",
+                "failed",
+                "retrying",
+                "dead_lettered",
+                "bogus",
+                "",
+            ])
+            .prop_map(|s| Value::Text(s.to_owned())),
+            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Blob),
+            any::<f64>().prop_map(Value::Real),
+        ];
+        prop_oneof![
+            (Just("resumable_runs"), run_columns, value.clone()),
+            (Just("resumable_steps"), step_columns, value),
+        ]
+        .prop_map(|(table, column, value)| (table, column, value))
+    }
+
+    /// Set by any panic, on any thread (a completer's tasks included).
+    static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// One tampered run beside good ones: the good ones all finish, nothing
+    /// panics, and the journal answers every question with a value or a
+    /// typed error.
+    fn check(table: &str, column: &str, value: Value) -> Result<(), TestCaseError> {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            let default = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+                default(info);
+            }));
+        });
+        let outcome = run_tampered(table, column, value);
+        prop_assert!(
+            !PANICKED.load(std::sync::atomic::Ordering::SeqCst),
+            "something panicked"
+        );
+        outcome
+    }
+
+    fn run_tampered(table: &str, column: &str, value: Value) -> Result<(), TestCaseError> {
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("journal.db");
+            let journal = SqliteJournal::builder(&path)
+                .durability(Durability::ProcessCrash)
+                .open()
+                .await
+                .unwrap();
+            let journal: Arc<dyn Journal> = Arc::new(journal);
+            let rt = Runtime::new(journal.clone());
+            let counter = Arc::new(Counter::default());
+            rt.run("victim-source", counter.count(0))
+                .await
+                .unwrap()
+                .unwrap();
+            rt.runs().fork("victim-source", 1, "victim").await.unwrap();
+            for n in 0..3 {
+                rt.submit(format!("good-{n}"), counter.count(n))
+                    .await
+                    .unwrap();
+            }
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let sql = format!("UPDATE {table} SET {column} = ?1 WHERE run_key = 'victim'");
+            // A value a column refuses (NULL in a NOT NULL column) is no tampering.
+            let _ = conn.execute(&sql, [value]);
+            drop(conn);
+            let completer = resumable::Completer::new(&rt)
+                .register(workflow!(Counter::count), counter.clone())
+                .unwrap()
+                .run_until_idle();
+            match tokio::time::timeout(Duration::from_secs(30), completer).await {
+                Err(_) => return Err(TestCaseError::fail("the completer hung")),
+                Ok(Err(err)) => return Err(TestCaseError::fail(format!("claims stopped: {err}"))),
+                Ok(Ok(_)) => {}
+            }
+            for n in 0..3 {
+                let info = rt.run_info(&format!("good-{n}")).await.unwrap().unwrap();
+                prop_assert_eq!(info.status, RunStatus::Completed);
+            }
+            // Questions about the tampered run get answers or typed errors.
+            let _ = rt.run_info("victim").await;
+            let _ = rt.list_runs(&RunFilter::default()).await;
+            let _ = rt.runs().cancel("victim").await;
+            Ok(())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(200),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn a_tampered_row_never_stops_the_other_runs((table, column, value) in tamper()) {
+            check(table, column, value)?;
+        }
     }
 }
