@@ -24,6 +24,8 @@ pub(crate) const MAX_DEPTH: usize = 256;
 pub(crate) struct Limits {
     /// Values it may still visit.
     values: Cell<u64>,
+    /// The payload's size: no collection holds more sized values.
+    bytes: usize,
 }
 
 impl Limits {
@@ -33,6 +35,7 @@ impl Limits {
     pub(crate) fn for_payload(bytes: usize) -> Self {
         Limits {
             values: Cell::new((bytes as u64).saturating_mul(64).saturating_add(4096)),
+            bytes,
         }
     }
 
@@ -221,8 +224,13 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Guarded<'_, A> {
         self.inner.next_element_seed(seed)
     }
 
+    /// A length prefix claims at most one value per byte of the record, so
+    /// that what a collection sets aside for its values is bounded by the
+    /// record's size.
     fn size_hint(&self) -> Option<usize> {
-        self.inner.size_hint()
+        self.inner
+            .size_hint()
+            .map(|hint| hint.min(self.limits.bytes))
     }
 }
 
@@ -247,7 +255,9 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Guarded<'_, A> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        self.inner.size_hint()
+        self.inner
+            .size_hint()
+            .map(|hint| hint.min(self.limits.bytes))
     }
 }
 
