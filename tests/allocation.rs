@@ -29,7 +29,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 /// A decode of a crafted record: whether it was refused.
-type Refused = Box<dyn Fn() -> bool>;
+type Refused<'a> = Box<dyn Fn() -> bool + 'a>;
 
 /// The largest allocation `decode` made.
 fn largest_allocation(decode: impl FnOnce()) -> usize {
@@ -48,7 +48,7 @@ fn a_length_prefix_never_allocates_more_than_the_record_holds() {
     // 9 bytes claiming 2^24 `u64`s (128 MiB, under bincode's own limit).
     let mut longs = vec![253u8];
     longs.extend_from_slice(&(1u64 << 24).to_le_bytes());
-    let cases: [(&str, Refused); 3] = [
+    let cases: [(&str, Refused<'_>); 3] = [
         (
             "String",
             Box::new(|| Bincode::decode::<String>(&string).is_err()),
