@@ -30,6 +30,12 @@ pub use events::{EventSender, JournalEvent, Subscription};
 /// its own fingerprint with [`Write::Pin`]. Generated fingerprints are never 0.
 pub const UNPINNED: u64 = 0;
 
+/// What a journal says of run `key` whose rows it cannot read (a row no
+/// code of this library wrote): the same words on every backend.
+pub(crate) fn unreadable(key: &str, err: &dyn std::fmt::Display) -> String {
+    format!("run {key:?} cannot be read from the journal: {err}")
+}
+
 /// Milliseconds since the Unix epoch, as journals store time.
 #[derive(
     Debug,

@@ -885,7 +885,7 @@ fn is_unreadable(err: &rusqlite::Error) -> bool {
 /// error naming it, so that claims go on with the other runs.
 fn set_aside(conn: &Connection, key: &str, err: &dyn std::fmt::Display) -> OpResult<()> {
     tracing::error!(run = %crate::error::Escaped(key), error = %err, "a run's rows cannot be read; dead-lettered");
-    let last_error = format!("run {key:?} cannot be read from the journal: {err}");
+    let last_error = super::unreadable(key, err);
     conn.prepare_cached(
         "UPDATE resumable_runs SET state = 'dead_lettered', last_error = ?2, \
          lease_owner = NULL, lease_expires_at = NULL WHERE run_key = ?1",
@@ -1266,7 +1266,7 @@ fn load_run(conn: &Connection, key: &str) -> OpResult<Option<RunSnapshot>> {
         // A row no code wrote: an error that names the run, for it alone.
         Err(err) if is_unreadable(&err) => Err(Failure::Refused(Error::storage(
             BACKEND,
-            format!("run {key:?} cannot be read from the journal: {err}"),
+            super::unreadable(key, &err),
         ))),
         result => Ok(result?),
     }

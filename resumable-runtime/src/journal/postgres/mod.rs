@@ -889,7 +889,7 @@ impl Journal for PostgresJournal {
             }
             for (key, err) in &unreadable {
                 tracing::error!(run = %crate::error::Escaped(key), error = %err, "a run's rows cannot be read; dead-lettered");
-                let last_error = format!("run {key:?} cannot be read from the journal: {err}");
+                let last_error = super::unreadable(key, err);
                 query(client, &self.sql.set_aside, &[key, &last_error]).await?;
             }
             Ok(runs
@@ -1070,10 +1070,9 @@ impl Journal for PostgresJournal {
             };
             read.await.map_err(|err: Error| match err {
                 err if is_connection_lost(&err) => err,
-                Error::Storage { source, .. } => Error::storage(
-                    BACKEND,
-                    format!("run {key:?} cannot be read from the journal: {source}"),
-                ),
+                Error::Storage { source, .. } => {
+                    Error::storage(BACKEND, super::unreadable(key, &source))
+                }
                 err => err,
             })
         })
