@@ -961,3 +961,74 @@ async fn run_keys_are_escaped_and_bounded_in_errors() {
         assert!(err.to_string().len() < 200, "the error stays short");
     }
 }
+
+/// Runs whose first step is held at a gate, counting how often their
+/// second step ran.
+struct Gated {
+    open: tokio::sync::watch::Receiver<bool>,
+    waiting: AtomicU32,
+    seconds: AtomicU32,
+}
+
+impl Gated {
+    #[resumable(name = "gated")]
+    async fn two_steps(&self, n: u32) -> Result<u32, ShopError> {
+        let first = step!("first", {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.open.clone();
+            open.wait_for(|open| *open).await.unwrap();
+            n
+        });
+        let second = step!("second", {
+            self.seconds.fetch_add(1, Ordering::SeqCst);
+            first + 1
+        });
+        Ok(second)
+    }
+}
+
+/// Many runs write their steps at the same moment (PostgreSQL writes them
+/// in one statement); those whose cancel was requested meanwhile still get
+/// their step recorded, then stop, and the others complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancels_reach_runs_whose_steps_are_written_together() {
+    const RUNS: u32 = 32;
+    for (name, journal, _dir) in journals().await {
+        let rt = runtime(&journal);
+        let (gate, open) = tokio::sync::watch::channel(false);
+        let gated = Arc::new(Gated {
+            open,
+            waiting: AtomicU32::new(0),
+            seconds: AtomicU32::new(0),
+        });
+        let mut runs = tokio::task::JoinSet::new();
+        for n in 0..RUNS {
+            let (rt, gated) = (rt.clone(), gated.clone());
+            runs.spawn(async move { (n, rt.run(format!("g-{n}"), gated.two_steps(n)).await) });
+        }
+        while gated.waiting.load(Ordering::SeqCst) < RUNS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for n in (0..RUNS).step_by(2) {
+            let outcome = rt.runs().cancel(&format!("g-{n}")).await.unwrap();
+            assert_eq!(outcome, CommandOutcome::Requested, "{name}");
+        }
+        gate.send(true).unwrap();
+        while let Some(joined) = runs.join_next().await {
+            let (n, outcome) = joined.unwrap();
+            match n % 2 {
+                0 => assert!(
+                    matches!(outcome, Err(Error::Cancelled { .. })),
+                    "{name} {n}: {outcome:?}"
+                ),
+                _ => assert_eq!(outcome.unwrap(), Ok(n + 1), "{name} {n}"),
+            }
+            let info = rt.run_info(&format!("g-{n}")).await.unwrap().unwrap();
+            assert!(
+                info.step("first#0").is_some(),
+                "{name} {n}: the step in flight was recorded"
+            );
+        }
+        assert_eq!(gated.seconds.load(Ordering::SeqCst), RUNS / 2, "{name}");
+    }
+}
