@@ -142,6 +142,22 @@ impl Client {
 
     /// [`submit`](Self::submit), with a deadline for a new run: past it, the
     /// run ends as [`Error::DeadlineExceeded`] at its next step boundary.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::{Duration, SystemTime};
+    /// use resumable::{Client, MemoryJournal, WorkflowRef};
+    ///
+    /// const JOB: WorkflowRef<(u32,), Result<u32, String>> = WorkflowRef::named("job");
+    /// let client = Client::new(MemoryJournal::new());
+    /// let deadline = SystemTime::now() + Duration::from_secs(3600);
+    /// client.submit_with_deadline(&JOB, "job-1", (1,), Some(deadline)).await?;
+    /// let info = client.runs().info("job-1").await?.unwrap();
+    /// assert!(info.deadline.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn submit_with_deadline<I, R, C>(
         &self,
         workflow: &WorkflowRef<I, R, C>,

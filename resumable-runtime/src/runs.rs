@@ -18,6 +18,23 @@ pub const PURGE_BATCH: usize = 1000;
 const PAGE: usize = 500;
 
 /// What an operator's command did to a run.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// use resumable::{Client, CommandOutcome, MemoryJournal, RunState, WorkflowRef};
+///
+/// const JOB: WorkflowRef<(u32,), Result<u32, String>> = WorkflowRef::named("job");
+/// let client = Client::new(MemoryJournal::new());
+/// client.submit(&JOB, "job-1", (1,)).await?;
+/// match client.runs().cancel("job-1").await? {
+///     CommandOutcome::Done(state) => assert_eq!(state, RunState::Cancelled),
+///     CommandOutcome::Requested => println!("its worker stops at the next step"),
+///     CommandOutcome::Unchanged(state) => println!("already {state}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "result", content = "state")]
 pub enum CommandOutcome {
@@ -85,6 +102,27 @@ impl Runs {
     /// Runs matching `filter` (without their steps; see [`info`](Self::info)),
     /// in the order they were created. Page with [`RunFilter::after`] set to
     /// the last key of the previous page.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{MemoryJournal, RunFilter, RunState, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// let mut page = RunFilter { state: Some(RunState::Failed), limit: Some(100), ..RunFilter::default() };
+    /// loop {
+    ///     let runs = rt.runs().list(&page).await?;
+    ///     for run in &runs {
+    ///         println!("{} failed: {:?}", run.key, run.last_error);
+    ///     }
+    ///     match runs.last() {
+    ///         Some(last) => page.after = Some(last.key.clone()),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn list(&self, filter: &RunFilter) -> Result<Vec<RunInfo>> {
         let runs = self.journal.list_runs(filter).await?;
         Ok(runs.into_iter().map(info_without_steps).collect())

@@ -772,6 +772,17 @@ impl Runtime {
 
     /// The runs of this runtime's journal, to look at and steer: cancel,
     /// resume, retry now, fork, dead letters, purge.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// assert!(rt.runs().dead_letters(10).await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn runs(&self) -> Runs {
         Runs::new(self.inner.journal.clone())
     }

@@ -145,6 +145,14 @@ pub struct Lease {
 /// `Incomplete` runs are executed (and claimed by completers);
 /// `DeadLettered` ones wait for an operator; the other four are finished,
 /// with an outcome that never changes unless an operator resumes the run.
+///
+/// ```
+/// use resumable::RunState;
+///
+/// assert!(RunState::Cancelled.is_finished() && RunState::Cancelled.is_resumable());
+/// assert!(!RunState::DeadLettered.is_finished() && RunState::DeadLettered.is_resumable());
+/// assert_eq!(RunState::parse("deadline_exceeded"), Some(RunState::DeadlineExceeded));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
