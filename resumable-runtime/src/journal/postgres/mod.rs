@@ -1446,6 +1446,120 @@ mod tests {
             assert_eq!(count, SCHEMA_VERSION + 1);
         }
 
+        /// Every statement on a hot or operator path finds its rows through
+        /// an index, in custom and in generic plans, on a schema holding
+        /// 100,000 finished runs (a million steps) whose statistics were
+        /// never gathered (this server runs without autovacuum).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn plans_use_indexes_without_fresh_statistics() {
+            let Some(schema) = TestSchema::new("postgres::plans") else {
+                return;
+            };
+            let journal = schema.journal().await;
+            let client = schema.connect().await;
+            let s = schema.name();
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO \"{s}\".resumable_runs (run_key, workflow, fingerprint, input,
+                       state, outcome, epoch, wake_at, executions, created_at, updated_at)
+                     SELECT 'run-' || i, 'wf-' || (i % 7), 1, '\\x00',
+                       CASE WHEN i % 100 = 0 THEN 'incomplete' ELSE 'completed' END,
+                       '\\x00', 1, i, 1, i, i
+                     FROM generate_series(1, 100000) AS i;
+                     INSERT INTO \"{s}\".resumable_steps (run_key, step_id, seq, state, output,
+                       attempts, epoch, started_at, updated_at)
+                     SELECT 'run-' || i, 'add#' || j, j, 'completed', '\\x00', 1, 1, i, i
+                     FROM generate_series(1, 100000) AS i, generate_series(0, 9) AS j;"
+                ))
+                .await
+                .unwrap();
+            let sql = &journal.sql;
+            let filter = |f: RunFilter| sql.list_runs(&f);
+            // Each statement, with one literal per parameter.
+            let statements: Vec<(String, Vec<&str>)> = vec![
+                (sql.claim.clone(), vec!["50", "w", "60", "1", "16"]),
+                (sql.select_steps_of.clone(), vec!["{run-100,run-200}"]),
+                (sql.select_steps.clone(), vec!["run-100"]),
+                (sql.select_run.clone(), vec!["run-100"]),
+                (sql.purge.clone(), vec!["50", "1000"]),
+                (
+                    sql.step_recorded.clone(),
+                    vec![
+                        "run-100",
+                        "1",
+                        "s#0",
+                        "0",
+                        "completed",
+                        "\\x00",
+                        "1",
+                        "0",
+                        "0",
+                        "",
+                        "false",
+                    ],
+                ),
+                (
+                    filter(RunFilter {
+                        state: Some(RunState::Incomplete),
+                        limit: Some(100),
+                        ..RunFilter::default()
+                    }),
+                    vec!["100"],
+                ),
+                (
+                    filter(RunFilter {
+                        workflow: Some("wf-3".into()),
+                        after: Some("run-500".into()),
+                        limit: Some(100),
+                        ..RunFilter::default()
+                    }),
+                    vec!["wf-3", "run-500", "100"],
+                ),
+                (
+                    filter(RunFilter {
+                        state: Some(RunState::Incomplete),
+                        lease_owner: Some("w".into()),
+                        ..RunFilter::default()
+                    }),
+                    vec!["w", "9223372036854775807"],
+                ),
+            ];
+            for (i, (statement, args)) in statements.iter().enumerate() {
+                let statement = statement.replace("{s}", s);
+                client
+                    .batch_execute(&format!("PREPARE p{i} AS {statement}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("{statement}: {e}"));
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| format!("'{}'", a.replace('\'', "''")))
+                    .collect();
+                for mode in ["force_custom_plan", "force_generic_plan"] {
+                    let explain = format!(
+                        "SET plan_cache_mode = {mode}; EXPLAIN EXECUTE p{i}({})",
+                        args.join(", ")
+                    );
+                    let plan: Vec<String> = client
+                        .simple_query(&explain)
+                        .await
+                        .unwrap_or_else(|e| panic!("{explain}: {e}"))
+                        .into_iter()
+                        .filter_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                                row.get(0).map(str::to_owned)
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let plan = plan.join("\n");
+                    assert!(
+                        !plan.contains("Seq Scan on resumable_"),
+                        "{mode} of {statement}\n{plan}"
+                    );
+                }
+            }
+        }
+
         #[tokio::test]
         async fn bad_settings_are_typed_errors() {
             let Some(schema) = TestSchema::new("postgres::bad_settings") else {

@@ -291,8 +291,10 @@ impl Statements {
                 "WITH doomed AS (\
                    SELECT id, run_key FROM {runs} WHERE state IN {FINISHED} AND updated_at < $1 \
                    ORDER BY updated_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                 steps AS (DELETE FROM {steps} WHERE run_key IN (SELECT run_key FROM doomed)), \
-                 leases AS (DELETE FROM {leases} WHERE run_key IN (SELECT run_key FROM doomed)), \
+                 steps AS (DELETE FROM {steps} \
+                   WHERE run_key = ANY (ARRAY(SELECT run_key FROM doomed))), \
+                 leases AS (DELETE FROM {leases} \
+                   WHERE run_key = ANY (ARRAY(SELECT run_key FROM doomed))), \
                  runs AS (DELETE FROM {runs} WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
                  SELECT count(*) FROM runs"
             ),
@@ -337,10 +339,12 @@ impl Statements {
             // The claimed keys are joined, one index lookup each, rather than
             // matched with `= ANY`: a plan that does not depend on the
             // table's statistics (with stale ones, `= ANY` was seen to scan
-            // every step of a million runs).
+            // every step of a million runs). `OFFSET 0` keeps the planner
+            // from flattening the lookup into a hash join over all steps,
+            // which a generic plan chose without statistics.
             select_steps_of: format!(
                 "SELECT s.run_key, {s_steps} FROM unnest($1::text[]) AS k(run_key) \
-                 CROSS JOIN LATERAL (SELECT * FROM {steps} WHERE run_key = k.run_key) AS s \
+                 CROSS JOIN LATERAL (SELECT * FROM {steps} WHERE run_key = k.run_key OFFSET 0) AS s \
                  ORDER BY s.run_key, s.seq NULLS LAST, s.step_id",
                 s_steps = STEP_COLUMNS
                     .split(", ")
