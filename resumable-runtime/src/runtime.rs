@@ -710,8 +710,10 @@ impl Runtime {
     /// # }
     /// ```
     pub async fn recover_gone_workers(&self) -> Result<usize> {
+        // Only leased runs (bounded by what workers execute), by an index.
         let filter = RunFilter {
             state: Some(RunState::Incomplete),
+            leased: true,
             ..RunFilter::default()
         };
         let now = Timestamp::now();

@@ -635,6 +635,22 @@ pub async fn list_runs_pages(journal: &dyn Journal) {
         keys[1..4],
         "created_after is inclusive, created_before exclusive"
     );
+    // Only leased runs: the one a worker took (its lease expired already).
+    let held = NewRun {
+        workflow: workflow.clone(),
+        ..new_run(&keys[2], b"i")
+    };
+    open_leased(journal, held, at(t, -2_000), at(t, -1_000)).await;
+    let leased = RunFilter {
+        workflow: Some(workflow.clone()),
+        leased: true,
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        listed(journal.list_runs(&leased).await.unwrap()),
+        keys[2..3],
+        "leased lists only runs with a lease"
+    );
     for key in &keys {
         super::retire(journal, key, Timestamp::now()).await;
     }

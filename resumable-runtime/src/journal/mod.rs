@@ -502,6 +502,8 @@ pub struct RunFilter {
     /// Only runs leased to this worker (the lease may have expired; a run
     /// given back or finished has no lease).
     pub lease_owner: Option<String>,
+    /// Only runs that have a lease (held or expired, not given back).
+    pub leased: bool,
     /// Only runs created before this time.
     pub created_before: Option<Timestamp>,
     /// Only runs created at or after this time.
@@ -523,6 +525,7 @@ impl RunFilter {
                 .lease_owner
                 .as_ref()
                 .is_none_or(|o| run.lease_owner.as_ref() == Some(o))
+            && (!self.leased || run.lease_owner.is_some())
             && self.created_before.is_none_or(|t| run.created_at < t)
             && self.created_after.is_none_or(|t| run.created_at >= t)
     }

@@ -1298,6 +1298,9 @@ fn list_query(filter: &RunFilter) -> (String, Vec<Value>) {
         sql.push_str(" AND lease_owner = ?");
         args.push(Value::Text(owner.clone()));
     }
+    if filter.leased {
+        sql.push_str(" AND lease_owner IS NOT NULL");
+    }
     if let Some(before) = filter.created_before {
         sql.push_str(" AND created_at < ?");
         args.push(Value::Integer(before.0));
@@ -1969,6 +1972,11 @@ mod tests {
             RunFilter {
                 after: key(),
                 limit: Some(50),
+                ..RunFilter::default()
+            },
+            RunFilter {
+                state: Some(RunState::Incomplete),
+                leased: true,
                 ..RunFilter::default()
             },
         ];

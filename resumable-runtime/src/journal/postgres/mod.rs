@@ -1523,6 +1523,14 @@ mod tests {
                     }),
                     vec!["w", "9223372036854775807"],
                 ),
+                (
+                    filter(RunFilter {
+                        state: Some(RunState::Incomplete),
+                        leased: true,
+                        ..RunFilter::default()
+                    }),
+                    vec!["9223372036854775807"],
+                ),
             ];
             for (i, (statement, args)) in statements.iter().enumerate() {
                 let statement = statement.replace("{s}", s);

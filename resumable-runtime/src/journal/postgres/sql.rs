@@ -459,6 +459,9 @@ impl Statements {
         if let Some(state) = filter.state {
             sql.push_str(&format!(" AND state = '{}'", state.as_str()));
         }
+        if filter.leased {
+            sql.push_str(" AND lease_owner IS NOT NULL");
+        }
         let mut n = 0;
         for (present, condition) in [
             (filter.workflow.is_some(), "workflow = $"),
