@@ -491,7 +491,7 @@ mod rows {
     /// One tampered run beside good ones: the good ones all finish, nothing
     /// panics, and the journal answers every question with a value or a
     /// typed error.
-    fn check(table: &str, column: &str, value: Value) -> Result<(), TestCaseError> {
+    fn check(case: impl FnOnce() -> Result<(), TestCaseError>) -> Result<(), TestCaseError> {
         static HOOK: std::sync::Once = std::sync::Once::new();
         HOOK.call_once(|| {
             let default = std::panic::take_hook();
@@ -500,7 +500,7 @@ mod rows {
                 default(info);
             }));
         });
-        let outcome = run_tampered(table, column, value);
+        let outcome = case();
         prop_assert!(
             !PANICKED.load(std::sync::atomic::Ordering::SeqCst),
             "something panicked"
@@ -522,43 +522,91 @@ mod rows {
                 .open()
                 .await
                 .unwrap();
-            let journal: Arc<dyn Journal> = Arc::new(journal);
-            let rt = Runtime::new(journal.clone());
-            let counter = Arc::new(Counter::default());
-            rt.run("victim-source", counter.count(0))
-                .await
-                .unwrap()
-                .unwrap();
-            rt.runs().fork("victim-source", 1, "victim").await.unwrap();
-            for n in 0..3 {
-                rt.submit(format!("good-{n}"), counter.count(n))
-                    .await
-                    .unwrap();
-            }
-            let conn = rusqlite::Connection::open(&path).unwrap();
-            let sql = format!("UPDATE {table} SET {column} = ?1 WHERE run_key = 'victim'");
-            // A value a column refuses (NULL in a NOT NULL column) is no tampering.
-            let _ = conn.execute(&sql, [value]);
-            drop(conn);
-            let completer = resumable::Completer::new(&rt)
-                .register(workflow!(Counter::count), counter.clone())
-                .unwrap()
-                .run_until_idle();
-            match tokio::time::timeout(Duration::from_secs(30), completer).await {
-                Err(_) => return Err(TestCaseError::fail("the completer hung")),
-                Ok(Err(err)) => return Err(TestCaseError::fail(format!("claims stopped: {err}"))),
-                Ok(Ok(_)) => {}
-            }
-            for n in 0..3 {
-                let info = rt.run_info(&format!("good-{n}")).await.unwrap().unwrap();
-                prop_assert_eq!(info.status, RunStatus::Completed);
-            }
-            // Questions about the tampered run get answers or typed errors.
-            let _ = rt.run_info("victim").await;
-            let _ = rt.list_runs(&RunFilter::default()).await;
-            let _ = rt.runs().cancel("victim").await;
-            Ok(())
+            scenario(Arc::new(journal), async || {
+                let conn = rusqlite::Connection::open(&path).unwrap();
+                let sql = format!("UPDATE {table} SET {column} = ?1 WHERE run_key = 'victim'");
+                // A value a column refuses (NULL in a NOT NULL column) is no tampering.
+                let _ = conn.execute(&sql, [value]);
+            })
+            .await
         })
+    }
+
+    /// The same on PostgreSQL, in a schema of its own per case.
+    #[cfg(all(feature = "postgres", feature = "conformance"))]
+    fn run_tampered_postgres(table: &str, column: &str, value: Value) -> Result<(), TestCaseError> {
+        let Some(schema) = resumable::conformance::postgres::TestSchema::new("tampered_rows")
+        else {
+            return Ok(());
+        };
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio.block_on(async {
+            let journal = schema.journal().await;
+            let literal = match &value {
+                Value::Null => "NULL".to_owned(),
+                Value::Integer(i) => i.to_string(),
+                Value::Real(f) if f.is_finite() => format!("{f:e}"),
+                Value::Real(_) => "'NaN'".to_owned(),
+                Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+                Value::Blob(b) => {
+                    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                    format!("'\\x{hex}'::bytea")
+                }
+            };
+            let sql = format!(
+                "UPDATE \"{}\".{table} SET {column} = {literal} WHERE run_key = 'victim'",
+                schema.name()
+            );
+            let client = schema.connect().await;
+            scenario(Arc::new(journal), async || {
+                // A value of the wrong type for the column is no tampering.
+                let _ = client.batch_execute(&sql).await;
+            })
+            .await
+        })
+    }
+
+    /// Three good runs and a forked `victim`, whose row `tamper` changes;
+    /// then a completer runs, and questions are asked about the victim.
+    async fn scenario(
+        journal: Arc<dyn Journal>,
+        tamper: impl AsyncFnOnce(),
+    ) -> Result<(), TestCaseError> {
+        let rt = Runtime::new(journal.clone());
+        let counter = Arc::new(Counter::default());
+        rt.run("victim-source", counter.count(0))
+            .await
+            .unwrap()
+            .unwrap();
+        rt.runs().fork("victim-source", 1, "victim").await.unwrap();
+        for n in 0..3 {
+            rt.submit(format!("good-{n}"), counter.count(n))
+                .await
+                .unwrap();
+        }
+        tamper().await;
+        let completer = resumable::Completer::new(&rt)
+            .register(workflow!(Counter::count), counter.clone())
+            .unwrap()
+            .run_until_idle();
+        match tokio::time::timeout(Duration::from_secs(30), completer).await {
+            Err(_) => return Err(TestCaseError::fail("the completer hung")),
+            Ok(Err(err)) => return Err(TestCaseError::fail(format!("claims stopped: {err}"))),
+            Ok(Ok(_)) => {}
+        }
+        for n in 0..3 {
+            let info = rt.run_info(&format!("good-{n}")).await.unwrap().unwrap();
+            prop_assert_eq!(info.status, RunStatus::Completed);
+        }
+        // Questions about the tampered run get answers or typed errors.
+        let _ = rt.run_info("victim").await;
+        let _ = rt.list_runs(&RunFilter::default()).await;
+        let _ = rt.runs().cancel("victim").await;
+        Ok(())
     }
 
     proptest! {
@@ -569,7 +617,21 @@ mod rows {
 
         #[test]
         fn a_tampered_row_never_stops_the_other_runs((table, column, value) in tamper()) {
-            check(table, column, value)?;
+            check(|| run_tampered(table, column, value))?;
+        }
+    }
+
+    #[cfg(all(feature = "postgres", feature = "conformance"))]
+    proptest! {
+        // A schema per case: fewer cases by default.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(40),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn a_tampered_row_never_stops_the_other_runs_on_postgres((table, column, value) in tamper()) {
+            check(|| run_tampered_postgres(table, column, value))?;
         }
     }
 }
