@@ -173,12 +173,16 @@ impl Durability {
 pub struct SqliteJournal {
     path: PathBuf,
     durability: Durability,
-    // Declared before `_writer`: fields drop in declaration order, so the
-    // channel closes (ending the thread's loop) before the thread is joined.
+    // Fields drop in declaration order. The read connections close first,
+    // so that the writer's connection is the file's last: closing, it
+    // checkpoints the log into the database and removes it (a copy of the
+    // file alone is then the whole journal).
+    readers: Arc<Readers>,
+    // Then the channel closes (ending the thread's loop) before the thread
+    // is joined.
     requests: mpsc::Sender<Box<dyn Job>>,
     stats: Arc<Counters>,
     events: EventSender,
-    readers: Arc<Readers>,
     // Only held for its drop, which joins the thread.
     _writer: WriterThread,
 }
