@@ -25,6 +25,25 @@ impl Counter {
 
 const GOOD: u32 = 20;
 
+/// Property cases: `PROPTEST_CASES` if set (for a long run), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `future` to its end on a tokio runtime of its own, with two workers
+/// (a property case is a plain function).
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 /// Submits the good runs and the runs about to be tampered with, with
 /// their first step recorded.
 async fn seed(rt: &Runtime, counter: &Arc<Counter>) {
@@ -241,11 +260,7 @@ mod records {
     /// Journals `record` as `forged` in run `r`, then asks for the run again,
     /// which decodes it.
     fn replay(forged: Forged, record: Vec<u8>) -> resumable::Result<Result<Tree, String>> {
-        let tokio = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio.block_on(async {
+        super::block_on(async {
             let journal = std::sync::Arc::new(MemoryJournal::new());
             let rt = Runtime::new(journal.clone());
             rt.submit("r", Forest.grow(1)).await.unwrap();
@@ -320,11 +335,7 @@ mod records {
     /// A forged input: a completer takes the run, and it either completes
     /// or is dead-lettered at once with an error naming its input.
     fn forged_input(record: Vec<u8>) -> Result<(), TestCaseError> {
-        let tokio = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio.block_on(async {
+        super::block_on(async {
             let journal = std::sync::Arc::new(MemoryJournal::new());
             let rt = Runtime::new(journal.clone());
             let meta = *resumable::workflow!(Forest::grow).meta();
@@ -367,7 +378,7 @@ mod records {
         // A few thousand cases in CI; for a long run:
         // PROPTEST_CASES=200000 cargo test --test hostile records
         #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2_000),
+            cases: super::cases(2_000),
             ..ProptestConfig::default()
         })]
 
@@ -509,12 +520,7 @@ mod rows {
     }
 
     fn run_tampered(table: &str, column: &str, value: Value) -> Result<(), TestCaseError> {
-        let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio.block_on(async {
+        super::block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("journal.db");
             let journal = SqliteJournal::builder(&path)
@@ -539,12 +545,7 @@ mod rows {
         else {
             return Ok(());
         };
-        let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio.block_on(async {
+        super::block_on(async {
             let journal = schema.journal().await;
             let literal = match &value {
                 Value::Null => "NULL".to_owned(),
@@ -611,7 +612,7 @@ mod rows {
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(200),
+            cases: super::cases(200),
             ..ProptestConfig::default()
         })]
 
@@ -625,7 +626,7 @@ mod rows {
     proptest! {
         // A schema per case: fewer cases by default.
         #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(40),
+            cases: super::cases(40),
             ..ProptestConfig::default()
         })]
 

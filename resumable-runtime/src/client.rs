@@ -5,7 +5,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::codec::{Bincode, Codec, Envelope};
 use crate::error::{Error, Result, Slot};
@@ -172,10 +172,7 @@ impl Client {
         let key = key.into();
         validate_key(&key)?;
         let input = self.envelope.seal::<C, I>(&key, || Slot::Input, &input)?;
-        let deadline = deadline.map(|d| {
-            let ms = d.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-            Timestamp(ms.min(i64::MAX as u128) as i64)
-        });
+        let deadline = deadline.map(Timestamp::from);
         let new = NewRun {
             key: key.clone(),
             workflow: workflow.name.to_owned(),

@@ -313,10 +313,7 @@ impl Runs {
     /// One write of [`purge`](Self::purge): deletes up to `limit` finished
     /// runs that last changed before `before`; returns how many.
     pub async fn purge_batch(&self, before: SystemTime, limit: usize) -> Result<usize> {
-        let ms = before
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
-        self.journal.purge(Timestamp(ms), limit).await
+        self.journal.purge(Timestamp::from(before), limit).await
     }
 
     async fn command(&self, key: &str, command: Command) -> Result<(RunRecord, bool)> {

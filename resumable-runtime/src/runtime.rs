@@ -257,7 +257,7 @@ impl Runtime {
             }
             let run = snapshot.run;
             if run.state != RunState::Incomplete {
-                return self.finished_outcome::<R, C>(&run);
+                return outcome_of::<R, C>(&self.inner.envelope, &run);
             }
             if self.take_over_from_gone_owner(&run).await? {
                 continue;
@@ -358,24 +358,10 @@ impl Runtime {
         let Some(owner) = run.lease_owner.as_deref().filter(|o| owner::is_gone(o)) else {
             return Ok(false);
         };
-        let lease = Lease {
-            run_key: run.key.clone(),
-            owner: owner.to_owned(),
-            epoch: run.epoch,
-            expires_at: run.lease_expires_at.unwrap_or_default(),
-        };
         let reason = format!("worker {owner:?} died while executing run {:?}", run.key);
-        self.inner
-            .journal
-            .release_leases(&[lease], &reason, Timestamp::now())
-            .await?;
+        self.release_all(std::slice::from_ref(run), &reason).await?;
         tracing::info!(run = %Escaped(&run.key), owner = %Escaped(owner), "took over a run whose worker process is gone");
         Ok(true)
-    }
-
-    /// The stable outcome of a run that is not incomplete.
-    pub(crate) fn finished_outcome<R: Journaled, C: Codec>(&self, run: &RunRecord) -> Result<R> {
-        outcome_of::<R, C>(&self.inner.envelope, run)
     }
 
     /// Executes a leased, incomplete run to its outcome (or to an error, in
@@ -581,7 +567,7 @@ impl Runtime {
         };
         match self.inner.journal.load_run(&lease.run_key).await {
             Ok(Some(snapshot)) if snapshot.run.state.is_finished() => {
-                self.finished_outcome::<R, C>(&snapshot.run)
+                outcome_of::<R, C>(&self.inner.envelope, &snapshot.run)
             }
             _ => Err(lost),
         }

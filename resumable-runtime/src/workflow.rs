@@ -140,10 +140,7 @@ impl<I, R, C> Invocation<'_, I, R, C> {
 
     /// Gives a new run a deadline, as [`time_limit`](Self::time_limit) does.
     pub fn deadline_at(mut self, deadline: std::time::SystemTime) -> Self {
-        let ms = deadline
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
-        self.deadline = Some(Timestamp(ms));
+        self.deadline = Some(Timestamp::from(deadline));
         self
     }
 }

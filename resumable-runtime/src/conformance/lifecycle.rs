@@ -481,6 +481,14 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
         at: t,
     };
     journal.write(&lease, write).await.unwrap();
+    // A run created before the purge, and one after it, of one workflow.
+    let workflow = unique("purge-order");
+    let of_workflow = |key: &str| NewRun {
+        workflow: workflow.clone(),
+        ..new_run(key, b"i")
+    };
+    let earlier = unique("purge-earlier");
+    journal.create_run(of_workflow(&earlier), t).await.unwrap();
 
     let before = at(t, 100);
     assert_eq!(
@@ -490,6 +498,24 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
     );
     assert_eq!(journal.purge(before, 2).await.unwrap(), 1);
     assert_eq!(journal.purge(before, 2).await.unwrap(), 0);
+    // Creation order survives purging: the later run lists after the earlier.
+    let later = unique("purge-later");
+    journal.create_run(of_workflow(&later), t).await.unwrap();
+    let listed: Vec<String> = journal
+        .list_runs(&RunFilter {
+            workflow: Some(workflow.clone()),
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(
+        listed,
+        [earlier.clone(), later.clone()],
+        "runs list in creation order after a purge"
+    );
     for key in &old {
         assert!(
             journal.load_run(key).await.unwrap().is_none(),
@@ -507,7 +533,9 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
             "purge must keep '{key}'"
         );
     }
-    super::retire(journal, &unfinished, Timestamp::now()).await;
+    for key in [&unfinished, &earlier, &later] {
+        super::retire(journal, key, Timestamp::now()).await;
+    }
 }
 
 /// `release_leases` gives back the leases that still hold their runs, in

@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     runs: Mutex<HashMap<String, StoredRun>>,
+    /// Runs ever created: each run's creation order, which purging runs
+    /// must not reuse.
+    created: std::sync::atomic::AtomicU64,
     events: EventSender,
 }
 
@@ -208,17 +211,23 @@ fn end_lease(r: &mut RunRecord, at: Timestamp, end: impl FnOnce(&mut RunRecord))
 }
 
 impl MemoryJournal {
-    fn insert(
-        runs: &mut HashMap<String, StoredRun>,
+    fn insert<'a>(
+        &self,
+        runs: &'a mut HashMap<String, StoredRun>,
         new: NewRun,
         now: Timestamp,
-    ) -> &mut StoredRun {
-        let order = runs.len() as u64;
+    ) -> &'a mut StoredRun {
         runs.entry(new.key.clone()).or_insert_with(|| StoredRun {
             record: new_record(new, now),
             steps: Steps::default(),
-            order,
+            order: self.next_order(),
         })
+    }
+
+    /// The creation order of the next run.
+    fn next_order(&self) -> u64 {
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -227,7 +236,7 @@ impl Journal for MemoryJournal {
     async fn open_run(&self, new: NewRun, req: LeaseRequest) -> Result<Opened> {
         let mut runs = self.runs.lock().unwrap();
         let created = !runs.contains_key(&new.key);
-        let run = Self::insert(&mut runs, new, req.now);
+        let run = self.insert(&mut runs, new, req.now);
         let lease = (run.record.state == RunState::Incomplete && !run.record.is_leased_at(req.now))
             .then(|| run.take_lease(&req));
         let mut snapshot = run.snapshot();
@@ -244,7 +253,7 @@ impl Journal for MemoryJournal {
     async fn create_run(&self, new: NewRun, now: Timestamp) -> Result<(RunRecord, bool)> {
         let mut runs = self.runs.lock().unwrap();
         let created = !runs.contains_key(&new.key);
-        let record = Self::insert(&mut runs, new, now).record.clone();
+        let record = self.insert(&mut runs, new, now).record.clone();
         if created {
             self.events.send(JournalEvent::Due { at: now });
         }
@@ -518,13 +527,12 @@ impl Journal for MemoryJournal {
                 copied.put(step, |_, _| Ok(()))?;
             }
         }
-        let order = runs.len() as u64;
         runs.insert(
             new_key.to_owned(),
             StoredRun {
                 record: record.clone(),
                 steps: copied,
-                order,
+                order: self.next_order(),
             },
         );
         self.events.send(JournalEvent::Due { at: now });
