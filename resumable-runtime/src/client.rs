@@ -291,6 +291,17 @@ impl Client {
 
     /// The runs of this client's journal, to look at and steer: cancel,
     /// resume, retry now, fork, dead letters, purge.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{Client, MemoryJournal};
+    ///
+    /// let client = Client::new(MemoryJournal::new());
+    /// assert!(client.runs().info("report-3").await?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn runs(&self) -> Runs {
         Runs::new(self.journal.clone())
     }

@@ -60,6 +60,29 @@ impl fmt::Display for Location {
 /// as the inner `Err` of [`Runtime::run`](crate::Runtime::run). These are the
 /// failures of the machinery around it, and none of them is ever journaled as
 /// a run's outcome.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use resumable::{resumable, step, Error, MemoryJournal, Runtime};
+///
+/// #[resumable]
+/// async fn pay(cents: u64) -> Result<u64, String> {
+///     let paid = step!("pay", { cents });
+///     Ok(paid)
+/// }
+///
+/// let rt = Runtime::new(MemoryJournal::new());
+/// rt.submit("pay-1", pay(100)).await.unwrap();
+/// rt.runs().cancel("pay-1").await.unwrap();
+/// match rt.run("pay-1", pay(100)).await {
+///     Ok(Ok(paid)) => println!("paid {paid}"),
+///     Ok(Err(declined)) => println!("the workflow's own error: {declined}"),
+///     Err(Error::Cancelled { run }) => assert_eq!(run, "pay-1"),
+///     Err(other) => panic!("{other}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -12,6 +12,10 @@ use crate::runtime::{validate_key, validate_lookup_key};
 use crate::status::{RunInfo, RunStatus};
 
 /// How many runs [`Runs::purge`] deletes per journal write.
+///
+/// ```
+/// assert_eq!(resumable::PURGE_BATCH, 1000);
+/// ```
 pub const PURGE_BATCH: usize = 1000;
 
 /// How many runs [`Runs::list_with_status`] reads per journal call.
@@ -84,12 +88,46 @@ pub struct Runs {
 }
 
 impl Runs {
-    /// The runs of `journal`.
+    /// The runs of `journal`, for a tool that has neither a runtime nor a
+    /// client.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::sync::Arc;
+    /// use resumable::{MemoryJournal, RunFilter, Runs};
+    ///
+    /// let runs = Runs::new(Arc::new(MemoryJournal::new()));
+    /// assert!(runs.list(&RunFilter::default()).await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(journal: Arc<dyn Journal>) -> Self {
         Runs { journal }
     }
 
     /// Run `key`'s status and steps, if it exists.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{resumable, step, MemoryJournal, RunStatus, Runtime};
+    ///
+    /// #[resumable]
+    /// async fn label(order: u64) -> Result<String, String> {
+    ///     let label = step!("print", { format!("label-{order}") });
+    ///     Ok(label)
+    /// }
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// rt.run("label-7", label(7)).await?.unwrap();
+    /// let info = rt.runs().info("label-7").await?.unwrap();
+    /// assert_eq!(info.status, RunStatus::Completed);
+    /// assert_eq!(info.step("print#0").unwrap().attempts, 1);
+    /// assert!(rt.runs().info("nothing").await?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn info(&self, key: &str) -> Result<Option<RunInfo>> {
         validate_lookup_key(key)?;
         Ok(self
@@ -193,6 +231,19 @@ impl Runs {
     }
 
     /// Dead-lettered runs, oldest first, at most `limit`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// for run in rt.runs().dead_letters(50).await? {
+    ///     println!("{} set aside: {:?}", run.key, run.last_error);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<RunInfo>> {
         let filter = RunFilter {
             state: Some(RunState::DeadLettered),
@@ -209,6 +260,18 @@ impl Runs {
     /// Either way its stable outcome is [`Error::Cancelled`]. Cancelling a
     /// finished run changes nothing and says so. [`Error::UnknownRun`] if no
     /// run has the key.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{CommandOutcome, MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// let unknown = rt.runs().cancel("order-7").await;
+    /// assert!(matches!(unknown, Err(resumable::Error::UnknownRun { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn cancel(&self, key: &str) -> Result<CommandOutcome> {
         Ok(match self.command(key, Command::Cancel).await? {
             (run, true) if run.state == RunState::Incomplete => CommandOutcome::Requested,
@@ -226,6 +289,26 @@ impl Runs {
     /// its deadline or counted failures; its recorded steps replay, and the
     /// steps whose failure ended it run again. A completer picks it up, or
     /// [`Runtime::run`](crate::Runtime::run) with its key executes it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{resumable, step, CommandOutcome, MemoryJournal, RunState, Runtime};
+    ///
+    /// #[resumable]
+    /// async fn charge(cents: u64) -> Result<u64, String> {
+    ///     let charged = step!("charge", { cents });
+    ///     Ok(charged)
+    /// }
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// rt.run("charge-1", charge(500)).await?.unwrap();
+    /// // A completed run is not resumed.
+    /// let outcome = rt.runs().resume("charge-1").await?;
+    /// assert_eq!(outcome, CommandOutcome::Unchanged(RunState::Completed));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn resume(&self, key: &str) -> Result<CommandOutcome> {
         self.command(key, Command::Resume).await.map(outcome)
     }
@@ -233,6 +316,21 @@ impl Runs {
     /// Makes run `key` due now if it is incomplete and waits out a backoff
     /// (its own, or a step's retry delay), so that a completer takes it at
     /// once and its retrying steps try again without waiting.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{Client, CommandOutcome, MemoryJournal, RunState, WorkflowRef};
+    ///
+    /// const JOB: WorkflowRef<(u32,), Result<u32, String>> = WorkflowRef::named("job");
+    /// let client = Client::new(MemoryJournal::new());
+    /// client.submit(&JOB, "job-1", (1,)).await?;
+    /// // Due already: made due now all the same.
+    /// let outcome = client.runs().retry_now("job-1").await?;
+    /// assert_eq!(outcome, CommandOutcome::Done(RunState::Incomplete));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn retry_now(&self, key: &str) -> Result<CommandOutcome> {
         self.command(key, Command::RetryNow).await.map(outcome)
     }
@@ -311,7 +409,29 @@ impl Runs {
     }
 
     /// One write of [`purge`](Self::purge): deletes up to `limit` finished
-    /// runs that last changed before `before`; returns how many.
+    /// runs that last changed before `before`; returns how many. For a
+    /// loop of your own (a progress bar, a pause between batches).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::{Duration, SystemTime};
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// let before = SystemTime::now() - Duration::from_secs(7 * 86_400);
+    /// let mut deleted = 0;
+    /// loop {
+    ///     let batch = rt.runs().purge_batch(before, 500).await?;
+    ///     deleted += batch;
+    ///     if batch < 500 {
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!(deleted, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn purge_batch(&self, before: SystemTime, limit: usize) -> Result<usize> {
         self.journal.purge(Timestamp::from(before), limit).await
     }

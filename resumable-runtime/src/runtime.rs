@@ -146,6 +146,14 @@ impl RuntimeBuilder {
     /// Whether [`Runtime::run`] on a run that another live worker is
     /// executing waits for that run's outcome, or for its lease to become
     /// free (the default), instead of failing at once with [`Error::Busy`].
+    ///
+    /// ```
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// // A request handler that answers "busy, try later" rather than waiting.
+    /// let rt = Runtime::builder(MemoryJournal::new()).wait_when_busy(false).build();
+    /// # drop(rt);
+    /// ```
     pub fn wait_when_busy(mut self, wait: bool) -> Self {
         self.wait_when_busy = wait;
         self

@@ -8,6 +8,26 @@ use crate::codec::record_codec;
 use crate::journal::{RunRecord, RunSnapshot, RunState, StepState, Timestamp};
 
 /// Where a run is in its life, as an operator sees it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// use resumable::{resumable, step, MemoryJournal, RunStatus, Runtime};
+///
+/// #[resumable]
+/// async fn ping(n: u8) -> Result<u8, String> {
+///     let pong = step!("pong", { n });
+///     Ok(pong)
+/// }
+///
+/// let rt = Runtime::new(MemoryJournal::new());
+/// rt.submit("ping-1", ping(1)).await?;
+/// assert_eq!(rt.run_info("ping-1").await?.unwrap().status, RunStatus::Pending);
+/// rt.run("ping-1", ping(1)).await?.unwrap();
+/// assert_eq!(rt.run_info("ping-1").await?.unwrap().status, RunStatus::Completed);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -71,6 +91,27 @@ pub enum StepStatus {
 
 /// A journaled value as an operator sees it without its Rust type: its size
 /// and the codec it was written with.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// use resumable::{resumable, step, MemoryJournal, Runtime};
+///
+/// #[resumable]
+/// async fn hello(name: String) -> Result<String, String> {
+///     let greeting = step!("greet", { format!("hello {name}") });
+///     Ok(greeting)
+/// }
+///
+/// let rt = Runtime::new(MemoryJournal::new());
+/// rt.run("hello-ada", hello("ada".into())).await?.unwrap();
+/// let info = rt.run_info("hello-ada").await?.unwrap();
+/// let output = info.step("greet#0").unwrap().output.clone().unwrap();
+/// assert_eq!(output.codec.as_deref(), Some("bincode2"));
+/// assert!(output.size > "hello ada".len());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordInfo {
     /// The record's size in bytes, header included.

@@ -139,6 +139,27 @@ impl<I, R, C> Invocation<'_, I, R, C> {
     }
 
     /// Gives a new run a deadline, as [`time_limit`](Self::time_limit) does.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::{Duration, SystemTime};
+    /// use resumable::{resumable, step, MemoryJournal, Runtime};
+    ///
+    /// #[resumable]
+    /// async fn reply(ticket: u32) -> Result<u32, String> {
+    ///     let answered = step!("answer", { ticket });
+    ///     Ok(answered)
+    /// }
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// // Answered by the end of the hour, or not at all.
+    /// let call = reply(9).deadline_at(SystemTime::now() + Duration::from_secs(3600));
+    /// rt.submit("reply-9", call).await?;
+    /// assert!(rt.run_info("reply-9").await?.unwrap().deadline.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn deadline_at(mut self, deadline: std::time::SystemTime) -> Self {
         self.deadline = Some(Timestamp::from(deadline));
         self

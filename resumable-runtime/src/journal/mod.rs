@@ -77,6 +77,12 @@ impl Timestamp {
     }
 }
 
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use resumable::Timestamp;
+///
+/// assert_eq!(Timestamp::from(UNIX_EPOCH + Duration::from_millis(1500)), Timestamp(1500));
+/// ```
 impl From<SystemTime> for Timestamp {
     /// Milliseconds since the Unix epoch (0 before it, the largest value far after it).
     fn from(time: SystemTime) -> Self {
@@ -362,6 +368,24 @@ pub struct Opened {
 }
 
 /// What a committed [`Journal::write`] learned about its run.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// use std::time::Duration;
+/// use resumable::journal::{Command, LeaseRequest, NewRun, Write};
+/// use resumable::{Journal, MemoryJournal, Timestamp};
+///
+/// let journal = MemoryJournal::new();
+/// let new = NewRun { key: "r".into(), workflow: "w".into(), fingerprint: 1, input: vec![], deadline: None };
+/// let lease = journal.open_run(new, LeaseRequest::new("worker", Duration::from_secs(60))).await?.lease.unwrap();
+/// journal.command("r", Command::Cancel, Timestamp::now()).await?;
+/// let release = Write::Release { last_error: None, wake_at: Timestamp::now(), failures: 0, at: Timestamp::now() };
+/// // The worker learns of the cancel, and its release cancelled the run.
+/// assert!(journal.write(&lease, release).await?.cancel_requested);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Ack {
     /// An operator asked to cancel the run. A [`Write::RunFinished`],
@@ -457,6 +481,22 @@ pub enum Write {
 }
 
 /// An operator's decision about a run, applied at once, without a lease.
+/// Users give them through [`Runs`](crate::Runs); journals apply them.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// use resumable::journal::{Command, NewRun};
+/// use resumable::{Journal, MemoryJournal, RunState, Timestamp};
+///
+/// let journal = MemoryJournal::new();
+/// let new = NewRun { key: "r".into(), workflow: "w".into(), fingerprint: 1, input: vec![], deadline: None };
+/// journal.create_run(new, Timestamp::now()).await?;
+/// let (run, changed) = journal.command("r", Command::Cancel, Timestamp::now()).await?.unwrap();
+/// assert_eq!((run.state, changed), (RunState::Cancelled, true));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// Cancel. A finished run is left as it is. An incomplete run leased by
@@ -518,6 +558,23 @@ pub struct RunFilter {
 impl RunFilter {
     /// Whether `run` passes the filter's conditions other than `after` and
     /// `limit` (for journals that filter in memory).
+    ///
+    /// ```
+    /// use resumable::journal::RunRecord;
+    /// use resumable::{RunFilter, RunState, Timestamp};
+    ///
+    /// let run = RunRecord {
+    ///     key: "r".into(), workflow: "w".into(), fingerprint: 1, input: vec![],
+    ///     state: RunState::Failed, outcome: None, epoch: 1, lease_owner: None,
+    ///     lease_expires_at: None, wake_at: Timestamp(0), executions: 1, last_error: None,
+    ///     created_at: Timestamp(5), updated_at: Timestamp(5), deadline: None,
+    ///     cancel_requested_at: None, failures: 0, resumed_at: None, forked_from: None,
+    /// };
+    /// let failed = RunFilter { state: Some(RunState::Failed), ..RunFilter::default() };
+    /// assert!(failed.matches(&run));
+    /// let older = RunFilter { created_before: Some(Timestamp(5)), ..RunFilter::default() };
+    /// assert!(!older.matches(&run));
+    /// ```
     pub fn matches(&self, run: &RunRecord) -> bool {
         self.state.is_none_or(|s| run.state == s)
             && self.workflow.as_ref().is_none_or(|w| &run.workflow == w)
