@@ -1,25 +1,32 @@
 //! What decoding a crafted record may allocate, measured by a counting
 //! allocator: a length prefix never makes decoding set aside more than the
-//! record could hold.
+//! record could hold, and what a decoded value holds in memory is bounded
+//! by the record's size.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use resumable::{Bincode, Codec};
 
-/// The system allocator, keeping the largest single allocation asked for.
+/// The system allocator, keeping the largest single allocation asked for
+/// and the most bytes live at once.
 struct Counting;
 
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LARGEST.fetch_max(layout.size(), Ordering::SeqCst);
+        let live = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
+        PEAK.fetch_max(live, Ordering::SeqCst);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -27,6 +34,14 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
+
+/// How many bytes more than before `decode` were live at once while it ran.
+fn peak_growth(decode: impl FnOnce()) -> usize {
+    let before = LIVE.load(Ordering::SeqCst);
+    PEAK.store(before, Ordering::SeqCst);
+    decode();
+    PEAK.load(Ordering::SeqCst) - before
+}
 
 /// A decode of a crafted record: whether it was refused.
 type Refused<'a> = Box<dyn Fn() -> bool + 'a>;
@@ -71,4 +86,21 @@ fn a_length_prefix_never_allocates_more_than_the_record_holds() {
             "{ty}: decoding allocated {largest} bytes at once"
         );
     }
+}
+
+#[test]
+fn what_a_value_holds_in_memory_is_bounded_by_its_record() {
+    // 4 KiB in memory for each one-byte `None`: 60,000 of them in a 60 KB
+    // record asked for 245 MB (16 MiB of them would ask for 68 GB).
+    type Sparse = Vec<Option<[[u64; 32]; 16]>>;
+    let mut nones = vec![251u8];
+    nones.extend_from_slice(&60_000u16.to_le_bytes());
+    nones.extend(std::iter::repeat_n(0u8, 60_000));
+    let mut refused = false;
+    let grew = peak_growth(|| refused = Bincode::decode::<Sparse>(&nones).is_err());
+    assert!(refused, "the record must be refused");
+    // 64 MiB plus 16 bytes per byte of the record, up to three times over
+    // while a `Vec` doubles (its old and new buffers are live together).
+    let bound = 3 * ((64 << 20) + 16 * nones.len());
+    assert!(grew < bound, "decoding took {grew} bytes at once");
 }

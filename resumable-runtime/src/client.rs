@@ -25,7 +25,7 @@ use crate::workflow::{Journaled, WorkflowResult};
 /// ```
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Thumb;
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Failed;
-/// use resumable_runtime::WorkflowRef;
+/// use resumable::WorkflowRef;
 ///
 /// const RESIZE: WorkflowRef<(u64, String), Result<Thumb, Failed>> = WorkflowRef::named("resize");
 /// ```
@@ -77,8 +77,8 @@ impl<I, R, C> fmt::Debug for WorkflowRef<I, R, C> {
 /// ```
 /// # #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)] struct Thumb(u32);
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> resumable_runtime::Result<()> {
-/// use resumable_runtime::{Client, MemoryJournal, RunState, WorkflowRef};
+/// # async fn main() -> resumable::Result<()> {
+/// use resumable::{Client, MemoryJournal, RunState, WorkflowRef};
 ///
 /// const RESIZE: WorkflowRef<(u64,), Result<Thumb, String>> = WorkflowRef::named("resize");
 ///

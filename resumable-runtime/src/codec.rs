@@ -18,7 +18,7 @@ use crate::error::{BoxError, Error, Slot};
 /// runs journaled with one codec are never decoded with another.
 ///
 /// ```
-/// use resumable_runtime::{Bincode, Codec};
+/// use resumable::{Bincode, Codec};
 /// let bytes = Bincode::encode(&(7u32, "seven")).unwrap();
 /// let back: (u32, String) = Bincode::decode(&bytes).unwrap();
 /// assert_eq!(back, (7, "seven".to_string()));
@@ -58,8 +58,9 @@ impl Codec for Bincode {
 
     /// Decodes from the record's own bytes, nesting at most 256 levels deep,
     /// with every length prefix of a string or byte buffer checked against
-    /// the bytes that follow it before anything is allocated, and at most 64
-    /// values per byte.
+    /// the bytes that follow it before anything is allocated, at most 64
+    /// values per byte, and collections taking at most 64 MiB plus 16 bytes
+    /// per byte of the record in memory.
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BoxError> {
         let limits = Limits::for_payload(bytes.len());
         let seed = GuardedSeed::<T>::new(&limits);
@@ -477,6 +478,34 @@ mod tests {
             open::<(String, Vec<u8>)>(&record).unwrap(),
             ("text".to_string(), vec![1, 2, 3])
         );
+    }
+
+    #[test]
+    fn collections_take_memory_in_proportion_to_the_record() {
+        // 4 KiB in memory for each one-byte `None`.
+        type Big = Vec<Option<[[u64; 32]; 16]>>;
+        fn nones(n: u16) -> Vec<u8> {
+            let mut payload = vec![251u8];
+            payload.extend_from_slice(&n.to_le_bytes());
+            payload.extend(std::iter::repeat_n(0u8, n.into()));
+            framed(&payload)
+        }
+        // A 20 KB record asking for 80 MB: refused.
+        let large = Envelope {
+            max_payload: 1 << 20,
+        };
+        let err = large
+            .open::<Bincode, Big>("r", || Slot::Step("s#0".into()), &nones(20_000))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("more memory than its size allows"),
+            "{err}"
+        );
+        // A thousand of them (4 MB) decode.
+        let big = large
+            .open::<Bincode, Big>("r", || Slot::Step("s#0".into()), &nones(1_000))
+            .unwrap();
+        assert_eq!(big.len(), 1_000);
     }
 
     /// Every codec shipped decodes through the same guard.

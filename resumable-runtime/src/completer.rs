@@ -25,7 +25,7 @@ use crate::workflow::{BoxFuture, Journaled, Workflow, WorkflowResult};
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use resumable_runtime::{Completer, MemoryJournal, Runtime};
+/// use resumable::{Completer, MemoryJournal, Runtime};
 /// let rt = Runtime::new(MemoryJournal::new());
 /// let report = Completer::new(&rt).run_until_idle().await.unwrap();
 /// assert_eq!(report.finished, 0);

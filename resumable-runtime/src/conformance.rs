@@ -8,9 +8,9 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! use std::sync::Arc;
-//! use resumable_runtime::MemoryJournal;
+//! use resumable::MemoryJournal;
 //!
-//! resumable_runtime::conformance::run_all(Arc::new(MemoryJournal::new())).await;
+//! resumable::conformance::run_all(Arc::new(MemoryJournal::new())).await;
 //! # }
 //! ```
 //!

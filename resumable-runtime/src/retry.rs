@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Every constructor is `const`, so a policy can be written in an attribute:
 ///
 /// ```
-/// use resumable_runtime::RetryPolicy;
+/// use resumable::RetryPolicy;
 /// use std::time::Duration;
 /// const PATIENT: RetryPolicy = RetryPolicy::exponential(10)
 ///     .initial_delay(Duration::from_millis(50))
@@ -118,7 +118,7 @@ impl Default for RetryPolicy {
 /// ```
 /// #[derive(Debug)]
 /// enum UploadError { Unavailable, TooLarge }
-/// impl resumable_runtime::Classify for UploadError {
+/// impl resumable::Classify for UploadError {
 ///     fn is_terminal(&self) -> bool {
 ///         matches!(self, UploadError::TooLarge)
 ///     }

@@ -27,7 +27,7 @@ use crate::workflow::{BoxFuture, Invocation, Journaled, WorkflowMeta, WorkflowRe
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use resumable_runtime::{MemoryJournal, Runtime};
+/// use resumable::{MemoryJournal, Runtime};
 /// let rt = Runtime::new(MemoryJournal::new());
 /// assert!(rt.run_info("nothing-yet").await.unwrap().is_none());
 /// # }
@@ -664,8 +664,8 @@ impl Runtime {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> resumable_runtime::Result<()> {
-    /// use resumable_runtime::{MemoryJournal, Runtime};
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{MemoryJournal, Runtime};
     ///
     /// let rt = Runtime::builder(MemoryJournal::new()).worker_id("render-7").build();
     /// assert_eq!(rt.recover_leases().await?, 0); // nothing was left behind

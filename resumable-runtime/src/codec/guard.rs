@@ -1,11 +1,14 @@
 //! Limits on decoding one journaled value, whatever its type: how deeply it
 //! nests (a recursive type decoded from a crafted record must not overflow
-//! the stack), and how many values it holds (a length prefix of a
-//! collection of zero-sized values must not make decoding loop for ever).
+//! the stack), how many values it holds (a length prefix of a collection of
+//! zero-sized values must not make decoding loop for ever), and how much
+//! memory its collections take (a few bytes of `None`s decoded into a
+//! `Vec<Option<[u8; 4096]>>` must not take gigabytes).
 //!
 //! [`Guarded`] wraps a serde `Deserializer` and everything it hands out
 //! (visitors, sequence and map access, seeds, enum variants), counting
-//! depth on the way down and values as they are visited.
+//! depth on the way down, values as they are visited, and the in-memory
+//! size of every element a collection stores.
 
 use std::cell::Cell;
 use std::fmt;
@@ -24,18 +27,48 @@ pub(crate) const MAX_DEPTH: usize = 256;
 pub(crate) struct Limits {
     /// Values it may still visit.
     values: Cell<u64>,
+    /// Bytes the elements of its collections may still take in memory.
+    memory: Cell<u64>,
     /// The payload's size: no collection holds more sized values.
     bytes: usize,
 }
 
+/// Memory the collections of any one decoded value may take, beyond
+/// [`MEMORY_PER_BYTE`] bytes per byte of the record.
+pub(crate) const MEMORY_BASE: u64 = 64 << 20;
+/// Memory the collections of a decoded value may take per byte of its record.
+pub(crate) const MEMORY_PER_BYTE: u64 = 16;
+
 impl Limits {
     /// The limits for decoding a payload of `bytes` bytes: at most 64
     /// values per byte, and 4,096 more (values of zero-sized types take no
-    /// bytes at all).
+    /// bytes at all); collections whose elements take at most
+    /// [`MEMORY_BASE`] + [`MEMORY_PER_BYTE`] × `bytes` in memory.
     pub(crate) fn for_payload(bytes: usize) -> Self {
         Limits {
             values: Cell::new((bytes as u64).saturating_mul(64).saturating_add(4096)),
+            memory: Cell::new(
+                (bytes as u64)
+                    .saturating_mul(MEMORY_PER_BYTE)
+                    .saturating_add(MEMORY_BASE),
+            ),
             bytes,
+        }
+    }
+
+    /// Counts one element of type `T` stored in a collection: its size in
+    /// memory is what the collection allocates for it, whatever it took in
+    /// the record (a `None` of a large type takes one byte there).
+    fn store<T, E: de::Error>(&self) -> Result<(), E> {
+        let size = std::mem::size_of::<T>() as u64;
+        match self.memory.get().checked_sub(size) {
+            Some(left) => {
+                self.memory.set(left);
+                Ok(())
+            }
+            None => Err(E::custom(
+                "the record decodes into more memory than its size allows",
+            )),
         }
     }
 
@@ -220,6 +253,7 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Guarded<'_, A> {
         seed: T,
     ) -> Result<Option<T::Value>, Self::Error> {
         self.limits.visit()?;
+        self.limits.store::<T::Value, _>()?;
         let seed = self.wrap(seed);
         self.inner.next_element_seed(seed)
     }
@@ -242,6 +276,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Guarded<'_, A> {
         seed: K,
     ) -> Result<Option<K::Value>, Self::Error> {
         self.limits.visit()?;
+        self.limits.store::<K::Value, _>()?;
         let seed = self.wrap(seed);
         self.inner.next_key_seed(seed)
     }
@@ -250,6 +285,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Guarded<'_, A> {
         &mut self,
         seed: V,
     ) -> Result<V::Value, Self::Error> {
+        self.limits.store::<V::Value, _>()?;
         let seed = self.wrap(seed);
         self.inner.next_value_seed(seed)
     }

@@ -14,7 +14,7 @@ pub const URL_VAR: &str = "RESUMABLE_TEST_POSTGRES_URL";
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use resumable_runtime::conformance::postgres::TestSchema;
+/// use resumable::conformance::postgres::TestSchema;
 ///
 /// let Some(schema) = TestSchema::new("my_test") else {
 ///     return; // no server configured: skipped, and said so on stderr

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use resumable_runtime::{Journal, MemoryJournal, RunFilter};
+/// use resumable::{Journal, MemoryJournal, RunFilter};
 /// let journal = MemoryJournal::new();
 /// assert!(journal.list_runs(&RunFilter::default()).await.unwrap().is_empty());
 /// # }

@@ -159,10 +159,10 @@ impl Durability {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> resumable_runtime::Result<()> {
+/// # async fn main() -> resumable::Result<()> {
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let path = dir.path().join("runs.db");
-/// use resumable_runtime::{Journal, RunFilter, SqliteJournal};
+/// use resumable::{Journal, RunFilter, SqliteJournal};
 ///
 /// let journal = SqliteJournal::open(&path).await?;
 /// assert!(journal.list_runs(&RunFilter::default()).await?.is_empty());
@@ -249,11 +249,11 @@ impl Readers {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> resumable_runtime::Result<()> {
+/// # async fn main() -> resumable::Result<()> {
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let path = dir.path().join("runs.db");
 /// use std::time::Duration;
-/// use resumable_runtime::{Durability, SqliteJournal};
+/// use resumable::{Durability, SqliteJournal};
 ///
 /// let journal = SqliteJournal::builder(&path)
 ///     .durability(Durability::ProcessCrash)

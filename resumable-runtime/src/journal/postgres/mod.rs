@@ -48,8 +48,8 @@ const BACKEND: &str = "postgres";
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> resumable_runtime::Result<()> {
-/// use resumable_runtime::{PostgresJournal, Runtime};
+/// # async fn main() -> resumable::Result<()> {
+/// use resumable::{PostgresJournal, Runtime};
 ///
 /// let journal = PostgresJournal::builder("postgres://postgres@127.0.0.1/app")
 ///     .schema("workflows")
