@@ -96,10 +96,10 @@ fn fill_sqlite(path: &std::path::Path, n: u64) {
         conn.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 WHERE ?1 > 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1),
                s(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM s WHERE j + 1 < ?3)
-             INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, epoch,
+             INSERT INTO resumable_steps (run_id, step_id, seq, state, output, attempts, epoch,
                started_at, updated_at)
-             SELECT printf('%s-%08d', ?2, i), 'add#' || j, j, 'completed', x'0001020304050607',
-               1, 1, i, i FROM n, s",
+             SELECT (SELECT id FROM resumable_runs WHERE run_key = printf('%s-%08d', ?2, i)),
+               'add#' || j, j, 'completed', x'0001020304050607', 1, 1, i, i FROM n, s",
             rusqlite::params![count as i64, prefix, steps],
         )
         .unwrap();
@@ -141,13 +141,14 @@ async fn fill_postgres(schema: &resumable::conformance::postgres::TestSchema, n:
         client
             .execute(
                 &format!(
-                    "INSERT INTO \"{s}\".resumable_steps (run_key, step_id, seq, state, output,
+                    "INSERT INTO \"{s}\".resumable_steps (run_id, step_id, seq, state, output,
                        attempts, epoch, started_at, updated_at)
-                     SELECT $2 || '-' || lpad(i::text, 8, '0'), 'add#' || j, j, 'completed',
-                       '\\x0001020304050607', 1, 1, i, i
-                     FROM generate_series(1, $1::bigint) AS i, generate_series(0, $3 - 1) AS j"
+                     SELECT r.id, 'add#' || j, j, 'completed', '\\x0001020304050607', 1, 1,
+                       r.created_at, r.created_at
+                     FROM \"{s}\".resumable_runs r, generate_series(0, $2 - 1) AS j
+                     WHERE r.run_key LIKE $1 || '-%'"
                 ),
-                &[&count, &prefix, &steps],
+                &[&prefix, &steps],
             )
             .await
             .unwrap();

@@ -35,8 +35,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Held by each test while it measures: the counters are the process's.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How many bytes more than before `decode` were live at once while it ran.
 fn peak_growth(decode: impl FnOnce()) -> usize {
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let before = LIVE.load(Ordering::SeqCst);
     PEAK.store(before, Ordering::SeqCst);
     decode();
@@ -48,6 +52,7 @@ type Refused<'a> = Box<dyn Fn() -> bool + 'a>;
 
 /// The largest allocation `decode` made.
 fn largest_allocation(decode: impl FnOnce()) -> usize {
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     LARGEST.store(0, Ordering::SeqCst);
     decode();
     LARGEST.load(Ordering::SeqCst)

@@ -115,7 +115,8 @@ async fn bad_rows_on_sqlite_are_set_aside_and_the_other_runs_proceed() {
     seed(&rt, &counter).await;
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "UPDATE resumable_steps SET state = 'bogus' WHERE run_key = 'bad-step-run';
+        "UPDATE resumable_steps SET state = 'bogus'
+           WHERE run_id = (SELECT id FROM resumable_runs WHERE run_key = 'bad-step-run');
          UPDATE resumable_runs SET epoch = -1 WHERE run_key = 'bad-epoch-run';
          UPDATE resumable_runs SET executions = -5 WHERE run_key = 'bad-counter-run';",
     )
@@ -135,7 +136,8 @@ async fn bad_rows_on_postgres_are_set_aside_and_the_other_runs_proceed() {
     seed(&rt, &counter).await;
     let s = schema.name();
     let sql = format!(
-        "UPDATE \"{s}\".resumable_steps SET state = 'bogus' WHERE run_key = 'bad-step-run';
+        "UPDATE \"{s}\".resumable_steps SET state = 'bogus'
+           WHERE run_id = (SELECT id FROM \"{s}\".resumable_runs WHERE run_key = 'bad-step-run');
          UPDATE \"{s}\".resumable_runs SET epoch = 9223372036854775807 WHERE run_key = 'bad-epoch-run';
          UPDATE \"{s}\".resumable_runs SET executions = -5 WHERE run_key = 'bad-counter-run';"
     );
@@ -519,6 +521,15 @@ mod rows {
         outcome
     }
 
+    /// The condition matching the victim's rows in `table`: its run row, or
+    /// its steps (which refer to it by id, looked up in `runs`).
+    fn victim(table: &str, runs: &str) -> String {
+        match table {
+            "resumable_runs" => "run_key = 'victim'".to_owned(),
+            _ => format!("run_id = (SELECT id FROM {runs} WHERE run_key = 'victim')"),
+        }
+    }
+
     fn run_tampered(table: &str, column: &str, value: Value) -> Result<(), TestCaseError> {
         super::block_on(async {
             let dir = tempfile::tempdir().unwrap();
@@ -530,7 +541,8 @@ mod rows {
                 .unwrap();
             scenario(Arc::new(journal), async || {
                 let conn = rusqlite::Connection::open(&path).unwrap();
-                let sql = format!("UPDATE {table} SET {column} = ?1 WHERE run_key = 'victim'");
+                let victim = victim(table, "resumable_runs");
+                let sql = format!("UPDATE {table} SET {column} = ?1 WHERE {victim}");
                 // A value a column refuses (NULL in a NOT NULL column) is no tampering.
                 let _ = conn.execute(&sql, [value]);
             })
@@ -558,10 +570,9 @@ mod rows {
                     format!("'\\x{hex}'::bytea")
                 }
             };
-            let sql = format!(
-                "UPDATE \"{}\".{table} SET {column} = {literal} WHERE run_key = 'victim'",
-                schema.name()
-            );
+            let s = schema.name();
+            let victim = victim(table, &format!("\"{s}\".resumable_runs"));
+            let sql = format!("UPDATE \"{s}\".{table} SET {column} = {literal} WHERE {victim}");
             let client = schema.connect().await;
             scenario(Arc::new(journal), async || {
                 // A value of the wrong type for the column is no tampering.

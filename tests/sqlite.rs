@@ -319,7 +319,7 @@ async fn a_corrupted_record_in_the_file_is_a_typed_error() {
     let changed = conn
         .execute(
             // Format version 1, then a checksum that does not match the payload.
-            "UPDATE resumable_steps SET output = x'01deadbeef0368656c6c6f' WHERE run_key = ?1 AND step_id = 'two#0'",
+            "UPDATE resumable_steps SET output = x'01deadbeef0368656c6c6f' WHERE run_id = (SELECT id FROM resumable_runs WHERE run_key = ?1) AND step_id = 'two#0'",
             [key],
         )
         .unwrap();

@@ -378,10 +378,12 @@ pub enum Error {
         last_error: String,
     },
 
-    /// Step records exist under a run key that has no run record (left by a
-    /// partial purge or written by hand); a new run never adopts them.
+    /// A new run found step records that no run owns (left where a run
+    /// row was deleted by hand, or written by hand) under the id it was
+    /// given; it never adopts them. Only journals that may reuse a deleted
+    /// run's id (SQLite reuses the newest one's) can meet them.
     #[error(
-        "run key {run:?} has step records but no run ({}): delete them before reusing the key",
+        "new run {run:?} found step records no run owns ({}): delete them, then try again",
         steps.join(", ")
     )]
     OrphanSteps {

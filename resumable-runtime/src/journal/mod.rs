@@ -601,8 +601,9 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// + 1 if an expired lease is taken over whose epoch recorded no step
     /// (its worker died without progress). Returns the run,
     /// with its steps when leased. Never changes an existing run's input.
-    /// Creating a run whose key has step records but no run record is
-    /// refused with [`Error::OrphanSteps`], changing nothing.
+    /// A new run never adopts step records no run owns: a journal that
+    /// could give it such records (one that reuses a deleted run's id)
+    /// refuses with [`Error::OrphanSteps`], changing nothing.
     async fn open_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Opened>;
 
     /// Creates the run if no run has `run.key`, due at `now`, without

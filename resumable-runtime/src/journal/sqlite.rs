@@ -45,7 +45,7 @@ const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order: the version of each is its index plus one. Append
 /// only; a file records the version it reached in `PRAGMA user_version`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Tables and indexes of schema version 1.
 const V1: &str = "
@@ -103,6 +103,41 @@ CREATE INDEX IF NOT EXISTS resumable_runs_state ON resumable_runs (state, id);
 CREATE INDEX IF NOT EXISTS resumable_runs_lease_owner ON resumable_runs (lease_owner)
     WHERE lease_owner IS NOT NULL;
 ";
+
+/// Version 3: steps refer to their run by its integer id instead of
+/// repeating its key in every row and in the index (a smaller journal, and
+/// shorter index entries). Steps whose run no longer exists (only ever left
+/// by editing the tables by hand) are not carried over.
+const V3: &str = "
+CREATE TABLE resumable_steps_v3 (
+    run_id     INTEGER NOT NULL, -- resumable_runs.id
+    step_id    TEXT    NOT NULL,
+    seq        INTEGER,
+    state      TEXT    NOT NULL,
+    output     BLOB,
+    attempts   INTEGER NOT NULL,
+    last_error TEXT,
+    retry_at   INTEGER,
+    epoch      INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step_id)
+);
+INSERT INTO resumable_steps_v3 (run_id, step_id, seq, state, output, attempts, last_error,
+    retry_at, epoch, started_at, updated_at)
+SELECT r.id, s.step_id, s.seq, s.state, s.output, s.attempts, s.last_error, s.retry_at,
+    s.epoch, s.started_at, s.updated_at
+FROM resumable_steps s JOIN resumable_runs r ON r.run_key = s.run_key ORDER BY s.rowid;
+DROP TABLE resumable_steps;
+ALTER TABLE resumable_steps_v3 RENAME TO resumable_steps;
+";
+
+/// The id of run `?1`, for statements on its steps.
+macro_rules! run_id {
+    () => {
+        "(SELECT id FROM resumable_runs WHERE run_key = ?1)"
+    };
+}
 
 /// The states of finished runs, as an SQL list (as in `resumable_runs_finished`).
 const FINISHED: &str = "('completed', 'failed', 'cancelled', 'deadline_exceeded')";
@@ -750,7 +785,11 @@ fn insert_run(conn: &Connection, new: &NewRun, now: Timestamp) -> OpResult<bool>
 /// the run row just inserted, so that the refusal leaves nothing changed.
 fn refuse_orphans(conn: &Connection, key: &str, undo: bool) -> OpResult<()> {
     let steps = conn
-        .prepare_cached("SELECT step_id FROM resumable_steps WHERE run_key = ?1 LIMIT 5")?
+        .prepare_cached(concat!(
+            "SELECT step_id FROM resumable_steps WHERE run_id = ",
+            run_id!(),
+            " LIMIT 5"
+        ))?
         .query_map([key], |row| row.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     if steps.is_empty() {
@@ -768,9 +807,11 @@ fn refuse_orphans(conn: &Connection, key: &str, undo: bool) -> OpResult<()> {
 
 /// Whether a step was written to run `lease.run_key` under `lease.epoch`.
 fn recorded_in_epoch(conn: &Connection, lease: &Lease) -> rusqlite::Result<bool> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM resumable_steps WHERE run_key = ?1 AND epoch = ?2)",
-    )?
+    conn.prepare_cached(concat!(
+        "SELECT EXISTS (SELECT 1 FROM resumable_steps WHERE run_id = ",
+        run_id!(),
+        " AND epoch = ?2)"
+    ))?
     .query_row(params![lease.run_key, lease.epoch as i64], |row| row.get(0))
 }
 
@@ -931,24 +972,24 @@ fn fence(conn: &Connection, lease: &Lease) -> OpResult<Ack> {
 
 /// A step's output or final error. Without a final error, `last_error`
 /// stays as the failed attempts set it.
-const RECORD_STEP: &str = "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, \
+const RECORD_STEP: &str = "INSERT INTO resumable_steps (run_id, step_id, seq, state, output, \
      attempts, epoch, started_at, updated_at, last_error) \
-     SELECT run_key, ?2, ?3, ?4, ?5, ?6, epoch, ?8, ?9, ?10 FROM resumable_runs \
+     SELECT id, ?2, ?3, ?4, ?5, ?6, epoch, ?8, ?9, ?10 FROM resumable_runs \
      WHERE run_key = ?1 AND epoch = ?7 AND state = 'incomplete' AND lease_owner IS NOT NULL \
        AND (cancel_requested_at IS NULL OR ?11) \
-     ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, \
+     ON CONFLICT (run_id, step_id) DO UPDATE SET seq = excluded.seq, state = excluded.state, \
      output = excluded.output, attempts = excluded.attempts, retry_at = NULL, \
      last_error = COALESCE(?10, last_error), epoch = excluded.epoch, \
      started_at = excluded.started_at, updated_at = excluded.updated_at \
      WHERE resumable_steps.state = 'retrying'";
 
 /// A failed attempt of a step, and when the next is due.
-const ATTEMPT_FAILED: &str = "INSERT INTO resumable_steps (run_key, step_id, state, attempts, \
+const ATTEMPT_FAILED: &str = "INSERT INTO resumable_steps (run_id, step_id, state, attempts, \
      last_error, retry_at, epoch, started_at, updated_at) \
-     SELECT run_key, ?2, 'retrying', ?4, ?5, ?6, epoch, ?8, ?9 FROM resumable_runs \
+     SELECT id, ?2, 'retrying', ?4, ?5, ?6, epoch, ?8, ?9 FROM resumable_runs \
      WHERE run_key = ?1 AND epoch = ?7 AND state = 'incomplete' AND lease_owner IS NOT NULL \
        AND (cancel_requested_at IS NULL OR ?11) \
-     ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
+     ON CONFLICT (run_id, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
      output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
      retry_at = excluded.retry_at, epoch = excluded.epoch, started_at = excluded.started_at, \
      updated_at = excluded.updated_at \
@@ -1113,8 +1154,8 @@ fn release_leases(
            state = CASE WHEN cancel_requested_at IS NULL THEN state ELSE 'cancelled' END, \
            outcome = NULL, last_error = ?3, wake_at = ?4, lease_owner = NULL, \
            lease_expires_at = NULL, updated_at = ?4, \
-           failures = min(failures + NOT EXISTS (SELECT 1 FROM resumable_steps \
-             WHERE run_key = ?1 AND epoch = ?2), 2147483647) \
+           failures = min(failures + NOT EXISTS (SELECT 1 FROM resumable_steps s \
+             WHERE s.run_id = resumable_runs.id AND s.epoch = ?2), 2147483647) \
          WHERE run_key = ?1 AND epoch = ?2 AND state = 'incomplete' AND lease_owner IS NOT NULL \
          RETURNING cancel_requested_at IS NOT NULL",
     )?;
@@ -1180,20 +1221,24 @@ fn command(
                  deadline = NULL, failures = 0, wake_at = ?2, resumed_at = ?2",
             )?;
             // The steps that failed for good after the last completed one run again.
-            conn.prepare_cached(
-                "DELETE FROM resumable_steps WHERE run_key = ?1 AND state = 'failed' \
-                 AND seq > COALESCE((SELECT max(seq) FROM resumable_steps \
-                   WHERE run_key = ?1 AND state = 'completed'), -1)",
-            )?
+            conn.prepare_cached(concat!(
+                "DELETE FROM resumable_steps WHERE run_id = ",
+                run_id!(),
+                " AND state = 'failed' AND seq > COALESCE((SELECT max(seq) FROM resumable_steps \
+                   WHERE run_id = ",
+                run_id!(),
+                " AND state = 'completed'), -1)"
+            ))?
             .execute([key])?;
             due
         }
         Command::RetryNow if run.state == RunState::Incomplete && !run.is_leased_at(now) => {
             update("wake_at = ?2")?;
-            conn.prepare_cached(
-                "UPDATE resumable_steps SET retry_at = NULL \
-                 WHERE run_key = ?1 AND state = 'retrying'",
-            )?
+            conn.prepare_cached(concat!(
+                "UPDATE resumable_steps SET retry_at = NULL WHERE run_id = ",
+                run_id!(),
+                " AND state = 'retrying'"
+            ))?
             .execute([key])?;
             due
         }
@@ -1235,10 +1280,12 @@ fn fork_run(
     )?
     .execute(params![source, new_key, now.0])?;
     conn.prepare_cached(
-        "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, last_error, \
+        "INSERT INTO resumable_steps (run_id, step_id, seq, state, output, attempts, last_error, \
          retry_at, epoch, started_at, updated_at) \
-         SELECT ?2, step_id, seq, state, output, attempts, last_error, NULL, 0, started_at, updated_at \
-         FROM resumable_steps WHERE run_key = ?1 AND state IN ('completed', 'failed') AND seq < ?3 \
+         SELECT (SELECT id FROM resumable_runs WHERE run_key = ?2), step_id, seq, state, output, \
+           attempts, last_error, NULL, 0, started_at, updated_at \
+         FROM resumable_steps WHERE run_id = (SELECT id FROM resumable_runs WHERE run_key = ?1) \
+           AND state IN ('completed', 'failed') AND seq < ?3 \
          ORDER BY seq",
     )?
     .execute(params![source, new_key, steps.min(i64::MAX as u64) as i64])?;
@@ -1246,21 +1293,21 @@ fn fork_run(
 }
 
 fn purge(conn: &Connection, before: Timestamp, limit: usize) -> OpResult<usize> {
-    let keys = conn
+    let ids = conn
         .prepare_cached(&format!(
             "DELETE FROM resumable_runs WHERE id IN (SELECT id FROM resumable_runs \
              WHERE state IN {FINISHED} AND updated_at < ?1 ORDER BY updated_at, id LIMIT ?2) \
-             RETURNING run_key"
+             RETURNING id"
         ))?
         .query_map(params![before.0, sql_limit(limit)], |row| {
-            row.get::<_, String>(0)
+            row.get::<_, i64>(0)
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut delete_steps = conn.prepare_cached("DELETE FROM resumable_steps WHERE run_key = ?1")?;
-    for key in &keys {
-        delete_steps.execute([key])?;
+    let mut delete_steps = conn.prepare_cached("DELETE FROM resumable_steps WHERE run_id = ?1")?;
+    for id in &ids {
+        delete_steps.execute([id])?;
     }
-    Ok(keys.len())
+    Ok(ids.len())
 }
 
 fn load_run(conn: &Connection, key: &str) -> OpResult<Option<RunSnapshot>> {
@@ -1344,7 +1391,8 @@ fn select_run(conn: &Connection, key: &str) -> rusqlite::Result<Option<RunRecord
 
 fn select_steps(conn: &Connection, key: &str) -> rusqlite::Result<Vec<StepRecord>> {
     conn.prepare_cached(&format!(
-        "SELECT {STEP_COLUMNS} FROM resumable_steps WHERE run_key = ?1 ORDER BY rowid"
+        "SELECT {STEP_COLUMNS} FROM resumable_steps WHERE run_id = {} ORDER BY rowid",
+        run_id!()
     ))?
     .query_map([key], step_from_row)?
     .collect()
@@ -1644,8 +1692,9 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
     }
 
-    /// A file written by the previous version (schema 1) is migrated when
-    /// opened: its runs keep their data and gain the lifecycle's columns.
+    /// A file written by the first version (schema 1) is migrated when
+    /// opened: its runs keep their data and gain the lifecycle's columns,
+    /// and their steps move to the table that refers to runs by id.
     #[tokio::test]
     async fn a_version_1_file_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
@@ -1661,9 +1710,43 @@ mod tests {
                 [],
             )
             .unwrap();
+            // Two steps of the run, recorded out of id order, and one of a
+            // run that no longer exists.
+            conn.execute_batch(
+                "INSERT INTO resumable_steps (run_key, step_id, seq, state, output, attempts, \
+                   epoch, started_at, updated_at) VALUES \
+                 ('old', 'b#0', 0, 'completed', x'0b', 1, 3, 0, 0), \
+                 ('old', 'a#0', 1, 'completed', x'0a', 2, 3, 0, 0), \
+                 ('gone', 'a#0', 0, 'completed', x'00', 1, 1, 0, 0);",
+            )
+            .unwrap();
         }
         let journal = SqliteJournal::open(&path).await.unwrap();
-        let run = journal.load_run("old").await.unwrap().unwrap().run;
+        let snapshot = journal.load_run("old").await.unwrap().unwrap();
+        let steps: Vec<_> = snapshot
+            .steps
+            .iter()
+            .map(|s| (s.step_id.as_str(), s.seq, s.output.clone(), s.attempts))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("b#0", Some(0), Some(vec![0x0b]), 1),
+                ("a#0", Some(1), Some(vec![0x0a]), 2)
+            ],
+            "steps keep their data and their order"
+        );
+        let left: i64 = journal
+            .call(|conn| {
+                Ok(conn.query_row("SELECT count(*) FROM resumable_steps", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            left, 2,
+            "the step of a run that no longer exists is not carried over"
+        );
+        let run = snapshot.run;
         assert_eq!((run.epoch, run.executions, run.failures), (3, 3, 0));
         assert_eq!((run.deadline, run.cancel_requested_at), (None, None));
         let opened = journal
@@ -2005,7 +2088,10 @@ mod tests {
             vec![Value::Integer(100), Value::Integer(1000)],
         ));
         statements.push((
-            format!("SELECT {STEP_COLUMNS} FROM resumable_steps WHERE run_key = ?1 ORDER BY rowid"),
+            format!(
+                "SELECT {STEP_COLUMNS} FROM resumable_steps WHERE run_id = {} ORDER BY rowid",
+                run_id!()
+            ),
             vec![Value::Text("run-1".into())],
         ));
         statements.push((

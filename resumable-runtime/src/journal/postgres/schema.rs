@@ -15,6 +15,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "run lifecycle: deadlines, cancels, dead letters, resumes, forks",
         V2,
     ),
+    (
+        "steps and leases refer to their run by id; room for HOT updates",
+        V3,
+    ),
 ];
 
 /// The newest schema version this code reads and writes.
@@ -92,7 +96,61 @@ CREATE INDEX resumable_runs_lease_owner ON {s}.resumable_runs (lease_owner)
 /// needed. Concurrent callers (workers starting together) wait for each
 /// other on an advisory lock, so each migration is applied once. A schema
 /// already newer than this code is refused before anything changes.
+/// Version 3: steps and lease history refer to their run by its id instead
+/// of repeating its key in every row and in the primary key (a smaller
+/// journal; a run re-created under the key of one deleted by hand meets
+/// none of its rows; the tables are rebuilt rather than updated in place,
+/// which would leave a dead version of every row). Rows whose run no longer
+/// exists (only ever left by editing the tables by hand) are not carried
+/// over. Run rows leave a
+/// tenth of each page free, so that an update touching no indexed column
+/// (renewing a lease, the most frequent) stays on its page as a HOT update.
+const V3: &str = r#"
+CREATE TABLE {s}.resumable_steps_v3 (
+    run_id     BIGINT  NOT NULL, -- resumable_runs.id, never reused
+    step_id    TEXT    NOT NULL,
+    seq        BIGINT,
+    state      TEXT    NOT NULL,
+    output     BYTEA,
+    attempts   INTEGER NOT NULL,
+    last_error TEXT,
+    retry_at   BIGINT,
+    epoch      BIGINT  NOT NULL,
+    started_at BIGINT  NOT NULL,
+    updated_at BIGINT  NOT NULL
+);
+INSERT INTO {s}.resumable_steps_v3 (run_id, step_id, seq, state, output, attempts, last_error,
+    retry_at, epoch, started_at, updated_at)
+SELECT r.id, s.step_id, s.seq, s.state, s.output, s.attempts, s.last_error, s.retry_at,
+    s.epoch, s.started_at, s.updated_at
+FROM {s}.resumable_steps s JOIN {s}.resumable_runs r ON r.run_key = s.run_key;
+DROP TABLE {s}.resumable_steps;
+ALTER TABLE {s}.resumable_steps_v3 RENAME TO resumable_steps;
+ALTER TABLE {s}.resumable_steps ADD CONSTRAINT resumable_steps_pkey PRIMARY KEY (run_id, step_id);
+CREATE TABLE {s}.resumable_leases_v3 (
+    run_id      BIGINT NOT NULL, -- resumable_runs.id
+    epoch       BIGINT NOT NULL,
+    owner       TEXT   NOT NULL,
+    acquired_at BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL, -- as last renewed
+    released_at BIGINT           -- set when given back or finished
+);
+INSERT INTO {s}.resumable_leases_v3 (run_id, epoch, owner, acquired_at, expires_at, released_at)
+SELECT r.id, l.epoch, l.owner, l.acquired_at, l.expires_at, l.released_at
+FROM {s}.resumable_leases l JOIN {s}.resumable_runs r ON r.run_key = l.run_key;
+DROP TABLE {s}.resumable_leases;
+ALTER TABLE {s}.resumable_leases_v3 RENAME TO resumable_leases;
+ALTER TABLE {s}.resumable_leases ADD CONSTRAINT resumable_leases_pkey PRIMARY KEY (run_id, epoch);
+ALTER TABLE {s}.resumable_runs SET (fillfactor = 90);
+"#;
+
 pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
+    migrate_to(client, schema, MIGRATIONS.len()).await
+}
+
+/// Applies the migrations up to version `target` (tests start from an
+/// older version with it).
+pub(super) async fn migrate_to(client: &mut Client, schema: &str, target: usize) -> Result<()> {
     let s = quoted(schema);
     let tx = client.transaction().await.map_err(pg_error)?;
     // Serialises migrations of this schema across processes and machines.
@@ -148,7 +206,12 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
             supported: SCHEMA_VERSION,
         });
     }
-    for (index, (description, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    let pending = MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target)
+        .skip(found as usize);
+    for (index, (description, sql)) in pending {
         let version = index as i64 + 1;
         tx.batch_execute(&sql.replace("{s}", &s))
             .await

@@ -50,7 +50,6 @@ pub(super) struct Statements {
     pub released_at: String,
     pub fence_holds: String,
     pub create_run: String,
-    pub step_ids: String,
     pub set_aside: String,
     pub dead_letter: String,
     pub release_many: String,
@@ -97,8 +96,8 @@ impl Statements {
             "run_key = $1 AND epoch = $2 AND state = 'incomplete' AND lease_owner IS NOT NULL";
         let log_lease = |from: &str| {
             format!(
-                "logged AS (INSERT INTO {leases} (run_key, epoch, owner, acquired_at, expires_at) \
-                 SELECT run_key, epoch, lease_owner, updated_at, lease_expires_at FROM {from} \
+                "logged AS (INSERT INTO {leases} (run_id, epoch, owner, acquired_at, expires_at) \
+                 SELECT id, epoch, lease_owner, updated_at, lease_expires_at FROM {from} \
                  WHERE lease_owner IS NOT NULL)"
             )
         };
@@ -116,9 +115,9 @@ impl Statements {
                 "WITH ended AS (\
                    UPDATE {runs} SET {set}, lease_owner = NULL, lease_expires_at = NULL, \
                      lease_token = NULL, updated_at = $3 \
-                   WHERE {current} RETURNING cancel_requested_at IS NOT NULL AS cancelled), \
+                   WHERE {current} RETURNING id, cancel_requested_at IS NOT NULL AS cancelled), \
                  history AS (UPDATE {leases} SET released_at = $3 \
-                   WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM ended)) \
+                   WHERE run_id = (SELECT id FROM ended) AND epoch = $2) \
                  SELECT (SELECT count(*) FROM ended), COALESCE((SELECT bool_or(cancelled) FROM ended), false), \
                    (SELECT count(*) FROM (SELECT pg_notify($4, CASE WHEN cancelled THEN $6 ELSE $5 END) \
                      FROM ended WHERE cancelled OR $5 <> '') AS notified)"
@@ -128,9 +127,11 @@ impl Statements {
         let no_progress = |r: &str| {
             format!(
                 "(CASE WHEN EXISTS (SELECT 1 FROM {steps} s \
-                   WHERE s.run_key = {r}.run_key AND s.epoch = {r}.epoch) THEN 0 ELSE 1 END)"
+                   WHERE s.run_id = {r}.id AND s.epoch = {r}.epoch) THEN 0 ELSE 1 END)"
             )
         };
+        // The id of run `$1`, for statements on its steps.
+        let run_id = format!("(SELECT id FROM {runs} WHERE run_key = $1)");
         // 1 if run `r`'s lease is taken over from a worker that died
         // without recording a step under it, else 0.
         let taken_over = format!(
@@ -138,15 +139,14 @@ impl Statements {
             no_progress("r")
         );
         Statements {
-            // Never over orphan step records: the run is not inserted, and
-            // `open_run` finds neither it nor another.
+            // A new run never meets step records of an earlier one: steps
+            // refer to runs by an id that is never reused.
             insert_run: format!(
                 "WITH inserted AS (\
                    INSERT INTO {runs} (run_key, workflow, fingerprint, input, state, epoch, lease_owner, \
                      lease_expires_at, lease_token, wake_at, executions, created_at, updated_at, deadline) \
-                   SELECT $1, $2, $3, $4, 'incomplete', 1, $5, $6, $7, $8, 1, $8, $8, $9 \
-                   WHERE NOT EXISTS (SELECT 1 FROM {steps} WHERE run_key = $1) \
-                   ON CONFLICT (run_key) DO NOTHING RETURNING {run}), \
+                   VALUES ($1, $2, $3, $4, 'incomplete', 1, $5, $6, $7, $8, 1, $8, $8, $9) \
+                   ON CONFLICT (run_key) DO NOTHING RETURNING id, {run}), \
                  {} \
                  SELECT {run} FROM inserted",
                 log_lease("inserted")
@@ -159,7 +159,7 @@ impl Statements {
                      lease_owner = $2, lease_expires_at = $3, lease_token = $4, updated_at = $5 \
                    WHERE run_key = $1 AND state = 'incomplete' AND (lease_owner IS NULL \
                      OR lease_expires_at IS NULL OR lease_expires_at <= $5) \
-                   RETURNING {run}), \
+                   RETURNING id, {run}), \
                  {} \
                  SELECT {run} FROM taken",
                 log_lease("taken")
@@ -185,11 +185,9 @@ impl Statements {
             create_run: format!(
                 "INSERT INTO {runs} (run_key, workflow, fingerprint, input, state, epoch, wake_at, \
                    executions, created_at, updated_at, deadline) \
-                 SELECT $1, $2, $3, $4, 'incomplete', 0, $5, 0, $5, $5, $6 \
-                 WHERE NOT EXISTS (SELECT 1 FROM {steps} WHERE run_key = $1) \
+                 VALUES ($1, $2, $3, $4, 'incomplete', 0, $5, 0, $5, $5, $6) \
                  ON CONFLICT (run_key) DO NOTHING RETURNING {run}"
             ),
-            step_ids: format!("SELECT step_id FROM {steps} WHERE run_key = $1 LIMIT 5"),
             // $1 key, $2 last_error: a run whose rows cannot be read.
             set_aside: format!(
                 "UPDATE {runs} SET state = 'dead_lettered', last_error = $2, lease_owner = NULL, \
@@ -212,9 +210,9 @@ impl Statements {
                    FROM unnest($1::text[], $2::bigint[]) AS l(run_key, epoch) \
                    WHERE r.run_key = l.run_key AND r.epoch = l.epoch AND r.state = 'incomplete' \
                      AND r.lease_owner IS NOT NULL \
-                   RETURNING r.run_key, r.epoch, r.cancel_requested_at IS NOT NULL AS cancelled), \
+                   RETURNING r.id, r.run_key, r.epoch, r.cancel_requested_at IS NOT NULL AS cancelled), \
                  history AS (UPDATE {leases} h SET released_at = $4 FROM ended \
-                   WHERE h.run_key = ended.run_key AND h.epoch = ended.epoch) \
+                   WHERE h.run_id = ended.id AND h.epoch = ended.epoch) \
                  SELECT run_key, cancelled, \
                    pg_notify($5, CASE WHEN cancelled THEN $7 || run_key ELSE $6 END) FROM ended",
                 state =
@@ -251,11 +249,10 @@ impl Statements {
                    UPDATE {runs} SET state = 'incomplete', outcome = NULL, cancel_requested_at = NULL, \
                      deadline = NULL, failures = 0, wake_at = $2, resumed_at = $2, updated_at = $2 \
                    WHERE run_key = $1 AND state IN ('failed', 'cancelled', 'deadline_exceeded', 'dead_lettered') \
-                   RETURNING run_key), \
-                 forgotten AS (DELETE FROM {steps} WHERE run_key = $1 AND state = 'failed' \
-                   AND EXISTS (SELECT 1 FROM resumed) \
-                   AND seq > COALESCE((SELECT max(seq) FROM {steps} \
-                     WHERE run_key = $1 AND state = 'completed'), -1)) \
+                   RETURNING id), \
+                 forgotten AS (DELETE FROM {steps} WHERE run_id = (SELECT id FROM resumed) \
+                   AND state = 'failed' AND seq > COALESCE((SELECT max(seq) FROM {steps} \
+                     WHERE run_id = (SELECT id FROM resumed) AND state = 'completed'), -1)) \
                  SELECT count(*) FROM (SELECT pg_notify($3, $4) FROM resumed) AS notified"
             ),
             // $1 key, $2 now, $3 channel, $4 payload.
@@ -264,9 +261,9 @@ impl Statements {
                    UPDATE {runs} SET wake_at = $2, updated_at = $2 \
                    WHERE run_key = $1 AND state = 'incomplete' \
                      AND NOT (lease_owner IS NOT NULL AND lease_expires_at > $2) \
-                   RETURNING run_key), \
+                   RETURNING id), \
                  steps AS (UPDATE {steps} SET retry_at = NULL \
-                   WHERE run_key = $1 AND state = 'retrying' AND EXISTS (SELECT 1 FROM due)) \
+                   WHERE run_id = (SELECT id FROM due) AND state = 'retrying') \
                  SELECT count(*) FROM (SELECT pg_notify($3, $4) FROM due) AS notified"
             ),
             // $1 source, $2 new key, $3 steps below this seq, $4 now, $5 channel, $6 payload.
@@ -276,30 +273,30 @@ impl Statements {
                      executions, created_at, updated_at, forked_from) \
                    SELECT $2, workflow, 0, input, 'incomplete', 0, $4, 0, $4, $4, run_key \
                    FROM {runs} WHERE run_key = $1 \
-                     AND NOT EXISTS (SELECT 1 FROM {steps} WHERE run_key = $2) \
-                   ON CONFLICT (run_key) DO NOTHING RETURNING run_key), \
+                   ON CONFLICT (run_key) DO NOTHING RETURNING id), \
                  copied AS (\
-                   INSERT INTO {steps} (run_key, step_id, seq, state, output, attempts, last_error, \
+                   INSERT INTO {steps} (run_id, step_id, seq, state, output, attempts, last_error, \
                      epoch, started_at, updated_at) \
-                   SELECT $2, step_id, seq, state, output, attempts, last_error, 0, started_at, updated_at \
-                   FROM {steps} WHERE run_key = $1 AND state IN ('completed', 'failed') AND seq < $3 \
-                     AND EXISTS (SELECT 1 FROM forked)) \
+                   SELECT forked.id, step_id, seq, state, output, attempts, last_error, 0, started_at, \
+                     updated_at \
+                   FROM {steps} CROSS JOIN forked WHERE run_id = {run_id} \
+                     AND state IN ('completed', 'failed') AND seq < $3) \
                  SELECT count(*) FROM (SELECT pg_notify($5, $6) FROM forked) AS notified"
             ),
             // $1 before, $2 limit. Skips runs another purge holds.
             purge: format!(
                 "WITH doomed AS (\
-                   SELECT id, run_key FROM {runs} WHERE state IN {FINISHED} AND updated_at < $1 \
+                   SELECT id FROM {runs} WHERE state IN {FINISHED} AND updated_at < $1 \
                    ORDER BY updated_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
                  steps AS (DELETE FROM {steps} \
-                   WHERE run_key = ANY (ARRAY(SELECT run_key FROM doomed))), \
+                   WHERE run_id = ANY (ARRAY(SELECT id FROM doomed))), \
                  leases AS (DELETE FROM {leases} \
-                   WHERE run_key = ANY (ARRAY(SELECT run_key FROM doomed))), \
+                   WHERE run_id = ANY (ARRAY(SELECT id FROM doomed))), \
                  runs AS (DELETE FROM {runs} WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
                  SELECT count(*) FROM runs"
             ),
             released_at: format!(
-                "SELECT released_at FROM {leases} WHERE run_key = $1 AND epoch = $2"
+                "SELECT released_at FROM {leases} WHERE run_id = {run_id} AND epoch = $2"
             ),
             // $1 now, $2 owner, $3 until, $4 token, $5 limit.
             // A due run at the last epoch cannot be leased: it is set aside
@@ -333,7 +330,7 @@ impl Statements {
             },
             select_run: format!("SELECT {run} FROM {runs} WHERE run_key = $1"),
             select_steps: format!(
-                "SELECT {STEP_COLUMNS} FROM {steps} WHERE run_key = $1 \
+                "SELECT {STEP_COLUMNS} FROM {steps} WHERE run_id = {run_id} \
                  ORDER BY seq NULLS LAST, step_id"
             ),
             // The claimed keys are joined, one index lookup each, rather than
@@ -343,9 +340,10 @@ impl Statements {
             // from flattening the lookup into a hash join over all steps,
             // which a generic plan chose without statistics.
             select_steps_of: format!(
-                "SELECT s.run_key, {s_steps} FROM unnest($1::text[]) AS k(run_key) \
-                 CROSS JOIN LATERAL (SELECT * FROM {steps} WHERE run_key = k.run_key OFFSET 0) AS s \
-                 ORDER BY s.run_key, s.seq NULLS LAST, s.step_id",
+                "SELECT k.run_key, {s_steps} FROM unnest($1::text[]) AS k(run_key) \
+                 CROSS JOIN LATERAL (SELECT id FROM {runs} WHERE run_key = k.run_key OFFSET 0) AS r \
+                 CROSS JOIN LATERAL (SELECT * FROM {steps} WHERE run_id = r.id OFFSET 0) AS s \
+                 ORDER BY k.run_key, s.seq NULLS LAST, s.step_id",
                 s_steps = STEP_COLUMNS
                     .split(", ")
                     .map(|c| format!("s.{c}"))
@@ -353,18 +351,18 @@ impl Statements {
                     .join(", ")
             ),
             select_step: format!(
-                "SELECT state, epoch, output FROM {steps} WHERE run_key = $1 AND step_id = $2"
+                "SELECT state, epoch, output FROM {steps} WHERE run_id = {run_id} AND step_id = $2"
             ),
             // $1 key, $2 epoch, $3 step, $4 seq, $5 state, $6 output,
             // $7 attempts, $8 started_at, $9 at, $10 error, $11 even if a
             // cancel is requested.
             step_recorded: format!(
-                "INSERT INTO {steps} AS s (run_key, step_id, seq, state, output, attempts, epoch, \
+                "INSERT INTO {steps} AS s (run_id, step_id, seq, state, output, attempts, epoch, \
                    started_at, updated_at, last_error) \
-                 SELECT run_key, $3::text, $4::bigint, $5::text, $6::bytea, $7::integer, $2::bigint, \
+                 SELECT id, $3::text, $4::bigint, $5::text, $6::bytea, $7::integer, $2::bigint, \
                    $8::bigint, $9::bigint, $10::text FROM {runs} WHERE {current} \
                    AND (cancel_requested_at IS NULL OR $11::bool) FOR UPDATE \
-                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET seq = excluded.seq, \
                    state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
                    retry_at = NULL, last_error = COALESCE(excluded.last_error, s.last_error), \
                    epoch = excluded.epoch, started_at = excluded.started_at, \
@@ -378,35 +376,37 @@ impl Statements {
             // a cycle; returns the steps it wrote.
             step_recorded_batch: format!(
                 "WITH fence AS (\
-                   SELECT run_key, epoch FROM {runs} \
+                   SELECT id, run_key, epoch FROM {runs} \
                    WHERE run_key = ANY($1::text[]) AND state = 'incomplete' \
                      AND lease_owner IS NOT NULL AND cancel_requested_at IS NULL \
-                   ORDER BY run_key FOR UPDATE) \
-                 INSERT INTO {steps} AS s (run_key, step_id, seq, state, output, attempts, epoch, \
+                   ORDER BY run_key FOR UPDATE), \
+                 written AS (\
+                 INSERT INTO {steps} AS s (run_id, step_id, seq, state, output, attempts, epoch, \
                    started_at, updated_at, last_error) \
-                 SELECT b.run_key, b.step_id, b.seq, b.state, b.output, b.attempts, b.epoch, \
+                 SELECT f.id, b.step_id, b.seq, b.state, b.output, b.attempts, b.epoch, \
                    b.started_at, b.updated_at, b.last_error \
                  FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], \
                    $6::bytea[], $7::integer[], $8::bigint[], $9::bigint[], $10::text[]) \
                    AS b(run_key, epoch, step_id, seq, state, output, attempts, started_at, \
                      updated_at, last_error) \
                  JOIN fence f ON f.run_key = b.run_key AND f.epoch = b.epoch \
-                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = excluded.seq, \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET seq = excluded.seq, \
                    state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
                    retry_at = NULL, last_error = COALESCE(excluded.last_error, s.last_error), \
                    epoch = excluded.epoch, started_at = excluded.started_at, \
                    updated_at = excluded.updated_at \
-                 WHERE s.state = 'retrying' RETURNING s.run_key, s.step_id"
+                 WHERE s.state = 'retrying' RETURNING s.run_id, s.step_id) \
+                 SELECT f.run_key, w.step_id FROM written w JOIN fence f ON f.id = w.run_id"
             ),
             // $1 key, $2 epoch, $3 step, $4 attempts, $5 error, $6 retry_at,
             // $7 started_at, $8 at, $9 even if a cancel is requested.
             attempt_failed: format!(
-                "INSERT INTO {steps} AS s (run_key, step_id, state, attempts, last_error, retry_at, \
+                "INSERT INTO {steps} AS s (run_id, step_id, state, attempts, last_error, retry_at, \
                    epoch, started_at, updated_at) \
-                 SELECT run_key, $3::text, 'retrying', $4::integer, $5::text, $6::bigint, $2::bigint, \
+                 SELECT id, $3::text, 'retrying', $4::integer, $5::text, $6::bigint, $2::bigint, \
                    $7::bigint, $8::bigint FROM {runs} WHERE {current} \
                    AND (cancel_requested_at IS NULL OR $9::bool) FOR UPDATE \
-                 ON CONFLICT (run_key, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET seq = NULL, state = excluded.state, \
                    output = NULL, attempts = excluded.attempts, last_error = excluded.last_error, \
                    retry_at = excluded.retry_at, epoch = excluded.epoch, \
                    started_at = excluded.started_at, updated_at = excluded.updated_at \
@@ -435,14 +435,14 @@ impl Statements {
             renew: format!(
                 "WITH renewed AS (\
                    UPDATE {runs} SET lease_expires_at = $3 \
-                   WHERE {current} RETURNING run_key), \
+                   WHERE {current} RETURNING id), \
                  logged AS (UPDATE {leases} SET expires_at = $3 \
-                   WHERE run_key = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM renewed)) \
+                   WHERE run_id = (SELECT id FROM renewed) AND epoch = $2) \
                  SELECT count(*) FROM renewed"
             ),
             lease_history: format!(
                 "SELECT epoch, owner, acquired_at, expires_at, released_at FROM {leases} \
-                 WHERE run_key = $1 ORDER BY epoch"
+                 WHERE run_id = {run_id} ORDER BY epoch"
             ),
             schema: s,
         }
