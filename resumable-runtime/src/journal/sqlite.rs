@@ -2015,21 +2015,34 @@ mod tests {
     }
 
     /// Every statement on a hot or operator path finds its rows through an
-    /// index: none reads the whole run table, whatever the history holds.
+    /// index: none reads the whole run table, whatever the history holds
+    /// (5,000 runs of 10 steps, 2 % incomplete; `RESUMABLE_PLAN_RUNS` for
+    /// more). With `RESUMABLE_PLAN_ANALYZE=1` it prints each plan and how
+    /// long the statement took: BENCHMARKS.md keeps that output at a
+    /// million runs.
     #[test]
     fn statements_use_indexes_not_scans() {
         let dir = tempfile::tempdir().unwrap();
         let conn = connect(&SqliteJournal::builder(dir.path().join("plans.db"))).unwrap();
         // Some history, and statistics, so the planner chooses as it would.
-        conn.execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+        let runs: u64 = std::env::var("RESUMABLE_PLAN_RUNS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(5_000);
+        let analyze = std::env::var_os("RESUMABLE_PLAN_ANALYZE").is_some();
+        conn.execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {runs})
              INSERT INTO resumable_runs (run_key, workflow, fingerprint, input, state, epoch,
                wake_at, executions, created_at, updated_at)
              SELECT 'run-' || i, 'wf-' || (i % 7), 1, x'00',
                CASE WHEN i % 50 = 0 THEN 'incomplete' ELSE 'completed' END, 1, i, 1, i, i
              FROM n;
+             WITH RECURSIVE s(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM s WHERE j < 9)
+             INSERT INTO resumable_steps (run_id, step_id, seq, state, output, attempts, epoch,
+               started_at, updated_at)
+             SELECT id, 'add#' || j, j, 'completed', x'00', 1, 1, id, id FROM resumable_runs, s;
              ANALYZE;",
-        )
+        ))
         .unwrap();
         let plan = |sql: &str, args: &[Value]| -> String {
             let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -2041,53 +2054,90 @@ mod tests {
             rows.map(Result::unwrap).collect::<Vec<_>>().join(" | ")
         };
         let key = || Some("run-100".to_owned());
+        let page = Some(100);
         let filters = [
-            RunFilter::default(),
-            RunFilter {
-                state: Some(RunState::Incomplete),
-                ..RunFilter::default()
-            },
-            RunFilter {
-                state: Some(RunState::DeadLettered),
-                after: key(),
-                ..RunFilter::default()
-            },
-            RunFilter {
-                workflow: Some("wf-3".into()),
-                after: key(),
-                ..RunFilter::default()
-            },
-            RunFilter {
-                lease_owner: Some("worker".into()),
-                ..RunFilter::default()
-            },
-            RunFilter {
-                after: key(),
-                limit: Some(50),
-                ..RunFilter::default()
-            },
-            RunFilter {
-                state: Some(RunState::Incomplete),
-                leased: true,
-                ..RunFilter::default()
-            },
+            (
+                "list 100 runs",
+                RunFilter {
+                    limit: page,
+                    ..RunFilter::default()
+                },
+            ),
+            (
+                "list 100 incomplete runs",
+                RunFilter {
+                    state: Some(RunState::Incomplete),
+                    limit: page,
+                    ..RunFilter::default()
+                },
+            ),
+            (
+                "list dead letters after a key",
+                RunFilter {
+                    state: Some(RunState::DeadLettered),
+                    after: key(),
+                    limit: page,
+                    ..RunFilter::default()
+                },
+            ),
+            (
+                "list 100 of a workflow's runs after a key",
+                RunFilter {
+                    workflow: Some("wf-3".into()),
+                    after: key(),
+                    limit: page,
+                    ..RunFilter::default()
+                },
+            ),
+            (
+                "a worker's leases",
+                RunFilter {
+                    lease_owner: Some("worker".into()),
+                    ..RunFilter::default()
+                },
+            ),
+            (
+                "list 50 runs after a key",
+                RunFilter {
+                    after: key(),
+                    limit: Some(50),
+                    ..RunFilter::default()
+                },
+            ),
+            (
+                "leased runs",
+                RunFilter {
+                    state: Some(RunState::Incomplete),
+                    leased: true,
+                    ..RunFilter::default()
+                },
+            ),
         ];
-        let mut statements: Vec<(String, Vec<Value>)> = filters.iter().map(list_query).collect();
+        let mut statements: Vec<(&str, String, Vec<Value>)> = filters
+            .iter()
+            .map(|(label, filter)| {
+                let (sql, args) = list_query(filter);
+                (*label, sql, args)
+            })
+            .collect();
         statements.push((
+            "claim 16 due runs",
             "SELECT run_key FROM resumable_runs WHERE state = 'incomplete' AND wake_at <= ?1 \
              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
              ORDER BY wake_at, id LIMIT ?2"
                 .into(),
-            vec![Value::Integer(10), Value::Integer(16)],
+            vec![Value::Integer(i64::MAX), Value::Integer(16)],
         ));
         statements.push((
+            "runs to purge",
             format!(
                 "SELECT id FROM resumable_runs WHERE state IN {FINISHED} AND updated_at < ?1 \
                  ORDER BY updated_at, id LIMIT ?2"
             ),
-            vec![Value::Integer(100), Value::Integer(1000)],
+            vec![Value::Integer(2000), Value::Integer(1000)],
         ));
         statements.push((
+            "a run's steps",
             format!(
                 "SELECT {STEP_COLUMNS} FROM resumable_steps WHERE run_id = {} ORDER BY rowid",
                 run_id!()
@@ -2095,11 +2145,22 @@ mod tests {
             vec![Value::Text("run-1".into())],
         ));
         statements.push((
+            "a run",
             format!("SELECT {RUN_COLUMNS} FROM resumable_runs WHERE run_key = ?1"),
             vec![Value::Text("run-1".into())],
         ));
-        for (sql, args) in &statements {
+        for (label, sql, args) in &statements {
             let plan = plan(sql, args);
+            if analyze {
+                let mut statement = conn.prepare(sql).unwrap();
+                let started = std::time::Instant::now();
+                let rows = statement
+                    .query_map(rusqlite::params_from_iter(args), |_| Ok(()))
+                    .unwrap()
+                    .count();
+                let took = started.elapsed();
+                println!("| {label} | {rows} | {took:.1?} | `{plan}` |");
+            }
             // `SCAN t` alone reads every row; `SCAN t USING ... INDEX` walks an
             // index in order (and stops at the limit).
             let full_scan = plan

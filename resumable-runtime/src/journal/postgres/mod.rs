@@ -1568,8 +1568,12 @@ mod tests {
 
         /// Every statement on a hot or operator path finds its rows through
         /// an index, in custom and in generic plans, on a schema holding
-        /// 100,000 finished runs (a million steps) whose statistics were
-        /// never gathered (this server runs without autovacuum).
+        /// 100,000 runs (a million steps; `RESUMABLE_PLAN_RUNS` for more),
+        /// 1 % of them incomplete, whose statistics were never gathered
+        /// (this server runs without autovacuum). With
+        /// `RESUMABLE_PLAN_ANALYZE=1` it also executes each plan
+        /// (`EXPLAIN ANALYZE`, rolled back) and prints what it did and how
+        /// long it took: BENCHMARKS.md keeps that output at a million runs.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn plans_use_indexes_without_fresh_statistics() {
             let Some(schema) = TestSchema::new("postgres::plans") else {
@@ -1578,6 +1582,11 @@ mod tests {
             let journal = schema.journal().await;
             let client = schema.connect().await;
             let s = schema.name();
+            let runs: u64 = std::env::var("RESUMABLE_PLAN_RUNS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(100_000);
+            let analyze = std::env::var_os("RESUMABLE_PLAN_ANALYZE").is_some();
             client
                 .batch_execute(&format!(
                     "INSERT INTO \"{s}\".resumable_runs (run_key, workflow, fingerprint, input,
@@ -1585,7 +1594,7 @@ mod tests {
                      SELECT 'run-' || i, 'wf-' || (i % 7), 1, '\\x00',
                        CASE WHEN i % 100 = 0 THEN 'incomplete' ELSE 'completed' END,
                        '\\x00', 1, i, 1, i, i
-                     FROM generate_series(1, 100000) AS i;
+                     FROM generate_series(1, {runs}) AS i;
                      INSERT INTO \"{s}\".resumable_steps (run_id, step_id, seq, state, output,
                        attempts, epoch, started_at, updated_at)
                      SELECT r.id, 'add#' || j, j, 'completed', '\\x00', 1, 1, r.id, r.id
@@ -1596,13 +1605,22 @@ mod tests {
             let sql = &journal.sql;
             let filter = |f: RunFilter| sql.list_runs(&f);
             // Each statement, with one literal per parameter.
-            let statements: Vec<(String, Vec<&str>)> = vec![
-                (sql.claim.clone(), vec!["50", "w", "60", "1", "16"]),
-                (sql.select_steps_of.clone(), vec!["{run-100,run-200}"]),
-                (sql.select_steps.clone(), vec!["run-100"]),
-                (sql.select_run.clone(), vec!["run-100"]),
-                (sql.purge.clone(), vec!["50", "1000"]),
+            let statements: Vec<(&str, String, Vec<&str>)> = vec![
                 (
+                    "claim 16 due runs",
+                    sql.claim.clone(),
+                    vec!["9000000000", "w", "9000000060", "1", "16"],
+                ),
+                (
+                    "the claimed runs' steps",
+                    sql.select_steps_of.clone(),
+                    vec!["{run-100,run-200}"],
+                ),
+                ("a run's steps", sql.select_steps.clone(), vec!["run-100"]),
+                ("a run", sql.select_run.clone(), vec!["run-100"]),
+                ("purge 1,000 runs", sql.purge.clone(), vec!["2000", "1000"]),
+                (
+                    "record a step",
                     sql.step_recorded.clone(),
                     vec![
                         "run-100",
@@ -1619,6 +1637,7 @@ mod tests {
                     ],
                 ),
                 (
+                    "list 100 incomplete runs",
                     filter(RunFilter {
                         state: Some(RunState::Incomplete),
                         limit: Some(100),
@@ -1627,6 +1646,7 @@ mod tests {
                     vec!["100"],
                 ),
                 (
+                    "list 100 of a workflow's runs after a key",
                     filter(RunFilter {
                         workflow: Some("wf-3".into()),
                         after: Some("run-500".into()),
@@ -1636,6 +1656,7 @@ mod tests {
                     vec!["wf-3", "run-500", "100"],
                 ),
                 (
+                    "a worker's leases",
                     filter(RunFilter {
                         state: Some(RunState::Incomplete),
                         lease_owner: Some("w".into()),
@@ -1644,6 +1665,7 @@ mod tests {
                     vec!["w", "9223372036854775807"],
                 ),
                 (
+                    "leased runs",
                     filter(RunFilter {
                         state: Some(RunState::Incomplete),
                         leased: true,
@@ -1652,7 +1674,7 @@ mod tests {
                     vec!["9223372036854775807"],
                 ),
             ];
-            for (i, (statement, args)) in statements.iter().enumerate() {
+            for (i, (label, statement, args)) in statements.iter().enumerate() {
                 let statement = statement.replace("{s}", s);
                 client
                     .batch_execute(&format!("PREPARE p{i} AS {statement}"))
@@ -1684,8 +1706,51 @@ mod tests {
                         !plan.contains("Seq Scan on resumable_"),
                         "{mode} of {statement}\n{plan}"
                     );
+                    if analyze {
+                        let analyzed = explain_analyze(&client, i, mode, &args).await;
+                        println!("| {label} | {} | {analyzed} |", &mode[6..]);
+                    }
                 }
             }
+        }
+
+        /// Executes prepared statement `p{i}` under `EXPLAIN ANALYZE` in a
+        /// transaction rolled back: its execution time, and the scans it made.
+        async fn explain_analyze(
+            client: &tokio_postgres::Client,
+            i: usize,
+            mode: &str,
+            args: &[String],
+        ) -> String {
+            let explain = format!(
+                "BEGIN; SET LOCAL plan_cache_mode = {mode}; \
+                 EXPLAIN (ANALYZE, TIMING OFF) EXECUTE p{i}({}); ROLLBACK",
+                args.join(", ")
+            );
+            let lines: Vec<String> = client
+                .simple_query(&explain)
+                .await
+                .unwrap_or_else(|e| panic!("{explain}: {e}"))
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .collect();
+            let time = lines
+                .iter()
+                .find_map(|l| l.trim().strip_prefix("Execution Time: "))
+                .unwrap_or("?");
+            let mut scans: Vec<String> = lines
+                .iter()
+                .filter(|l| l.contains(" on resumable_"))
+                .map(|l| {
+                    let l = l.trim().trim_start_matches("-> ");
+                    l.split("  (").next().unwrap_or(l).to_owned()
+                })
+                .collect();
+            scans.dedup();
+            format!("{time} | {}", scans.join("; "))
         }
 
         #[tokio::test]
