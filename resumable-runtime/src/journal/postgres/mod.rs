@@ -1689,19 +1689,7 @@ mod tests {
                         "SET plan_cache_mode = {mode}; EXPLAIN EXECUTE p{i}({})",
                         args.join(", ")
                     );
-                    let plan: Vec<String> = client
-                        .simple_query(&explain)
-                        .await
-                        .unwrap_or_else(|e| panic!("{explain}: {e}"))
-                        .into_iter()
-                        .filter_map(|m| match m {
-                            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                                row.get(0).map(str::to_owned)
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    let plan = plan.join("\n");
+                    let plan = first_column(&client, &explain).await.join("\n");
                     // (The lease history is a few rows here: a scan is right.)
                     assert!(
                         !plan.contains("Seq Scan on resumable_runs")
@@ -1714,6 +1702,20 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// The first column of every row `sql` (simple statements) returns.
+        async fn first_column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+            client
+                .simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .collect()
         }
 
         /// Executes prepared statement `p{i}` under `EXPLAIN ANALYZE` in a
@@ -1729,16 +1731,7 @@ mod tests {
                  EXPLAIN (ANALYZE, TIMING OFF) EXECUTE p{i}({}); ROLLBACK",
                 args.join(", ")
             );
-            let lines: Vec<String> = client
-                .simple_query(&explain)
-                .await
-                .unwrap_or_else(|e| panic!("{explain}: {e}"))
-                .into_iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-                    _ => None,
-                })
-                .collect();
+            let lines = first_column(client, &explain).await;
             let time = lines
                 .iter()
                 .find_map(|l| l.trim().strip_prefix("Execution Time: "))
