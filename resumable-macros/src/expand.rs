@@ -10,7 +10,7 @@ use crate::args::Args;
 use crate::ast::{Function, NameElidedLifetimes, invocation_lifetime};
 use crate::errors::Errors;
 use crate::fingerprint::fnv1a64;
-use crate::steps::{StepCall, StepRewriter};
+use crate::steps::{SleepCall, StepCall, StepRewriter};
 
 /// What every generated step needs to know about its workflow.
 pub struct Expander {
@@ -534,6 +534,52 @@ impl Expander {
                 }
             })?
         }
+    }
+
+    /// Input:  sleep!("name", duration)  /  sleep_until!("name", time)
+    /// Output: sleep::<Codec, _>(ctx, &SITE, Wake::After(duration), errors).await
+    ///         (the wake time is journaled as the step `name#<n>`)
+    pub fn sleep(&self, call: &SleepCall, span: Span) -> Expr {
+        let k = &self.krate;
+        let codec = &self.codec;
+        let name = &call.name;
+        let wake = &call.wake;
+        let ctx = Ident::new("__resumable_ctx", Span::call_site());
+        let site = respan_location(
+            quote! {
+                static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
+                    name: #name,
+                    location: #k::__private::Location {
+                        file: ::core::file!(),
+                        line: ::core::line!(),
+                        column: ::core::column!(),
+                    },
+                };
+            },
+            span,
+        );
+        // Spanned on the argument: a value of another type is reported there.
+        let wake = match call.until {
+            true => quote_spanned!(wake.span()=> #k::__private::Wake::At(#wake)),
+            false => quote_spanned!(wake.span()=> #k::__private::Wake::After(#wake)),
+        };
+        let path = &call.path;
+        syn::parse_quote_spanned! {span=>
+            {
+                #path!(@used);
+                #site
+                #k::__private::sleep::<#codec, _>(#ctx, &__RESUMABLE_SITE, #wake, __resumable_errors)
+                    .await
+            }
+        }
+    }
+
+    /// The sleep reduced to its argument, where it cannot be journaled:
+    /// keeps the reported error the only one.
+    pub fn plain_sleep(call: &SleepCall) -> Expr {
+        let path = &call.path;
+        let wake = &call.wake;
+        syn::parse_quote!({ #path!(@used); let _ = #wake; })
     }
 
     /// Input:  async { ..steps.. }   (a block that may run concurrently with others)

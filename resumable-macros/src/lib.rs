@@ -103,17 +103,86 @@ pub fn resumable(args: TokenStream, item: TokenStream) -> TokenStream {
 /// (its error type is the workflow's); its value must be serializable.
 #[proc_macro]
 pub fn step(input: TokenStream) -> TokenStream {
-    // `#[resumable]` leaves `path!(@used)` behind so that the user's
-    // `use resumable::step;` counts as used.
+    outside_workflow(input, "step!")
+}
+
+/// A durable sleep: `sleep!("name", duration)` waits `duration` (a
+/// `std::time::Duration`), counted from when the run first reaches it.
+///
+/// The wake time is journaled like a step's output (as the step
+/// `name#<occurrence>`): a run that crashes, or is taken by another
+/// process, waits only what is left. A sleep due within a second waits in
+/// place; a longer one, once no step of the run is executing, ends the
+/// execution and gives the run back, holding no lease, no worker and no
+/// memory: a `Completer`, in any process, resumes it when it is due, and
+/// `Runtime::run` returns `Error::Sleeping`. A sleep of zero or less returns
+/// at once and is still journaled. Cancelling a sleeping run cancels it at
+/// once; a deadline that comes first ends it.
+///
+/// ```
+/// use std::time::Duration;
+/// use resumable::{resumable, sleep, step, MemoryJournal, Runtime};
+///
+/// #[resumable]
+/// async fn remind(user: String) -> Result<String, String> {
+///     let sent = step!("welcome", { format!("welcome, {user}") });
+///     sleep!("pause", Duration::from_millis(10));
+///     let reminder = step!("reminder", { format!("{sent}; still there?") });
+///     Ok(reminder)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rt = Runtime::new(MemoryJournal::new());
+/// let out = rt.run("remind-ada", remind("ada".into())).await.unwrap();
+/// assert_eq!(out.unwrap(), "welcome, ada; still there?");
+/// # }
+/// ```
+///
+/// Only meaningful inside a `#[resumable]` function, in its own code (not
+/// in a step's body); anywhere else it is a compile error.
+#[proc_macro]
+pub fn sleep(input: TokenStream) -> TokenStream {
+    outside_workflow(input, "sleep!")
+}
+
+/// A durable sleep until a time: `sleep_until!("name", time)` (a
+/// `std::time::SystemTime`); as [`sleep!`](macro@sleep), with the wake time
+/// given instead of computed. A time that has passed returns at once.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use resumable::{resumable, sleep_until, MemoryJournal, Runtime};
+///
+/// #[resumable]
+/// async fn open_at(at: SystemTime) -> Result<(), String> {
+///     sleep_until!("opening", at);
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rt = Runtime::new(MemoryJournal::new());
+/// let past = SystemTime::now() - Duration::from_secs(60);
+/// rt.run("open-1", open_at(past)).await.unwrap().unwrap();
+/// # }
+/// ```
+#[proc_macro]
+pub fn sleep_until(input: TokenStream) -> TokenStream {
+    outside_workflow(input, "sleep_until!")
+}
+
+/// What `step!`, `sleep!` and `sleep_until!` expand to where `#[resumable]`
+/// did not rewrite them: nothing for the `@used` marker it leaves behind
+/// (so that the user's `use resumable::…;` counts as used), else an error.
+fn outside_workflow(input: TokenStream, what: &str) -> TokenStream {
     if input.to_string().replace(' ', "") == "@used" {
         return TokenStream::new();
     }
-    quote::quote! {
-        ::core::compile_error!(
-            "`step!` can only be used inside a `#[resumable]` async function: add `#[resumable]` to the function that contains it"
-        )
-    }
-    .into()
+    let message = format!(
+        "`{what}` can only be used inside a `#[resumable]` async function: add `#[resumable]` to the function that contains it"
+    );
+    quote::quote!(::core::compile_error!(#message)).into()
 }
 
 /// The resumable form of a `#[resumable]` function, for registering with a

@@ -1,5 +1,6 @@
-//! Finds every `step!` in a workflow body, checks it, rewrites it, and records
-//! the step structure the fingerprint is computed from.
+//! Finds every `step!` (and durable `sleep!`/`sleep_until!`) in a workflow
+//! body, checks it, rewrites it, and records the step structure the
+//! fingerprint is computed from.
 
 use std::collections::HashMap;
 
@@ -111,15 +112,78 @@ impl Parse for StepCall {
     }
 }
 
-/// `step!`, `resumable::step!`, or `<crate = path>::step!`.
-pub fn is_step(mac: &Macro, krate: &syn::Path) -> bool {
-    let segments = &mac.path.segments;
-    let Some(last) = segments.last() else {
-        return false;
-    };
-    if last.ident != "step" {
-        return false;
+/// A parsed `sleep!("name", duration)` or `sleep_until!("name", time)`.
+pub struct SleepCall {
+    /// The macro's path as written (`sleep`, `resumable::sleep_until`).
+    pub path: syn::Path,
+    pub name: LitStr,
+    /// A `Duration` (`sleep!`) or a `SystemTime` (`sleep_until!`).
+    pub wake: Expr,
+    /// `sleep_until!`.
+    pub until: bool,
+}
+
+impl SleepCall {
+    fn parse(mac: &Macro, until: bool) -> syn::Result<Self> {
+        let form = match until {
+            true => "write it as `sleep_until!(\"name\", <SystemTime>)`",
+            false => "write it as `sleep!(\"name\", <Duration>)`",
+        };
+        let parser = |input: ParseStream| {
+            let name = match input.parse::<syn::Lit>() {
+                Ok(syn::Lit::Str(s)) => s,
+                _ => {
+                    return Err(syn::Error::new(
+                        input.span(),
+                        format!(
+                            "a sleep's name must be a string literal (it is the sleep's identity in the journal); {form}"
+                        ),
+                    ));
+                }
+            };
+            input.parse::<Token![,]>().map_err(|e| {
+                syn::Error::new(e.span(), format!("expected `,` after the name; {form}"))
+            })?;
+            let wake: Expr = input.parse()?;
+            let _ = input.parse::<Option<Token![,]>>()?;
+            if !input.is_empty() {
+                return Err(input.error(format!("unexpected tokens; {form}")));
+            }
+            Ok((name, wake))
+        };
+        let (name, wake) = mac.parse_body_with(parser)?;
+        Ok(SleepCall {
+            path: mac.path.clone(),
+            name,
+            wake,
+            until,
+        })
     }
+}
+
+/// What a macro call in a workflow body is to `#[resumable]`.
+enum Journaled {
+    Step,
+    /// `sleep!`, or with `true`, `sleep_until!`.
+    Sleep(bool),
+}
+
+/// `step!`, `sleep!` or `sleep_until!`, bare or as `resumable::…!` or
+/// `<crate = path>::…!`.
+fn journaled(mac: &Macro, krate: &syn::Path) -> Option<Journaled> {
+    let last = mac.path.segments.last()?;
+    let kind = match last.ident.to_string().as_str() {
+        "step" => Journaled::Step,
+        "sleep" => Journaled::Sleep(false),
+        "sleep_until" => Journaled::Sleep(true),
+        _ => return None,
+    };
+    ours(mac, krate).then_some(kind)
+}
+
+/// Whether the macro's path is bare, `resumable::`, or the crate's own.
+fn ours(mac: &Macro, krate: &syn::Path) -> bool {
+    let segments = &mac.path.segments;
     let prefix: Vec<String> = segments
         .iter()
         .rev()
@@ -204,6 +268,81 @@ impl<'a> StepRewriter<'a> {
         self.shape.leave(kind);
     }
 
+    fn rewrite(&mut self, mac: &Macro, kind: Journaled) -> Expr {
+        match kind {
+            Journaled::Step => self.rewrite_step(mac),
+            Journaled::Sleep(until) => self.rewrite_sleep(mac, until),
+        }
+    }
+
+    fn rewrite_sleep(&mut self, mac: &Macro, until: bool) -> Expr {
+        let mut call = match SleepCall::parse(mac, until) {
+            Ok(call) => call,
+            Err(e) => {
+                self.errors.push(e);
+                let path = &mac.path;
+                return syn::parse_quote!({ #path!(@used); });
+            }
+        };
+        let span = mac.path.span();
+        let what = if until { "sleep_until!" } else { "sleep!" };
+        let mut journaled = self.check_name(&call.name);
+        if self.in_step {
+            self.errors.at(
+                span,
+                format!("`{what}` cannot be used inside a step's body: a step's body does not run again once its output is journaled; sleep between steps, in the workflow's own code"),
+            );
+            journaled = false;
+        }
+        if self.closures > 0 || self.async_closures > 0 {
+            self.errors.at(
+                span,
+                format!("`{what}` cannot be used inside a closure: write it in the workflow's body, a `for` loop, or an `async` block"),
+            );
+            journaled = false;
+        }
+        self.steps += 1;
+        self.visit_expr_mut(&mut call.wake);
+        self.shape
+            .push(format!("{}:{}", &what[..what.len() - 1], call.name.value()));
+        if self.fallback || !journaled {
+            return Expander::plain_sleep(&call);
+        }
+        self.expander.sleep(&call, span)
+    }
+
+    /// Reports a misnamed step or sleep; `false` if it cannot be journaled.
+    fn check_name(&mut self, lit: &LitStr) -> bool {
+        let name = lit.value();
+        if name.is_empty() {
+            self.errors.spanned(lit, "a step name must not be empty");
+            return false;
+        }
+        if name.contains('#') {
+            self.errors.spanned(
+                lit,
+                "a step name cannot contain `#`: the runtime appends `#<occurrence>` to tell the runs of one step apart",
+            );
+            return false;
+        }
+        if let Some(first) = self.names.get(&name) {
+            let mut err = syn::Error::new_spanned(
+                lit,
+                format!(
+                    "step name \"{name}\" is used twice in this workflow: give each `step!` (and each `sleep!`) its own name (one that runs repeatedly, in a loop, is already told apart as {name}#0, {name}#1, ...)"
+                ),
+            );
+            err.combine(syn::Error::new(
+                *first,
+                format!("\"{name}\" is first used here"),
+            ));
+            self.errors.push(err);
+            return false;
+        }
+        self.names.insert(name, lit.span());
+        true
+    }
+
     fn rewrite_step(&mut self, mac: &Macro) -> Expr {
         let mut call = match mac.parse_body::<StepCall>() {
             Ok(call) => call,
@@ -229,7 +368,6 @@ impl<'a> StepRewriter<'a> {
 
     /// Reports what is wrong with a step; `false` if it cannot be journaled where it is.
     fn check(&mut self, call: &StepCall) -> bool {
-        let name = call.name.value();
         let mut journaled = true;
         if self.in_step {
             self.errors.at(
@@ -251,29 +389,8 @@ impl<'a> StepRewriter<'a> {
             );
             journaled = false;
         }
-        if name.is_empty() {
-            self.errors
-                .spanned(&call.name, "a step name must not be empty");
-        } else if name.contains('#') {
-            self.errors.spanned(
-                &call.name,
-                "a step name cannot contain `#`: the runtime appends `#<occurrence>` to tell the runs of one step apart",
-            );
-        } else if let Some(first) = self.names.get(&name) {
-            let mut err = syn::Error::new_spanned(
-                &call.name,
-                format!(
-                    "step name \"{name}\" is used twice in this workflow: give each `step!` its own name (a step that runs repeatedly, in a loop, is already told apart as {name}#0, {name}#1, ...)"
-                ),
-            );
-            err.combine(syn::Error::new(
-                *first,
-                format!("\"{name}\" is first used here"),
-            ));
-            self.errors.push(err);
-        } else {
-            self.names.insert(name, call.name.span());
-        }
+        // A misnamed step is reported, and still journaled: no knock-on errors.
+        self.check_name(&call.name);
         for (target, tokens) in checks::assignments_outside(&call.body) {
             self.errors.spanned(
                 tokens,
@@ -331,7 +448,7 @@ fn mentions_step(tokens: TokenStream) -> bool {
         match tt {
             TokenTree::Punct(p) if p.as_char() == '!' && previous_was_step => return true,
             TokenTree::Ident(i) => {
-                previous_was_step = i == "step";
+                previous_was_step = i == "step" || i == "sleep" || i == "sleep_until";
                 continue;
             }
             TokenTree::Group(g) if mentions_step(g.stream()) => return true,
@@ -345,8 +462,9 @@ fn mentions_step(tokens: TokenStream) -> bool {
 impl VisitMut for StepRewriter<'_> {
     fn visit_expr_mut(&mut self, expr: &mut Expr) {
         match expr {
-            Expr::Macro(m) if is_step(&m.mac, self.expander.krate()) => {
-                *expr = self.rewrite_step(&m.mac)
+            Expr::Macro(m) if journaled(&m.mac, self.expander.krate()).is_some() => {
+                let kind = journaled(&m.mac, self.expander.krate()).expect("checked above");
+                *expr = self.rewrite(&m.mac, kind)
             }
             Expr::Macro(m) => self.rewrite_other_macro(&mut m.mac),
             Expr::Closure(c) if c.asyncness.is_none() => {
@@ -395,8 +513,9 @@ impl VisitMut for StepRewriter<'_> {
 
     fn visit_stmt_mut(&mut self, stmt: &mut Stmt) {
         match stmt {
-            Stmt::Macro(m) if is_step(&m.mac, self.expander.krate()) => {
-                let expr = self.rewrite_step(&m.mac);
+            Stmt::Macro(m) if journaled(&m.mac, self.expander.krate()).is_some() => {
+                let kind = journaled(&m.mac, self.expander.krate()).expect("checked above");
+                let expr = self.rewrite(&m.mac, kind);
                 *stmt = Stmt::Expr(expr, m.semi_token);
             }
             Stmt::Macro(m) => self.rewrite_other_macro(&mut m.mac),

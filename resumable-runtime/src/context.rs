@@ -152,6 +152,8 @@ struct ReplayState {
     /// Why the run is stopping at a step boundary (a cancel, its deadline):
     /// no new step starts, and once no step executes the driver stops it.
     stop: Option<Error>,
+    /// Durable sleeps waiting now (their ids and when each is due).
+    sleeping: Vec<(Arc<str>, Timestamp)>,
 }
 
 #[derive(Debug)]
@@ -367,11 +369,48 @@ impl RunCtx {
         self.state().abort.take()
     }
 
-    /// If the replay is stalled — no step is executing, and every step that
-    /// waits does so for recorded steps nobody asks for — the error saying so.
+    /// A durable sleep `id`, due `until`, starts waiting.
+    pub fn sleep_started(&self, id: Arc<str>, until: Timestamp) {
+        self.state().sleeping.push((id, until));
+        // Its branch may be the last one still going: the driver looks.
+        self.driver.wake();
+    }
+
+    /// A durable sleep `id` stopped waiting (it is due, or was dropped).
+    pub fn sleep_ended(&self, id: &str) {
+        self.state().sleeping.retain(|(s, _)| &**s != id);
+    }
+
+    /// If nothing but durable sleeps keeps the run from going on — no step
+    /// executes, and at least one sleep waits — and the earliest is due
+    /// later than `hold` from now, the reason to end the execution and give
+    /// the run back until then.
+    pub fn suspension(&self, hold: std::time::Duration) -> Option<Error> {
+        let st = self.state();
+        if st.executing > 0 || st.abort.is_some() || st.stop.is_some() {
+            return None;
+        }
+        let (step, until) = st.sleeping.iter().min_by_key(|(_, until)| *until)?;
+        if until.0.saturating_sub(Timestamp::now().0) <= hold.as_millis() as i64 {
+            return None;
+        }
+        Some(Error::Sleeping {
+            run: self.run_key.clone(),
+            step: step.to_string(),
+            until: until.to_system_time(),
+        })
+    }
+
+    /// If the replay is stalled — no step is executing, no sleep waits, and
+    /// every step that waits does so for recorded steps nobody asks for —
+    /// the error saying so.
     pub fn stall(&self) -> Option<Error> {
         let st = self.state();
-        if st.executing > 0 || st.gated.is_empty() || st.recorded.is_empty() {
+        if st.executing > 0
+            || st.gated.is_empty()
+            || st.recorded.is_empty()
+            || !st.sleeping.is_empty()
+        {
             return None;
         }
         let (found, gated) = st.gated.iter().min_by_key(|(_, g)| g.issued)?;

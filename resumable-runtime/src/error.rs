@@ -353,6 +353,21 @@ pub enum Error {
         until: std::time::SystemTime,
     },
 
+    /// Every branch of the run waits in a durable sleep (`sleep!`) due
+    /// later than a worker is kept waiting: the execution ended and the run
+    /// was given back, holding no lease, due again `until`, when a
+    /// completer (in any process) resumes it. Wait for its outcome with
+    /// `Client::wait`, or run it again then.
+    #[error("run {run:?} sleeps at '{step}' until {until:?}; a completer resumes it then")]
+    Sleeping {
+        /// The run key.
+        run: String,
+        /// The id of the sleep it waits in (the earliest due).
+        step: String,
+        /// When it is due again.
+        until: std::time::SystemTime,
+    },
+
     /// The run was cancelled by an operator: its stable outcome.
     #[error("run {run:?} was cancelled")]
     Cancelled {
@@ -428,6 +443,7 @@ impl Error {
                 | Error::LeaseLost { .. }
                 | Error::Interrupted { .. }
                 | Error::WaitingToRetry { .. }
+                | Error::Sleeping { .. }
         )
     }
 }

@@ -199,7 +199,8 @@ impl Runs {
             RunStatus::Pending
             | RunStatus::Running
             | RunStatus::WaitingToRetry
-            | RunStatus::BackingOff => RunState::Incomplete,
+            | RunStatus::BackingOff
+            | RunStatus::Sleeping => RunState::Incomplete,
         };
         let limit = filter.limit.unwrap_or(usize::MAX);
         let mut page = RunFilter {

@@ -505,7 +505,12 @@ impl Runtime {
         .await;
         let result = match result {
             Err(err) => {
-                span.in_scope(|| tracing::warn!(error = %err, "run stopped"));
+                span.in_scope(|| match &err {
+                    Error::Sleeping { until, .. } => {
+                        tracing::info!(until = ?until, "run sleeping; given back until then")
+                    }
+                    _ => tracing::warn!(error = %err, "run stopped"),
+                });
                 let progressed = run_ctx.as_ref().is_some_and(|run| run.progressed());
                 self.after_error::<R, C>(&lease, err, past, progressed)
                     .instrument(span)
@@ -622,8 +627,10 @@ impl Runtime {
             return;
         }
         let due = match err {
-            // Parked until its step's next attempt.
-            Error::WaitingToRetry { until, .. } => Timestamp::from(*until),
+            // Parked until its step's next attempt, or its sleep's end.
+            Error::WaitingToRetry { until, .. } | Error::Sleeping { until, .. } => {
+                Timestamp::from(*until)
+            }
             _ => at.after(
                 self.inner
                     .run_backoff
@@ -632,8 +639,12 @@ impl Runtime {
         };
         // Never sleeping past its deadline, where it ends.
         let wake_at = past.deadline.map_or(due, |d| d.min(due));
-        self.give_back(lease, Some(err.to_string()), wake_at, failures)
-            .await;
+        // A durable sleep is no error: the run shows as sleeping, not backing off.
+        let last_error = match err {
+            Error::Sleeping { .. } => None,
+            _ => Some(err.to_string()),
+        };
+        self.give_back(lease, last_error, wake_at, failures).await;
     }
 
     /// Releases a lease, best effort: if this fails the lease simply expires.

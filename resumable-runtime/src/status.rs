@@ -43,6 +43,9 @@ pub enum RunStatus {
     /// It stopped with an error and waits out its backoff before a
     /// completer takes it again.
     BackingOff,
+    /// It waits in a durable sleep (`sleep!`), holding no lease, until a
+    /// completer takes it again when the sleep is due.
+    Sleeping,
     /// Finished with `Ok`.
     Completed,
     /// Finished with a terminal `Err`.
@@ -70,6 +73,9 @@ impl RunStatus {
             }
             RunState::Incomplete if run.is_leased_at(now) => RunStatus::Running,
             RunState::Incomplete if run.wake_at > now && step_waiting => RunStatus::WaitingToRetry,
+            RunState::Incomplete if run.wake_at > now && run.last_error.is_none() => {
+                RunStatus::Sleeping
+            }
             RunState::Incomplete if run.wake_at > now => RunStatus::BackingOff,
             RunState::Incomplete => RunStatus::Pending,
         }

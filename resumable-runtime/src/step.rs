@@ -413,8 +413,18 @@ impl<'c, E> Step<'c, E> {
         Slot::Step(self.id.to_string())
     }
 
+    /// The run it belongs to.
+    pub(crate) fn run(&self) -> &'c RunCtx {
+        self.run
+    }
+
+    /// Its id, `name#occurrence`.
+    pub(crate) fn id(&self) -> Arc<str> {
+        self.id.clone()
+    }
+
     /// Stops the run with `err`. Never returns: the driver drops the workflow.
-    async fn abort<T>(&mut self, err: Error) -> T {
+    pub(crate) async fn abort<T>(&mut self, err: Error) -> T {
         self.finish();
         self.run.abort(err);
         std::future::pending().await
