@@ -2,7 +2,8 @@
 //! stops a run executing in another; a process killed with SIGKILL leaves
 //! runs that a restarted process takes over at once; a worker process that
 //! keeps dying on a run dead-letters it; processes opening one new SQLite
-//! file together all succeed.
+//! file together all succeed; a run sleeping when its process is killed is
+//! finished by another process once due.
 //!
 //! Each child is this test binary re-run on one `#[ignore]`d entry point.
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use resumable::{
     CommandOutcome, Completer, Journal, RunState, RunStatus, Runtime, SqliteJournal, resumable,
-    step, workflow,
+    sleep, step, workflow,
 };
 
 /// The directory a child shares with its parent.
@@ -62,6 +63,15 @@ impl Worker {
     async fn quick(&self, n: u32) -> Result<u32, String> {
         let done = step!("mark", { self.mark(&format!("quick-{n}")) + n });
         Ok(done)
+    }
+
+    /// A step, a durable sleep of two seconds, a step.
+    #[resumable]
+    async fn nap(&self) -> Result<u32, String> {
+        let before = step!("before", { self.mark("before") + 1 });
+        sleep!("nap", Duration::from_secs(2));
+        let after = step!("after", { self.mark("after") + before });
+        Ok(after)
     }
 
     fn mark(&self, step: &str) -> u32 {
@@ -204,6 +214,20 @@ async fn quick_worker_child() {
         .await
         .unwrap();
     println!("finished: {}", report.finished);
+}
+
+/// Not a test: a completer of `Worker::nap` runs that works until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn nap_worker_child() {
+    let (dir, _) = child_env();
+    let rt = Runtime::new(open_journal(&dir).await);
+    let _completer = Completer::new(&rt)
+        .poll_interval(Duration::from_millis(50))
+        .register(workflow!(Worker::nap), Worker { dir })
+        .unwrap()
+        .start();
+    std::future::pending::<()>().await;
 }
 
 /// Not a test: opens the SQLite file once the parent says go.
@@ -437,4 +461,55 @@ fn processes_opening_one_new_sqlite_file_together_all_succeed() {
             assert!(out.contains("opened"), "round {round}: {out}");
         }
     }
+}
+
+/// A run sleeps (its wake time journaled, the run given back) in a worker
+/// process that is then killed with SIGKILL; a completer in another process,
+/// started afterwards, finishes it once the sleep is due, without running
+/// the step before the sleep again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_sleeping_when_its_process_is_killed_is_finished_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(open_journal(dir.path()).await);
+    let worker = Worker {
+        dir: dir.path().to_owned(),
+    };
+    rt.submit("n", worker.nap()).await.unwrap();
+    let mut child = child("nap_worker_child", dir.path(), "n").spawn().unwrap();
+    let sleeping = || async {
+        let info = rt.run_info("n").await.unwrap().unwrap();
+        info.status == RunStatus::Sleeping
+    };
+    let start = Instant::now();
+    while !sleeping().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the run never slept"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(ran(dir.path()), ["before"]);
+
+    let completer = Completer::new(&rt)
+        .poll_interval(Duration::from_millis(50))
+        .register(workflow!(Worker::nap), worker)
+        .unwrap()
+        .start();
+    let start = Instant::now();
+    loop {
+        let info = rt.run_info("n").await.unwrap().unwrap();
+        if info.status == RunStatus::Completed {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "left {:?}",
+            info.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    completer.shutdown().await.unwrap();
+    assert_eq!(ran(dir.path()), ["before", "after"]);
 }

@@ -55,6 +55,9 @@ pub struct CompleterReport {
     pub finished: u64,
     /// Executions that stopped with an error (the runs were given back).
     pub interrupted: u64,
+    /// Executions that ended in a durable sleep (`sleep!`): the runs were
+    /// given back until the sleep is due.
+    pub slept: u64,
 }
 
 trait Resume: Send + Sync {
@@ -99,6 +102,7 @@ where
 struct Counters {
     finished: AtomicU64,
     interrupted: AtomicU64,
+    slept: AtomicU64,
 }
 
 impl Completer {
@@ -230,10 +234,12 @@ impl Completer {
                             let counters = counters.clone();
                             tasks.spawn(async move {
                                 let outcome = resume(&rt, &registry, snapshot, lease).await;
-                                match outcome {
-                                    Ok(()) => counters.finished.fetch_add(1, Ordering::Relaxed),
-                                    Err(_) => counters.interrupted.fetch_add(1, Ordering::Relaxed),
+                                let counter = match outcome {
+                                    Ok(()) => &counters.finished,
+                                    Err(Error::Sleeping { .. }) => &counters.slept,
+                                    Err(_) => &counters.interrupted,
                                 };
+                                counter.fetch_add(1, Ordering::Relaxed);
                                 drop(permit);
                             });
                         }
@@ -373,6 +379,7 @@ impl Counters {
         CompleterReport {
             finished: self.finished.load(Ordering::Relaxed),
             interrupted: self.interrupted.load(Ordering::Relaxed),
+            slept: self.slept.load(Ordering::Relaxed),
         }
     }
 }
