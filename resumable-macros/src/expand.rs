@@ -467,6 +467,11 @@ impl Expander {
         let name = &call.name;
         let body = &call.body;
         let retry = option(call.retry.as_ref());
+        let timeout = call.timeout.as_ref().map(|limit| {
+            // Spanned on the value: one of another type is reported there.
+            let limit = quote_spanned!(limit.span()=> ::core::option::Option::<::core::time::Duration>::Some(#limit));
+            quote!(.with_timeout(#limit))
+        });
         let ctx = Ident::new("__resumable_ctx", Span::call_site());
         let bind = call.context.as_ref().map(|pat| match pat {
             syn::Pat::Type(_) => quote!(let #pat = __resumable_step.context();),
@@ -493,7 +498,8 @@ impl Expander {
                 #path!(@used);
                 #site
                 let mut __resumable_step =
-                    #k::__private::Step::new(#ctx, &__RESUMABLE_SITE, #retry, __resumable_errors);
+                    #k::__private::Step::new(#ctx, &__RESUMABLE_SITE, #retry, __resumable_errors)
+                        #timeout;
                 loop {
                     if let #k::__private::Prepared::Replayed(__resumable_recorded) = __resumable_step
                         .prepare::<#codec, _>()

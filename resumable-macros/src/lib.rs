@@ -96,7 +96,9 @@ pub fn resumable(args: TokenStream, item: TokenStream) -> TokenStream {
 /// A journaled recovery point: `step!("name", { body })`,
 /// `step!("name", |step| { body })` (the closure form hands the body a
 /// `StepContext` with its idempotency key), optionally with
-/// `retry = <RetryPolicy>` before the body.
+/// `retry = <RetryPolicy>` and `timeout = <Duration>` (each attempt's time
+/// limit: an attempt past it is dropped and counts as a failed attempt)
+/// before the body.
 ///
 /// Only meaningful inside a `#[resumable]` function, which rewrites it;
 /// anywhere else it is a compile error. The body may `.await` and use `?`

@@ -22,13 +22,15 @@ pub struct StepCall {
     pub path: syn::Path,
     pub name: LitStr,
     pub retry: Option<Expr>,
+    /// How long one attempt may take (a `Duration`).
+    pub timeout: Option<Expr>,
     /// `|s| ...` binds the step's context to `s`.
     pub context: Option<Pat>,
     pub body: Expr,
     pub span: Span,
 }
 
-const STEP_FORM: &str = "write a step as `step!(\"name\", { ... })`, `step!(\"name\", |step| { ... })`, or with options: `step!(\"name\", retry = <RetryPolicy>, { ... })`";
+const STEP_FORM: &str = "write a step as `step!(\"name\", { ... })`, `step!(\"name\", |step| { ... })`, or with options: `step!(\"name\", retry = <RetryPolicy>, timeout = <Duration>, { ... })`";
 
 impl Parse for StepCall {
     fn parse(input: ParseStream) -> syn::Result<Self> {
@@ -57,17 +59,19 @@ impl Parse for StepCall {
             )
         })?;
         let mut retry = None;
+        let mut timeout = None;
         while input.peek(Ident) && input.peek2(Token![=]) && !input.peek2(Token![==]) {
             let key: Ident = input.parse()?;
             input.parse::<Token![=]>()?;
             let value: Expr = input.parse()?;
             match key.to_string().as_str() {
                 "retry" => retry = Some(value),
+                "timeout" => timeout = Some(value),
                 other => {
                     return Err(syn::Error::new_spanned(
                         key,
                         format!(
-                            "unknown step option `{other}`; the valid option is `retry = <RetryPolicy>`"
+                            "unknown step option `{other}`; the valid options are `retry = <RetryPolicy>` and `timeout = <Duration>` (each attempt's limit)"
                         ),
                     ));
                 }
@@ -86,6 +90,7 @@ impl Parse for StepCall {
                 path: syn::parse_quote!(step),
                 name,
                 retry,
+                timeout,
                 context: None,
                 body,
                 span,
@@ -97,6 +102,7 @@ impl Parse for StepCall {
                     path: syn::parse_quote!(step),
                     name,
                     retry,
+                    timeout,
                     context: c.inputs.into_iter().next(),
                     body: *c.body,
                     span,

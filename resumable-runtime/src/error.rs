@@ -183,6 +183,23 @@ pub enum Error {
         message: String,
     },
 
+    /// Every attempt of a step with a time limit (`step!("name", timeout =
+    /// …, { … })`) ran past it; like a panic on every attempt, the run stays
+    /// incomplete with this as its last error.
+    #[error(
+        "step '{step}' of run {run:?} timed out on attempt {attempts} (limit {limit:?} per attempt)"
+    )]
+    StepTimedOut {
+        /// The run key.
+        run: String,
+        /// The step id.
+        step: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The limit of each attempt.
+        limit: std::time::Duration,
+    },
+
     /// The workflow body panicked outside any step. The run stays incomplete.
     #[error("workflow of run {run:?} panicked outside a step: {message}")]
     WorkflowPanicked {

@@ -112,6 +112,16 @@ pub fn error_codec<C: Codec, E: WorkflowError>() -> ErrorCodec<E> {
     }
 }
 
+/// Why an attempt ended without the body's own result.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum AttemptFailure {
+    /// The body panicked, with this message.
+    Panicked(String),
+    /// The attempt ran past the step's time limit.
+    TimedOut(std::time::Duration),
+}
+
 /// One execution of a `step!` call site.
 #[doc(hidden)]
 pub struct Step<'c, E> {
@@ -120,6 +130,8 @@ pub struct Step<'c, E> {
     site: &'static StepSite,
     id: Arc<str>,
     policy: RetryPolicy,
+    /// How long one attempt may take.
+    timeout: Option<std::time::Duration>,
     attempts: u32,
     started_at: Timestamp,
     phase: Phase,
@@ -148,11 +160,19 @@ impl<'c, E> Step<'c, E> {
             site,
             id: ctx.next_step_id(site.name),
             policy: policy.unwrap_or(run.retry),
+            timeout: None,
             attempts: 0,
             started_at: Timestamp(0),
             phase: Phase::New,
             span: tracing::Span::none(),
         }
+    }
+
+    /// Limits each attempt to `limit`: one that runs longer is dropped and
+    /// counts as a failed attempt under the retry policy.
+    pub fn with_timeout(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.timeout = limit;
+        self
     }
 
     /// Replays the step or lets its body run.
@@ -233,8 +253,9 @@ impl<'c, E> Step<'c, E> {
         }
     }
 
-    /// Runs one attempt of the body, catching a panic as a failed attempt.
-    pub async fn attempt<F, T>(&mut self, body: F) -> Result<Result<T, E>, String>
+    /// Runs one attempt of the body, catching a panic (or running past the
+    /// time limit) as a failed attempt.
+    pub async fn attempt<F, T>(&mut self, body: F) -> Result<Result<T, E>, AttemptFailure>
     where
         F: Future<Output = Result<T, E>>,
     {
@@ -246,18 +267,24 @@ impl<'c, E> Step<'c, E> {
             attempt = self.attempts.saturating_add(1),
             replayed = false,
         );
-        AssertUnwindSafe(body)
+        let attempt = AssertUnwindSafe(body)
             .catch_unwind()
-            .instrument(self.span.clone())
-            .await
-            .map_err(|payload| panic_message(&*payload))
+            .instrument(self.span.clone());
+        let caught = match self.timeout {
+            None => attempt.await,
+            Some(limit) => match tokio::time::timeout(limit, attempt).await {
+                Ok(caught) => caught,
+                Err(_) => return Err(AttemptFailure::TimedOut(limit)),
+            },
+        };
+        caught.map_err(|payload| AttemptFailure::Panicked(panic_message(&*payload)))
     }
 
     /// Journals a success, or records a failure and decides whether to retry.
     /// `terminal` says the error's type classified it as not worth retrying.
     pub async fn settle<C: Codec, T: Journaled>(
         &mut self,
-        result: Result<Result<T, E>, String>,
+        result: Result<Result<T, E>, AttemptFailure>,
         terminal: bool,
     ) -> Settled<T, E> {
         self.attempts = self.attempts.saturating_add(1);
@@ -307,22 +334,39 @@ impl<'c, E> Step<'c, E> {
                     Settled::Retry
                 }
             }
-            Err(panic) => {
-                span.in_scope(|| tracing::error!(panic = %panic, "step attempt panicked"));
+            Err(failure) => {
+                let message = match &failure {
+                    AttemptFailure::Panicked(panic) => {
+                        span.in_scope(|| tracing::error!(panic = %panic, "step attempt panicked"));
+                        format!("panicked: {panic}")
+                    }
+                    AttemptFailure::TimedOut(limit) => {
+                        span.in_scope(|| tracing::warn!(limit = ?limit, "step attempt timed out"));
+                        format!("timed out after {limit:?}")
+                    }
+                };
                 if self.policy.allows_retry(self.attempts) {
-                    self.retry_later(format!("panicked: {panic}")).await;
-                    Settled::Retry
-                } else {
-                    self.record_failure(format!("panicked: {panic}"), None)
-                        .await;
-                    let err = Error::StepPanicked {
-                        run: self.run.run_key.clone(),
-                        step: self.id.to_string(),
-                        attempts: self.attempts,
-                        message: panic,
-                    };
-                    self.abort(err).await
+                    self.retry_later(message).await;
+                    return Settled::Retry;
                 }
+                self.record_failure(message, None).await;
+                let (run, step, attempts) =
+                    (self.run.run_key.clone(), self.id.to_string(), self.attempts);
+                let err = match failure {
+                    AttemptFailure::Panicked(message) => Error::StepPanicked {
+                        run,
+                        step,
+                        attempts,
+                        message,
+                    },
+                    AttemptFailure::TimedOut(limit) => Error::StepTimedOut {
+                        run,
+                        step,
+                        attempts,
+                        limit,
+                    },
+                };
+                self.abort(err).await
             }
         }
     }

@@ -2,7 +2,7 @@ use resumable::{resumable, step};
 
 #[resumable]
 async fn upload(user: u64) -> Result<u64, String> {
-    let id = step!("store", timeout = 5, { user });
+    let id = step!("store", attempts = 5, { user });
     Ok(id)
 }
 
