@@ -4,47 +4,73 @@
 //! by the record's size.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use resumable::{Bincode, Codec};
 
-/// The system allocator, keeping the largest single allocation asked for
-/// and the most bytes live at once.
+/// The system allocator, keeping, for the thread being measured, the
+/// largest single allocation asked for and the most bytes live at once
+/// (other threads, such as the test harness's, do not count).
 struct Counting;
 
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+thread_local! {
+    static MEASURED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn measured() -> bool {
+    MEASURED.try_with(Cell::get).unwrap_or(false)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::SeqCst);
-        let live = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-        PEAK.fetch_max(live, Ordering::SeqCst);
+        if measured() {
+            let size = layout.size() as isize;
+            LARGEST.fetch_max(layout.size(), Ordering::SeqCst);
+            let live = LIVE.fetch_add(size, Ordering::SeqCst) + size;
+            PEAK.fetch_max(live, Ordering::SeqCst);
+        }
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
+        if measured() {
+            LIVE.fetch_sub(layout.size() as isize, Ordering::SeqCst);
+        }
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.dealloc(ptr, layout) }
     }
 }
 
+/// Runs `f` with this thread's allocations counted, one measurement at a
+/// time (the counters are the process's).
+fn measuring<T>(f: impl FnOnce() -> T) -> T {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    LARGEST.store(0, Ordering::SeqCst);
+    LIVE.store(0, Ordering::SeqCst);
+    PEAK.store(0, Ordering::SeqCst);
+    MEASURED.with(|m| m.set(true));
+    let out = f();
+    MEASURED.with(|m| m.set(false));
+    out
+}
+
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Held by each test while it measures: the counters are the process's.
-static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// How many bytes more than before `decode` were live at once while it ran.
 fn peak_growth(decode: impl FnOnce()) -> usize {
-    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
-    let before = LIVE.load(Ordering::SeqCst);
-    PEAK.store(before, Ordering::SeqCst);
-    decode();
-    PEAK.load(Ordering::SeqCst) - before
+    measuring(|| {
+        decode();
+        PEAK.load(Ordering::SeqCst).max(0) as usize
+    })
 }
 
 /// A decode of a crafted record: whether it was refused.
@@ -52,10 +78,10 @@ type Refused<'a> = Box<dyn Fn() -> bool + 'a>;
 
 /// The largest allocation `decode` made.
 fn largest_allocation(decode: impl FnOnce()) -> usize {
-    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
-    LARGEST.store(0, Ordering::SeqCst);
-    decode();
-    LARGEST.load(Ordering::SeqCst)
+    measuring(|| {
+        decode();
+        LARGEST.load(Ordering::SeqCst)
+    })
 }
 
 #[test]

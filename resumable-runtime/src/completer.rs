@@ -266,7 +266,14 @@ impl Completer {
                 let sleep = due_times.sleep(poll_interval);
                 tokio::select! {
                     _ = &mut stopped => break 'work,
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => break,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                        // Every other run that finished meanwhile freed its
+                        // slot too: one claim for all of them, not one each
+                        // (10,000 runs going to sleep at once cost 10,000
+                        // claims, seconds of a core, before this).
+                        while tasks.try_join_next().is_some() {}
+                        break;
+                    }
                     () = tokio::time::sleep(sleep) => {
                         due_times.forget_past();
                         break;
