@@ -422,8 +422,19 @@ async fn changed_control_flow_is_a_nondeterminism_error_and_leaves_the_journal_a
                 (run.as_str(), expected.as_str(), found.as_str()),
                 ("n", "left#0", "right#0")
             );
-            assert!(
-                location.file.ends_with("workflows.rs") && location.line > 0,
+            // The `step!` the code asked for instead, by its own line and column.
+            let (line, column) = include_str!("workflows.rs")
+                .lines()
+                .enumerate()
+                .find_map(|(i, l)| {
+                    l.find("step!(\"right\"")
+                        .map(|c| (i as u32 + 1, c as u32 + 1))
+                })
+                .unwrap();
+            assert!(location.file.ends_with("workflows.rs"), "{location}");
+            assert_eq!(
+                (location.line, location.column),
+                (line, column),
                 "{location}"
             );
         }

@@ -286,6 +286,7 @@ impl Generator<'_> {
                 },
             ),
         };
+        let location = location(krate, f.item.sig.ident.span());
         let meta = quote! {
             #[doc(hidden)]
             #(#cfg_attrs)*
@@ -296,15 +297,11 @@ impl Generator<'_> {
                     fingerprint: #krate::__private::fingerprint(#hash, <#codec as #krate::Codec>::NAME),
                     compatible: &[#(#compatible),*],
                     retry: #retry,
-                    location: #krate::__private::Location {
-                        file: ::core::file!(),
-                        line: ::core::line!(),
-                        column: ::core::column!(),
-                    },
+                    location: #location,
                 }
             }
         };
-        respan_location(meta, f.item.sig.ident.span())
+        meta
     }
 
     /// Input:  the same function.
@@ -401,32 +398,19 @@ fn option(expr: Option<&Expr>) -> TokenStream {
     }
 }
 
-/// Gives `file!()`/`line!()`/`column!()` in generated code the span of the
-/// user's tokens, so they report where the user wrote them.
-fn respan_location(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|tt| match tt {
-            TokenTree::Ident(i) if i == "file" || i == "line" || i == "column" => {
-                TokenTree::Ident(Ident::new(&i.to_string(), span))
-            }
-            TokenTree::Punct(mut p) if p.as_char() == '!' => {
-                p.set_span(span);
-                TokenTree::Punct(p)
-            }
-            TokenTree::Group(g) => {
-                let mut group =
-                    proc_macro2::Group::new(g.delimiter(), respan_location(g.stream(), span));
-                if g.delimiter() == Delimiter::Parenthesis && g.stream().is_empty() {
-                    group.set_span(span);
-                } else {
-                    group.set_span(g.span());
-                }
-                TokenTree::Group(group)
-            }
-            other => other,
-        })
-        .collect()
+/// `Location { file, line, column }` of `span`: its own line and column
+/// (1-based, as `column!()`), which `line!()` in generated code cannot give
+/// (it reports the outermost macro call, the `#[resumable]` attribute).
+fn location(krate: &Path, span: Span) -> TokenStream {
+    let start = span.start();
+    let (line, column) = (start.line as u32, start.column as u32 + 1);
+    quote! {
+        #krate::__private::Location {
+            file: ::core::file!(),
+            line: #line,
+            column: #column,
+        }
+    }
 }
 
 /// Tokens as text that does not depend on the compiler's pretty-printer, so
@@ -477,19 +461,13 @@ impl Expander {
             syn::Pat::Type(_) => quote!(let #pat = __resumable_step.context();),
             _ => quote!(let #pat: #k::__private::StepContext = __resumable_step.context();),
         });
-        let site = respan_location(
-            quote! {
-                static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
-                    name: #name,
-                    location: #k::__private::Location {
-                        file: ::core::file!(),
-                        line: ::core::line!(),
-                        column: ::core::column!(),
-                    },
-                };
-            },
-            span,
-        );
+        let location = location(k, span);
+        let site = quote! {
+            static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
+                name: #name,
+                location: #location,
+            };
+        };
         let path = &call.path;
         // Spanned on the `step!` itself, so a step output that cannot be
         // journaled, or an error that does not convert, is reported there.
@@ -551,19 +529,13 @@ impl Expander {
         let name = &call.name;
         let wake = &call.wake;
         let ctx = Ident::new("__resumable_ctx", Span::call_site());
-        let site = respan_location(
-            quote! {
-                static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
-                    name: #name,
-                    location: #k::__private::Location {
-                        file: ::core::file!(),
-                        line: ::core::line!(),
-                        column: ::core::column!(),
-                    },
-                };
-            },
-            span,
-        );
+        let location = location(k, span);
+        let site = quote! {
+            static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
+                name: #name,
+                location: #location,
+            };
+        };
         // Spanned on the argument: a value of another type is reported there.
         let wake = match call.until {
             true => quote_spanned!(wake.span()=> #k::__private::Wake::At(#wake)),
