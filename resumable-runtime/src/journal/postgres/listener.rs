@@ -72,10 +72,10 @@ async fn listen_once(
     let (client, mut connection) = config.connect(NoTls).await?;
     let mut messages = std::pin::pin!(async {
         while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
-            if let AsyncMessage::Notification(note) = message? {
-                if let Some(event) = parse(note.payload()) {
-                    events.send(event);
-                }
+            if let AsyncMessage::Notification(note) = message?
+                && let Some(event) = parse(note.payload())
+            {
+                events.send(event);
             }
         }
         Ok(())
