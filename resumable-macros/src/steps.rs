@@ -422,6 +422,25 @@ impl<'a> StepRewriter<'a> {
         if !mentions_step(mac.tokens.clone()) {
             return;
         }
+        let name = mac
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default();
+        if matches!(name.as_str(), "select" | "select_biased") {
+            self.errors.spanned(
+                &mac.path,
+                format!(
+                    "steps raced with `{name}!` replay differently: the branch that lost may already have journaled its step, and after a crash the other branch may win; run every branch with `join!` or `try_join!` (each step then runs to its journaled end), and decide between their results in the workflow's code"
+                ),
+            );
+            // Reported once: the race is left out, so that its steps do not
+            // report being outside a workflow too.
+            mac.path = syn::parse_quote!(::core::unreachable);
+            mac.tokens = TokenStream::new();
+            return;
+        }
         let parsed = mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated);
         match parsed {
             Ok(mut exprs) => {
