@@ -108,6 +108,14 @@ async fn complete(rt: &Runtime, reminder: &Arc<Reminder>) -> resumable::Complete
         .unwrap()
 }
 
+/// The sleep a run stopped in and when it is due, from `Error::Sleeping`.
+fn asleep<T: std::fmt::Debug>(result: resumable::Result<T>, journal: &str) -> (String, SystemTime) {
+    match result {
+        Err(Error::Sleeping { step, until, .. }) => (step, until),
+        other => panic!("{journal}: expected Error::Sleeping, got {other:?}"),
+    }
+}
+
 /// Waits until `until` has passed.
 async fn wait_past(until: SystemTime) {
     if let Ok(left) = until.duration_since(SystemTime::now()) {
@@ -134,13 +142,11 @@ async fn a_long_sleep_gives_the_run_back_until_a_completer_resumes_it() {
         let rt = Runtime::new(journal);
         let reminder = Arc::new(Reminder::default());
         let before = SystemTime::now();
-        let until = match rt.run("r", reminder.remind(LONG.as_millis() as u64)).await {
-            Err(Error::Sleeping { run, step, until }) => {
-                assert_eq!((run.as_str(), step.as_str()), ("r", "pause#0"), "{name}");
-                until
-            }
-            other => panic!("{name}: expected Error::Sleeping, got {other:?}"),
-        };
+        let (step, until) = asleep(
+            rt.run("r", reminder.remind(LONG.as_millis() as u64)).await,
+            name,
+        );
+        assert_eq!(step, "pause#0", "{name}");
         // (Journaled to the millisecond.)
         assert!(until + Duration::from_millis(1) >= before + LONG, "{name}");
         let info = rt.run_info("r").await.unwrap().unwrap();
@@ -155,12 +161,11 @@ async fn a_long_sleep_gives_the_run_back_until_a_completer_resumes_it() {
         // it is due neither restarts the clock nor runs a step.
         let report = complete(&rt, &reminder).await;
         assert_eq!((report.finished, report.slept), (0, 0), "{name}");
-        match rt.run("r", reminder.remind(LONG.as_millis() as u64)).await {
-            Err(Error::Sleeping { until: again, .. }) => {
-                assert_eq!(again, until, "{name}: the wake time is journaled once")
-            }
-            other => panic!("{name}: expected Error::Sleeping, got {other:?}"),
-        }
+        let (_, again) = asleep(
+            rt.run("r", reminder.remind(LONG.as_millis() as u64)).await,
+            name,
+        );
+        assert_eq!(again, until, "{name}: the wake time is journaled once");
 
         // A run a completer takes goes to sleep there the same way.
         rt.submit("s", reminder.remind(60_000)).await.unwrap();
@@ -206,8 +211,7 @@ async fn cancelling_a_sleeping_run_cancels_it_at_once() {
     for (name, journal) in journals("sleep_cancel").await.list {
         let rt = Runtime::new(journal);
         let reminder = Reminder::default();
-        let sleeping = rt.run("r", reminder.remind(60_000)).await;
-        assert!(matches!(sleeping, Err(Error::Sleeping { .. })), "{name}");
+        asleep(rt.run("r", reminder.remind(60_000)).await, name);
         assert_eq!(
             rt.runs().cancel("r").await.unwrap(),
             CommandOutcome::Done(RunState::Cancelled),
@@ -228,10 +232,7 @@ async fn a_deadline_before_the_wake_time_ends_the_run() {
         let rt = Runtime::new(journal);
         let reminder = Arc::new(Reminder::default());
         let call = reminder.remind(60_000).time_limit(LONG);
-        let until = match rt.run("r", call).await {
-            Err(Error::Sleeping { until, .. }) => until,
-            other => panic!("{name}: expected Error::Sleeping, got {other:?}"),
-        };
+        let (_, until) = asleep(rt.run("r", call).await, name);
         let info = rt.run_info("r").await.unwrap().unwrap();
         let deadline = info.deadline.unwrap();
         assert!(deadline < until, "{name}");
@@ -248,16 +249,12 @@ async fn other_branches_go_on_while_one_sleeps() {
     for (name, journal) in journals("sleep_branches").await.list {
         let rt = Runtime::new(journal);
         let reminder = Arc::new(Reminder::default());
-        let until = match rt
-            .run("r", reminder.branches(LONG.as_millis() as u64))
-            .await
-        {
-            Err(Error::Sleeping { step, until, .. }) => {
-                assert_eq!(step, "nap@0#0", "{name}");
-                until
-            }
-            other => panic!("{name}: expected Error::Sleeping, got {other:?}"),
-        };
+        let (step, until) = asleep(
+            rt.run("r", reminder.branches(LONG.as_millis() as u64))
+                .await,
+            name,
+        );
+        assert_eq!(step, "nap@0#0", "{name}");
         // The other branch recorded both its steps before the run was given back.
         assert_eq!(reminder.side.load(Ordering::SeqCst), 2, "{name}");
         assert_eq!(reminder.reminded.load(Ordering::SeqCst), 0, "{name}");

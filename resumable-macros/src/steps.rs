@@ -450,12 +450,6 @@ impl<'a> StepRewriter<'a> {
                 mac.tokens = exprs.into_token_stream();
             }
             Err(_) => {
-                let name = mac
-                    .path
-                    .segments
-                    .last()
-                    .map(|s| s.ident.to_string())
-                    .unwrap_or_default();
                 self.errors.spanned(
                     &mac.path,
                     format!(
