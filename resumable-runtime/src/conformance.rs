@@ -36,8 +36,9 @@ pub mod postgres;
 
 pub use lifecycle::{
     cancel_stops_runs_durably, create_run_does_not_lease, dead_letters_wait_for_an_operator,
-    fork_copies_the_first_steps, leases_given_back_together_count_failures, list_runs_pages,
-    purge_deletes_old_finished_runs, resume_reopens_a_failed_run, retry_now_makes_a_run_due,
+    events_keep_the_last_published_value, fork_copies_the_first_steps,
+    leases_given_back_together_count_failures, list_runs_pages, purge_deletes_old_finished_runs,
+    resume_reopens_a_failed_run, retry_now_makes_a_run_due,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +86,7 @@ pub async fn run_all(journal: Arc<dyn Journal>) {
     retry_now_makes_a_run_due(j).await;
     fork_copies_the_first_steps(j).await;
     purge_deletes_old_finished_runs(j).await;
+    events_keep_the_last_published_value(j).await;
     leases_given_back_together_count_failures(j).await;
     list_runs_pages(j).await;
 }

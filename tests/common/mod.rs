@@ -145,4 +145,7 @@ impl<J: Journal> Journal for Misbehaving<J> {
     async fn list_runs(&self, filter: &RunFilter) -> resumable::Result<Vec<RunRecord>> {
         self.inner.list_runs(filter).await
     }
+    async fn get_event(&self, key: &str, name: &str) -> resumable::Result<Option<Vec<u8>>> {
+        self.inner.get_event(key, name).await
+    }
 }

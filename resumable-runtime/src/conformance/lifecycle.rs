@@ -462,6 +462,12 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
             .write(&lease, step_completed("a#0", 0, vec![1], t))
             .await
             .unwrap();
+        let event = Write::EventSet {
+            name: "e".into(),
+            value: vec![1],
+            at: t,
+        };
+        journal.write(&lease, event).await.unwrap();
         journal.write(&lease, finished(at(t, i))).await.unwrap();
         old.push(key);
     }
@@ -525,6 +531,11 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
         let (snapshot, lease) =
             open_leased(journal, new_run(key, b"i"), at(t, 600), at(t, 60_000)).await;
         assert!(snapshot.steps.is_empty(), "purge must delete a run's steps");
+        assert_eq!(
+            journal.get_event(key, "e").await.unwrap(),
+            None,
+            "purge must delete a run's events"
+        );
         journal.write(&lease, finished(at(t, 601))).await.unwrap();
     }
     for key in [&young, &unfinished, &dead] {
@@ -702,4 +713,64 @@ async fn command(journal: &dyn Journal, key: &str, command: Command, now: Timest
         "{command:?} of '{key}' must say whether it changed the run: before {before:?}, after {run:?}"
     );
     run
+}
+
+/// `EventSet` publishes a value under a name, replacing the last one, fenced
+/// like every write; `get_event` reads the latest, or `None` for a name or
+/// run without one. Events are the run's own: another run's are apart.
+pub async fn events_keep_the_last_published_value(journal: &dyn Journal) {
+    let key = unique("events");
+    let other = unique("events-other");
+    let t = Timestamp::now();
+    let (_, lease) = open_leased(journal, new_run(&key, b"i"), t, at(t, 60_000)).await;
+    let (_, other_lease) = open_leased(journal, new_run(&other, b"i"), t, at(t, 60_000)).await;
+    let set = |value: &[u8], ms| Write::EventSet {
+        name: "status".into(),
+        value: value.to_vec(),
+        at: at(t, ms),
+    };
+    assert_eq!(journal.get_event(&key, "status").await.unwrap(), None);
+    journal.write(&lease, set(b"shipped", 1)).await.unwrap();
+    journal.write(&other_lease, set(b"other", 1)).await.unwrap();
+    assert_eq!(
+        journal.get_event(&key, "status").await.unwrap().as_deref(),
+        Some(&b"shipped"[..])
+    );
+    journal.write(&lease, set(b"delivered", 2)).await.unwrap();
+    assert_eq!(
+        journal.get_event(&key, "status").await.unwrap().as_deref(),
+        Some(&b"delivered"[..]),
+        "a new value replaces the last"
+    );
+    assert_eq!(
+        journal
+            .get_event(&other, "status")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"other"[..]),
+        "each run has its own events"
+    );
+    assert_eq!(journal.get_event(&key, "eta").await.unwrap(), None);
+    assert_eq!(
+        journal
+            .get_event(&unique("events-none"), "status")
+            .await
+            .unwrap(),
+        None
+    );
+    // Given back, the lease publishes no more.
+    let release = Write::Release {
+        last_error: None,
+        wake_at: at(t, 3),
+        failures: 0,
+        at: at(t, 3),
+    };
+    journal.write(&lease, release).await.unwrap();
+    let late = journal.write(&lease, set(b"late", 4)).await;
+    expect_lease_lost(late, &lease, "publishing under a lease that was given back");
+    assert_eq!(
+        journal.get_event(&key, "status").await.unwrap().as_deref(),
+        Some(&b"delivered"[..])
+    );
 }

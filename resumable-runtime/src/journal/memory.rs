@@ -36,6 +36,8 @@ struct StoredRun {
     record: RunRecord,
     steps: Steps,
     order: u64,
+    /// Published events by name.
+    events: HashMap<String, Vec<u8>>,
 }
 
 /// A run's step records in the order they were first written (which is
@@ -221,6 +223,7 @@ impl MemoryJournal {
             record: new_record(new, now),
             steps: Steps::default(),
             order: self.next_order(),
+            events: HashMap::new(),
         })
     }
 
@@ -373,6 +376,9 @@ impl Journal for MemoryJournal {
                     r.fingerprint = fingerprint;
                 }
                 r.updated_at = at;
+            }
+            Write::EventSet { name, value, at: _ } => {
+                run.events.insert(name, value);
             }
             Write::Release {
                 last_error,
@@ -533,6 +539,7 @@ impl Journal for MemoryJournal {
                 record: record.clone(),
                 steps: copied,
                 order: self.next_order(),
+                events: HashMap::new(),
             },
         );
         self.events.send(JournalEvent::Due { at: now });
@@ -556,6 +563,11 @@ impl Journal for MemoryJournal {
 
     async fn load_run(&self, key: &str) -> Result<Option<RunSnapshot>> {
         Ok(self.runs.lock().unwrap().get(key).map(StoredRun::snapshot))
+    }
+
+    async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let runs = self.runs.lock().unwrap();
+        Ok(runs.get(key).and_then(|run| run.events.get(name).cloned()))
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {

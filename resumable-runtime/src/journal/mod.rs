@@ -465,6 +465,16 @@ pub enum Write {
         /// Now.
         at: Timestamp,
     },
+    /// Publishes `value` as the run's event `name`, replacing the value it
+    /// had; read with [`Journal::get_event`].
+    EventSet {
+        /// The event's name.
+        name: String,
+        /// The sealed value.
+        value: Vec<u8>,
+        /// Now.
+        at: Timestamp,
+    },
     /// Gives an unfinished run back: releases the lease, records why, and
     /// sets when a completer may take it again. A run whose cancel was
     /// requested is finished as [`RunState::Cancelled`] instead.
@@ -680,6 +690,11 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// Runs matching `filter`, in the order they were created.
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
 
+    /// The value run `key` last published as event `name`
+    /// ([`Write::EventSet`]), if it did and the run exists. Purging a run
+    /// deletes its events.
+    async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>>;
+
     /// Wake-ups for completers and waiting clients: after a committed
     /// [`Write::Release`] or a run created or made due by a [`Command`], a
     /// [`JournalEvent::Due`]; after a run finished (by a write or a
@@ -745,6 +760,9 @@ impl<J: Journal + ?Sized> Journal for std::sync::Arc<J> {
     }
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         (**self).list_runs(filter).await
+    }
+    async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        (**self).get_event(key, name).await
     }
     fn subscribe(&self) -> Option<Subscription> {
         (**self).subscribe()

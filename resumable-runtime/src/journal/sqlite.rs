@@ -108,7 +108,7 @@ CREATE INDEX IF NOT EXISTS resumable_runs_lease_owner ON resumable_runs (lease_o
 /// repeating its key in every row and in the index (a smaller journal, and
 /// shorter index entries). Steps whose run no longer exists (only ever left
 /// by editing the tables by hand) are not carried over. An index of leased
-/// runs.
+/// runs, and the table of published events.
 const V3: &str = "
 CREATE TABLE resumable_steps_v3 (
     run_id     INTEGER NOT NULL, -- resumable_runs.id
@@ -134,6 +134,14 @@ ALTER TABLE resumable_steps_v3 RENAME TO resumable_steps;
 -- The leased runs in creation order (a completer's look for runs of dead
 -- workers), whatever the number of incomplete runs.
 CREATE INDEX resumable_runs_leased ON resumable_runs (state, id) WHERE lease_owner IS NOT NULL;
+-- The last value of each event a run published.
+CREATE TABLE resumable_events (
+    run_id     INTEGER NOT NULL, -- resumable_runs.id
+    name       TEXT    NOT NULL,
+    value      BLOB    NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 ";
 
 /// The id of run `?1`, for statements on its steps.
@@ -1093,6 +1101,17 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
             end_lease(conn, set, params![key, at.0, last_error, failures])?;
             Ok(ack)
         }
+        Write::EventSet { name, value, at } => {
+            let ack = fence(conn, lease)?;
+            conn.prepare_cached(concat!(
+                "INSERT INTO resumable_events (run_id, name, value, updated_at) \
+                 SELECT id, ?2, ?3, ?4 FROM resumable_runs WHERE run_key = ?1 \
+                 ON CONFLICT (run_id, name) DO UPDATE SET value = excluded.value, \
+                 updated_at = excluded.updated_at"
+            ))?
+            .execute(params![key, name, value, at.0])?;
+            Ok(ack)
+        }
         Write::Pin { fingerprint, at } => {
             let ack = fence(conn, lease)?;
             conn.prepare_cached(
@@ -1322,8 +1341,11 @@ fn purge(conn: &Connection, before: Timestamp, limit: usize) -> OpResult<usize> 
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut delete_steps = conn.prepare_cached("DELETE FROM resumable_steps WHERE run_id = ?1")?;
+    let mut delete_events =
+        conn.prepare_cached("DELETE FROM resumable_events WHERE run_id = ?1")?;
     for id in &ids {
         delete_steps.execute([id])?;
+        delete_events.execute([id])?;
     }
     Ok(ids.len())
 }
@@ -1592,6 +1614,22 @@ impl Journal for SqliteJournal {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let filter = filter.clone();
         self.read(move |conn| list_runs(conn, &filter)).await
+    }
+
+    async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let (key, name) = (key.to_owned(), name.to_owned());
+        self.read(move |conn| {
+            let value = conn
+                .prepare_cached(concat!(
+                    "SELECT value FROM resumable_events WHERE run_id = ",
+                    run_id!(),
+                    " AND name = ?2"
+                ))?
+                .query_row(params![key, name], |row| row.get(0))
+                .optional()?;
+            Ok(value)
+        })
+        .await
     }
 
     fn subscribe(&self) -> Option<Subscription> {

@@ -470,6 +470,15 @@ impl PostgresJournal {
                     None => Err(lease_lost(lease)),
                 }
             }
+            Write::EventSet { name, value, at } => {
+                let args: [&(dyn ToSql + Sync); 5] = [key, &epoch, name, value, &at.0];
+                match query(client, &self.sql.set_event, &args).await?.first() {
+                    Some(row) => Ok(Ack {
+                        cancel_requested: get(row, 0)?,
+                    }),
+                    None => Err(lease_lost(lease)),
+                }
+            }
             Write::Pin { fingerprint, at } => {
                 let fingerprint = *fingerprint as i64;
                 let rows =
@@ -1070,6 +1079,13 @@ impl Journal for PostgresJournal {
                 }
                 err => err,
             })
+        })
+    }
+
+    async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        with_client!(self, |client, retry| async {
+            let rows = query(client, &self.sql.get_event, &[&key, &name]).await?;
+            rows.first().map(|row| get(row, 0)).transpose()
         })
     }
 

@@ -148,11 +148,19 @@ ALTER TABLE {s}.resumable_leases ADD CONSTRAINT resumable_leases_pkey PRIMARY KE
 ALTER TABLE {s}.resumable_runs SET (fillfactor = 90, parallel_workers = 0);
 ALTER TABLE {s}.resumable_steps SET (parallel_workers = 0);
 ALTER TABLE {s}.resumable_leases SET (parallel_workers = 0);
+-- The last value of each event a run published.
+CREATE TABLE {s}.resumable_events (
+    run_id     BIGINT NOT NULL, -- resumable_runs.id
+    name       TEXT   NOT NULL,
+    value      BYTEA  NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (run_id, name)
+) WITH (parallel_workers = 0);
 -- The leased runs in creation order (a completer's look for runs of dead
 -- workers), whatever the number of incomplete runs.
 CREATE INDEX resumable_runs_leased ON {s}.resumable_runs (state, id) WHERE lease_owner IS NOT NULL;
 -- Statistics for the rebuilt tables, so that plans are right from the start.
-ANALYZE {s}.resumable_runs, {s}.resumable_steps, {s}.resumable_leases;
+ANALYZE {s}.resumable_runs, {s}.resumable_steps, {s}.resumable_leases, {s}.resumable_events;
 "#;
 
 pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {

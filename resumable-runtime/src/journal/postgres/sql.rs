@@ -50,6 +50,8 @@ pub(super) struct Statements {
     pub released_at: String,
     pub fence_holds: String,
     pub create_run: String,
+    pub set_event: String,
+    pub get_event: String,
     pub set_aside: String,
     pub dead_letter: String,
     pub release_many: String,
@@ -88,6 +90,7 @@ impl Statements {
         let runs = format!("{s}.resumable_runs");
         let steps = format!("{s}.resumable_steps");
         let leases = format!("{s}.resumable_leases");
+        let events = format!("{s}.resumable_events");
         let run = columns("");
         let r_run = columns("r.");
         // The fence of every write and renewal: `lease` ($1 key, $2 epoch) is
@@ -188,6 +191,18 @@ impl Statements {
                  VALUES ($1, $2, $3, $4, 'incomplete', 0, $5, 0, $5, $5, $6) \
                  ON CONFLICT (run_key) DO NOTHING RETURNING {run}"
             ),
+            // $1 key, $2 epoch, $3 name, $4 value, $5 at: fenced like a step
+            // write; returns whether a cancel is requested.
+            set_event: format!(
+                "WITH fence AS (SELECT id, cancel_requested_at IS NOT NULL AS cancel \
+                   FROM {runs} WHERE {current} FOR UPDATE), \
+                 stored AS (INSERT INTO {events} AS e (run_id, name, value, updated_at) \
+                   SELECT id, $3, $4, $5 FROM fence \
+                   ON CONFLICT (run_id, name) DO UPDATE SET value = excluded.value, \
+                     updated_at = excluded.updated_at) \
+                 SELECT cancel FROM fence"
+            ),
+            get_event: format!("SELECT value FROM {events} WHERE run_id = {run_id} AND name = $2"),
             // $1 key, $2 last_error: a run whose rows cannot be read.
             set_aside: format!(
                 "UPDATE {runs} SET state = 'dead_lettered', last_error = $2, lease_owner = NULL, \
@@ -291,6 +306,8 @@ impl Statements {
                  steps AS (DELETE FROM {steps} \
                    WHERE run_id = ANY (ARRAY(SELECT id FROM doomed))), \
                  leases AS (DELETE FROM {leases} \
+                   WHERE run_id = ANY (ARRAY(SELECT id FROM doomed))), \
+                 events AS (DELETE FROM {events} \
                    WHERE run_id = ANY (ARRAY(SELECT id FROM doomed))), \
                  runs AS (DELETE FROM {runs} WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
                  SELECT count(*) FROM runs"
