@@ -587,6 +587,11 @@ impl Expander {
         &self.krate
     }
 
+    /// The workflow's codec type.
+    pub fn codec(&self) -> &Type {
+        &self.codec
+    }
+
     /// The step reduced to its body, where it cannot be journaled (the
     /// function has fatal errors, or the step is misplaced): keeps the
     /// reported error the only one.

@@ -174,6 +174,44 @@ pub fn sleep_until(input: TokenStream) -> TokenStream {
     outside_workflow(input, "sleep_until!")
 }
 
+/// Publishes a value for others to read while the run goes on:
+/// `set_event!("status", value)` replaces the run's event `status`, which a
+/// `Client` reads with `get_event` (waiting for it if asked).
+///
+/// The publication is journaled as a step (`set_event:status#<n>`): a
+/// replay does not publish an earlier value again. Any number of call sites
+/// may publish one event; the latest value wins. The value must be
+/// serializable, and is sealed with the workflow's codec.
+///
+/// ```
+/// use std::time::Duration;
+/// use resumable::{resumable, set_event, step, Client, MemoryJournal, Runtime, WorkflowRef};
+///
+/// #[resumable(name = "ship")]
+/// async fn ship(order: u64) -> Result<(), String> {
+///     set_event!("status", "packing".to_string());
+///     step!("pack", { order });
+///     set_event!("status", "shipped".to_string());
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// let journal = std::sync::Arc::new(MemoryJournal::new());
+/// Runtime::new(journal.clone()).run("ship-7", ship(7)).await?.unwrap();
+/// const SHIP: WorkflowRef<(u64,), Result<(), String>> = WorkflowRef::named("ship");
+/// let status: Option<String> = Client::new(journal)
+///     .get_event(&SHIP, "ship-7", "status", Duration::ZERO)
+///     .await?;
+/// assert_eq!(status.as_deref(), Some("shipped"));
+/// # Ok(())
+/// # }
+/// ```
+#[proc_macro]
+pub fn set_event(input: TokenStream) -> TokenStream {
+    outside_workflow(input, "set_event!")
+}
+
 /// What `step!`, `sleep!` and `sleep_until!` expand to where `#[resumable]`
 /// did not rewrite them: nothing for the `@used` marker it leaves behind
 /// (so that the user's `use resumable::…;` counts as used), else an error.

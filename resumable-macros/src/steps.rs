@@ -172,6 +172,7 @@ enum Journaled {
     Step,
     /// `sleep!`, or with `true`, `sleep_until!`.
     Sleep(bool),
+    SetEvent,
 }
 
 /// `step!`, `sleep!` or `sleep_until!`, bare or as `resumable::…!` or
@@ -182,6 +183,7 @@ fn journaled(mac: &Macro, krate: &syn::Path) -> Option<Journaled> {
         "step" => Journaled::Step,
         "sleep" => Journaled::Sleep(false),
         "sleep_until" => Journaled::Sleep(true),
+        "set_event" => Journaled::SetEvent,
         _ => return None,
     };
     ours(mac, krate).then_some(kind)
@@ -278,7 +280,82 @@ impl<'a> StepRewriter<'a> {
         match kind {
             Journaled::Step => self.rewrite_step(mac),
             Journaled::Sleep(until) => self.rewrite_sleep(mac, until),
+            Journaled::SetEvent => self.rewrite_set_event(mac),
         }
+    }
+
+    /// `set_event!("name", value)` becomes a step, `set_event:name#<n>`,
+    /// whose body publishes the value: replayed, it publishes nothing
+    /// again. Many call sites may publish one event.
+    fn rewrite_set_event(&mut self, mac: &Macro) -> Expr {
+        const FORM: &str = "write it as `set_event!(\"name\", value)`";
+        let parser = |input: ParseStream| {
+            let name: LitStr = input.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    format!("an event's name must be a string literal; {FORM}"),
+                )
+            })?;
+            input.parse::<Token![,]>().map_err(|e| {
+                syn::Error::new(e.span(), format!("expected `,` after the name; {FORM}"))
+            })?;
+            let value: Expr = input.parse()?;
+            let _ = input.parse::<Option<Token![,]>>()?;
+            if !input.is_empty() {
+                return Err(input.error(format!("unexpected tokens; {FORM}")));
+            }
+            Ok((name, value))
+        };
+        let path = &mac.path;
+        let (name, mut value) = match mac.parse_body_with(parser) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.errors.push(e);
+                return syn::parse_quote!({ #path!(@used); });
+            }
+        };
+        let span = mac.path.span();
+        let event = name.value();
+        let mut journaled = true;
+        if event.is_empty() || event.contains('#') {
+            self.errors.spanned(
+                &name,
+                "an event's name must be a non-empty string literal without `#`",
+            );
+            journaled = false;
+        }
+        if self.in_step || self.closures > 0 || self.async_closures > 0 {
+            self.errors.at(
+                span,
+                "`set_event!` must be in the workflow's own code (not in a step's body or a closure): a step's body does not run again once journaled",
+            );
+            journaled = false;
+        }
+        self.steps += 1;
+        self.visit_expr_mut(&mut value);
+        let step_name = format!("set_event:{event}");
+        self.shape.push(step_name.clone());
+        if self.fallback || !journaled {
+            return syn::parse_quote!({ #path!(@used); let _ = &#value; });
+        }
+        let k = self.expander.krate();
+        let codec = self.expander.codec();
+        let ctx = Ident::new("__resumable_ctx", Span::call_site());
+        let body = syn::parse_quote_spanned! {span=>
+            {
+                #k::__private::publish::<#codec, _>(#ctx, #name, &(#value)).await
+            }
+        };
+        let call = StepCall {
+            path: path.clone(),
+            name: LitStr::new(&step_name, name.span()),
+            retry: None,
+            timeout: None,
+            context: None,
+            body,
+            span,
+        };
+        self.expander.step(&call)
     }
 
     fn rewrite_sleep(&mut self, mac: &Macro, until: bool) -> Expr {
@@ -467,7 +544,8 @@ fn mentions_step(tokens: TokenStream) -> bool {
         match tt {
             TokenTree::Punct(p) if p.as_char() == '!' && previous_was_step => return true,
             TokenTree::Ident(i) => {
-                previous_was_step = i == "step" || i == "sleep" || i == "sleep_until";
+                previous_was_step =
+                    i == "step" || i == "sleep" || i == "sleep_until" || i == "set_event";
                 continue;
             }
             TokenTree::Group(g) if mentions_step(g.stream()) => return true,

@@ -218,6 +218,56 @@ impl Client {
         }
     }
 
+    /// The value run `key` of `workflow` last published as event `name`
+    /// (`set_event!`), decoded with the workflow's codec; waiting up to
+    /// `timeout` for one to be published (`Duration::ZERO`: look once).
+    /// `Ok(None)` if none was by then (or no run has the key).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::Duration;
+    /// use resumable::{Client, MemoryJournal, WorkflowRef};
+    ///
+    /// const SHIP: WorkflowRef<(u64,), Result<(), String>> = WorkflowRef::named("ship");
+    ///
+    /// let client = Client::new(MemoryJournal::new());
+    /// let status: Option<String> = client
+    ///     .get_event(&SHIP, "ship-7", "status", Duration::from_millis(10))
+    ///     .await?;
+    /// assert_eq!(status, None); // nothing published
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_event<I, R, C, T>(
+        &self,
+        workflow: &WorkflowRef<I, R, C>,
+        key: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>>
+    where
+        C: Codec,
+        T: Journaled,
+    {
+        let _ = workflow;
+        validate_lookup_key(key)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(record) = self.journal.get_event(key, name).await? {
+                let slot = || Slot::Event(name.to_owned());
+                return self.envelope.open::<C, T>(key, slot, &record).map(Some);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(self.poll_interval.min(Duration::from_millis(250)));
+        }
+    }
+
     /// Run `key`'s outcome, decoded, if it has finished: `Ok(None)` while it
     /// is incomplete, [`Error::UnknownRun`] if no run has the key, and the
     /// lifecycle's errors ([`Error::Cancelled`], [`Error::DeadlineExceeded`],

@@ -25,6 +25,8 @@ pub enum Slot {
     Step(String),
     /// The run's final outcome.
     Outcome,
+    /// A value the run published as an event (`set_event!`), by name.
+    Event(String),
 }
 
 impl fmt::Display for Slot {
@@ -33,6 +35,7 @@ impl fmt::Display for Slot {
             Slot::Input => f.write_str("input"),
             Slot::Step(id) => write!(f, "step '{id}'"),
             Slot::Outcome => f.write_str("outcome"),
+            Slot::Event(name) => write!(f, "event '{name}'"),
         }
     }
 }

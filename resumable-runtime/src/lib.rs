@@ -61,7 +61,7 @@ pub mod __private {
     pub use crate::step::{
         ErrorCodec, Prepared, Settled, Step, StepContext, StepSite, error_codec,
     };
-    pub use crate::wait::{Wake, sleep};
+    pub use crate::wait::{Wake, publish, sleep};
     pub use crate::workflow::{
         BoxFuture, Classifier, OutputCheck, OutputCheckFallback, ViaClassify, ViaDefault,
         WorkflowMeta, WorkflowResult, assert_journaled, assert_workflow_result, clone_dependency,

@@ -1,4 +1,5 @@
-//! Durable waits: `sleep!` and `sleep_until!`.
+//! Durable waits (`sleep!` and `sleep_until!`), and what a run publishes
+//! for others to read (`set_event!`).
 //!
 //! A sleep is journaled as a step whose output is its wake time, computed
 //! once: a replay (after a crash, in another process) reads it back and
@@ -10,10 +11,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use serde::Serialize;
+
 use crate::codec::Codec;
 use crate::context::{Ctx, RunCtx};
-use crate::error::Error;
-use crate::journal::Timestamp;
+use crate::error::{Error, Slot};
+use crate::journal::{Timestamp, Write};
 use crate::step::{ErrorCodec, Prepared, Settled, Step, StepSite};
 use crate::workflow::WorkflowError;
 
@@ -91,5 +94,35 @@ impl<'r> Waiting<'r> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.run.sleep_ended(&self.id);
+    }
+}
+
+/// Publishes `value` as the run's event `name`, replacing its last value;
+/// used by generated code inside the step that journals the publication
+/// (so that a replay does not publish an older value again). A failure of
+/// the journal stops the run, as a step's write does.
+#[doc(hidden)]
+pub async fn publish<C: Codec, T: Serialize + ?Sized>(ctx: &Ctx, name: &'static str, value: &T) {
+    let run = &*ctx.run;
+    let published = async {
+        let value =
+            run.envelope
+                .seal::<C, T>(&run.run_key, || Slot::Event(name.to_owned()), value)?;
+        let write = Write::EventSet {
+            name: name.to_owned(),
+            value,
+            at: Timestamp::now(),
+        };
+        run.journal.write(&run.lease(), write).await
+    };
+    match published.await {
+        Ok(ack) if ack.cancel_requested => run.stop_at_boundary(Error::Cancelled {
+            run: run.run_key.clone(),
+        }),
+        Ok(_) => {}
+        Err(err) => {
+            run.abort(err);
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -1103,12 +1103,12 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
         }
         Write::EventSet { name, value, at } => {
             let ack = fence(conn, lease)?;
-            conn.prepare_cached(concat!(
+            conn.prepare_cached(
                 "INSERT INTO resumable_events (run_id, name, value, updated_at) \
                  SELECT id, ?2, ?3, ?4 FROM resumable_runs WHERE run_key = ?1 \
                  ON CONFLICT (run_id, name) DO UPDATE SET value = excluded.value, \
-                 updated_at = excluded.updated_at"
-            ))?
+                 updated_at = excluded.updated_at",
+            )?
             .execute(params![key, name, value, at.0])?;
             Ok(ack)
         }
