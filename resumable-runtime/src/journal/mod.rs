@@ -693,6 +693,24 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// The value run `key` last published as event `name`
     /// ([`Write::EventSet`]), if it did and the run exists. Purging a run
     /// deletes its events.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::Duration;
+    /// use resumable::journal::{LeaseRequest, NewRun, Write};
+    /// use resumable::{Journal, MemoryJournal, Timestamp};
+    ///
+    /// let journal = MemoryJournal::new();
+    /// let new = NewRun { key: "r".into(), workflow: "w".into(), fingerprint: 1, input: vec![], deadline: None };
+    /// let lease = journal.open_run(new, LeaseRequest::new("me", Duration::from_secs(30))).await?.lease.unwrap();
+    /// let set = Write::EventSet { name: "status".into(), value: b"sealed".to_vec(), at: Timestamp::now() };
+    /// journal.write(&lease, set).await?;
+    /// assert_eq!(journal.get_event("r", "status").await?.as_deref(), Some(&b"sealed"[..]));
+    /// assert_eq!(journal.get_event("r", "eta").await?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>>;
 
     /// Wake-ups for completers and waiting clients: after a committed
