@@ -1,6 +1,6 @@
-//! Finds every `step!` (and durable `sleep!`/`sleep_until!`) in a workflow
-//! body, checks it, rewrites it, and records the step structure the
-//! fingerprint is computed from.
+//! Finds every `step!` (and `sleep!`, `sleep_until!`, `set_event!`, which
+//! are journaled as steps) in a workflow body, checks it, rewrites it, and
+//! records the step structure the fingerprint is computed from.
 
 use std::collections::HashMap;
 
@@ -135,29 +135,7 @@ impl SleepCall {
             true => "write it as `sleep_until!(\"name\", <SystemTime>)`",
             false => "write it as `sleep!(\"name\", <Duration>)`",
         };
-        let parser = |input: ParseStream| {
-            let name = match input.parse::<syn::Lit>() {
-                Ok(syn::Lit::Str(s)) => s,
-                _ => {
-                    return Err(syn::Error::new(
-                        input.span(),
-                        format!(
-                            "a sleep's name must be a string literal (it is the sleep's identity in the journal); {form}"
-                        ),
-                    ));
-                }
-            };
-            input.parse::<Token![,]>().map_err(|e| {
-                syn::Error::new(e.span(), format!("expected `,` after the name; {form}"))
-            })?;
-            let wake: Expr = input.parse()?;
-            let _ = input.parse::<Option<Token![,]>>()?;
-            if !input.is_empty() {
-                return Err(input.error(format!("unexpected tokens; {form}")));
-            }
-            Ok((name, wake))
-        };
-        let (name, wake) = mac.parse_body_with(parser)?;
+        let (name, wake) = name_and_value(mac, "a sleep's", form)?;
         Ok(SleepCall {
             path: mac.path.clone(),
             name,
@@ -165,6 +143,33 @@ impl SleepCall {
             until,
         })
     }
+}
+
+/// The `("name", value)` of `sleep!`, `sleep_until!` and `set_event!`;
+/// `whose` and `form` word the errors.
+fn name_and_value(mac: &Macro, whose: &str, form: &str) -> syn::Result<(LitStr, Expr)> {
+    mac.parse_body_with(|input: ParseStream| {
+        let name = match input.parse::<syn::Lit>() {
+            Ok(syn::Lit::Str(s)) => s,
+            _ => {
+                return Err(syn::Error::new(
+                    input.span(),
+                    format!(
+                        "{whose} name must be a string literal (it is its identity in the journal); {form}"
+                    ),
+                ));
+            }
+        };
+        input.parse::<Token![,]>().map_err(|e| {
+            syn::Error::new(e.span(), format!("expected `,` after the name; {form}"))
+        })?;
+        let value: Expr = input.parse()?;
+        let _ = input.parse::<Option<Token![,]>>()?;
+        if !input.is_empty() {
+            return Err(input.error(format!("unexpected tokens; {form}")));
+        }
+        Ok((name, value))
+    })
 }
 
 /// What a macro call in a workflow body is to `#[resumable]`.
@@ -175,8 +180,8 @@ enum Journaled {
     SetEvent,
 }
 
-/// `step!`, `sleep!` or `sleep_until!`, bare or as `resumable::…!` or
-/// `<crate = path>::…!`.
+/// `step!`, `sleep!`, `sleep_until!` or `set_event!`, bare or as
+/// `resumable::…!` or `<crate = path>::…!`.
 fn journaled(mac: &Macro, krate: &syn::Path) -> Option<Journaled> {
     let last = mac.path.segments.last()?;
     let kind = match last.ident.to_string().as_str() {
@@ -288,26 +293,9 @@ impl<'a> StepRewriter<'a> {
     /// whose body publishes the value: replayed, it publishes nothing
     /// again. Many call sites may publish one event.
     fn rewrite_set_event(&mut self, mac: &Macro) -> Expr {
-        const FORM: &str = "write it as `set_event!(\"name\", value)`";
-        let parser = |input: ParseStream| {
-            let name: LitStr = input.parse().map_err(|e| {
-                syn::Error::new(
-                    e.span(),
-                    format!("an event's name must be a string literal; {FORM}"),
-                )
-            })?;
-            input.parse::<Token![,]>().map_err(|e| {
-                syn::Error::new(e.span(), format!("expected `,` after the name; {FORM}"))
-            })?;
-            let value: Expr = input.parse()?;
-            let _ = input.parse::<Option<Token![,]>>()?;
-            if !input.is_empty() {
-                return Err(input.error(format!("unexpected tokens; {FORM}")));
-            }
-            Ok((name, value))
-        };
+        let form = "write it as `set_event!(\"name\", value)`";
         let path = &mac.path;
-        let (name, mut value) = match mac.parse_body_with(parser) {
+        let (name, mut value) = match name_and_value(mac, "an event's", form) {
             Ok(parsed) => parsed,
             Err(e) => {
                 self.errors.push(e);
