@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use resumable::{
-    Client, Journal, MemoryJournal, Runtime, SqliteJournal, WorkflowRef, resumable, set_event, step,
-};
+mod common;
+
+use common::every_journal;
+use resumable::{Client, Runtime, WorkflowRef, resumable, set_event, step};
 use tokio::sync::Notify;
 
 #[derive(Default)]
@@ -40,39 +41,9 @@ impl Shipping {
 
 const SHIP: WorkflowRef<(u64,), Result<u64, String>> = WorkflowRef::named("ship");
 
-/// Memory, SQLite and (with `RESUMABLE_TEST_POSTGRES_URL`) PostgreSQL.
-/// The second value keeps the SQLite file and the PostgreSQL schema alive.
-async fn journals(
-    test: &str,
-) -> (
-    Vec<(&'static str, Arc<dyn Journal>)>,
-    Box<dyn std::any::Any>,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteJournal::open(dir.path().join("journal.db"))
-        .await
-        .unwrap();
-    #[allow(unused_mut)]
-    let mut list: Vec<(&'static str, Arc<dyn Journal>)> = vec![
-        ("memory", Arc::new(MemoryJournal::new())),
-        ("sqlite", Arc::new(sqlite)),
-    ];
-    #[cfg(all(feature = "postgres", feature = "conformance"))]
-    let schema = resumable::conformance::postgres::TestSchema::new(test);
-    #[cfg(all(feature = "postgres", feature = "conformance"))]
-    if let Some(schema) = &schema {
-        list.push(("postgres", Arc::new(schema.journal().await)));
-    }
-    let _ = test;
-    #[cfg(all(feature = "postgres", feature = "conformance"))]
-    return (list, Box::new((dir, schema)));
-    #[cfg(not(all(feature = "postgres", feature = "conformance")))]
-    return (list, Box::new(dir));
-}
-
 #[tokio::test]
 async fn the_latest_published_value_wins() {
-    let (journals, _keep) = journals("events_latest").await;
+    let (journals, _keep) = every_journal("events_latest").await;
     for (name, journal) in journals {
         let rt = Runtime::new(journal.clone());
         let client = Client::new(journal);
@@ -111,7 +82,7 @@ async fn the_latest_published_value_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_waits_for_a_value_while_the_run_goes_on() {
-    let (journals, _keep) = journals("events_wait").await;
+    let (journals, _keep) = every_journal("events_wait").await;
     for (name, journal) in journals {
         let rt = Runtime::new(journal.clone());
         let client = Client::new(journal);
@@ -135,7 +106,7 @@ async fn a_reader_waits_for_a_value_while_the_run_goes_on() {
 
 #[tokio::test]
 async fn a_replay_does_not_publish_an_earlier_value_again() {
-    let (journals, _keep) = journals("events_replay").await;
+    let (journals, _keep) = every_journal("events_replay").await;
     for (name, journal) in journals {
         let rt = Runtime::new(journal.clone());
         let client = Client::new(journal);

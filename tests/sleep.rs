@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
+mod common;
+
+use common::every_journal;
 use resumable::{
-    CommandOutcome, Completer, Error, Journal, MemoryJournal, RunState, RunStatus, Runtime,
-    SqliteJournal, resumable, sleep, sleep_until, step, workflow,
+    CommandOutcome, Completer, Error, RunState, RunStatus, Runtime, resumable, sleep, sleep_until,
+    step, workflow,
 };
 
 /// A sleep due later than this gives its run back; a shorter one waits in place.
@@ -62,38 +65,6 @@ impl Reminder {
     }
 }
 
-/// Memory, SQLite and (with `RESUMABLE_TEST_POSTGRES_URL`) PostgreSQL.
-struct Journals {
-    list: Vec<(&'static str, Arc<dyn Journal>)>,
-    _dir: tempfile::TempDir,
-    #[cfg(all(feature = "postgres", feature = "conformance"))]
-    _schema: Option<resumable::conformance::postgres::TestSchema>,
-}
-
-async fn journals(test: &str) -> Journals {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteJournal::open(dir.path().join("journal.db"))
-        .await
-        .unwrap();
-    let mut list: Vec<(&'static str, Arc<dyn Journal>)> = vec![
-        ("memory", Arc::new(MemoryJournal::new())),
-        ("sqlite", Arc::new(sqlite)),
-    ];
-    #[cfg(all(feature = "postgres", feature = "conformance"))]
-    let schema = resumable::conformance::postgres::TestSchema::new(test);
-    #[cfg(all(feature = "postgres", feature = "conformance"))]
-    if let Some(schema) = &schema {
-        list.push(("postgres", Arc::new(schema.journal().await)));
-    }
-    let _ = test;
-    Journals {
-        list,
-        _dir: dir,
-        #[cfg(all(feature = "postgres", feature = "conformance"))]
-        _schema: schema,
-    }
-}
-
 /// Completes every run due now.
 async fn complete(rt: &Runtime, reminder: &Arc<Reminder>) -> resumable::CompleterReport {
     Completer::new(rt)
@@ -125,7 +96,7 @@ async fn wait_past(until: SystemTime) {
 
 #[tokio::test]
 async fn a_short_sleep_waits_in_place_and_is_journaled() {
-    for (name, journal) in journals("sleep_short").await.list {
+    for (name, journal) in every_journal("sleep_short").await.0 {
         let rt = Runtime::new(journal);
         let reminder = Reminder::default();
         let out = rt.run("r", reminder.remind(50)).await.unwrap();
@@ -138,7 +109,7 @@ async fn a_short_sleep_waits_in_place_and_is_journaled() {
 
 #[tokio::test]
 async fn a_long_sleep_gives_the_run_back_until_a_completer_resumes_it() {
-    for (name, journal) in journals("sleep_long").await.list {
+    for (name, journal) in every_journal("sleep_long").await.0 {
         let rt = Runtime::new(journal);
         let reminder = Arc::new(Reminder::default());
         let before = SystemTime::now();
@@ -191,7 +162,7 @@ async fn a_long_sleep_gives_the_run_back_until_a_completer_resumes_it() {
 
 #[tokio::test]
 async fn a_sleep_that_is_due_returns_at_once_and_is_journaled() {
-    for (name, journal) in journals("sleep_due").await.list {
+    for (name, journal) in every_journal("sleep_due").await.0 {
         let rt = Runtime::new(journal);
         let reminder = Reminder::default();
         let past = SystemTime::now() - Duration::from_secs(3_600);
@@ -208,7 +179,7 @@ async fn a_sleep_that_is_due_returns_at_once_and_is_journaled() {
 
 #[tokio::test]
 async fn cancelling_a_sleeping_run_cancels_it_at_once() {
-    for (name, journal) in journals("sleep_cancel").await.list {
+    for (name, journal) in every_journal("sleep_cancel").await.0 {
         let rt = Runtime::new(journal);
         let reminder = Reminder::default();
         asleep(rt.run("r", reminder.remind(60_000)).await, name);
@@ -228,7 +199,7 @@ async fn cancelling_a_sleeping_run_cancels_it_at_once() {
 
 #[tokio::test]
 async fn a_deadline_before_the_wake_time_ends_the_run() {
-    for (name, journal) in journals("sleep_deadline").await.list {
+    for (name, journal) in every_journal("sleep_deadline").await.0 {
         let rt = Runtime::new(journal);
         let reminder = Arc::new(Reminder::default());
         let call = reminder.remind(60_000).time_limit(LONG);
@@ -246,7 +217,7 @@ async fn a_deadline_before_the_wake_time_ends_the_run() {
 
 #[tokio::test]
 async fn other_branches_go_on_while_one_sleeps() {
-    for (name, journal) in journals("sleep_branches").await.list {
+    for (name, journal) in every_journal("sleep_branches").await.0 {
         let rt = Runtime::new(journal);
         let reminder = Arc::new(Reminder::default());
         let (step, until) = asleep(

@@ -1,5 +1,5 @@
-//! What the integration tests share: fast retry policies, and a journal that
-//! misbehaves on purpose.
+//! What the integration tests share: fast retry policies, every journal to
+//! run a scenario on, and a journal that misbehaves on purpose.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -148,4 +148,35 @@ impl<J: Journal> Journal for Misbehaving<J> {
     async fn get_event(&self, key: &str, name: &str) -> resumable::Result<Option<Vec<u8>>> {
         self.inner.get_event(key, name).await
     }
+}
+
+/// Memory, SQLite and (with `RESUMABLE_TEST_POSTGRES_URL`) PostgreSQL
+/// journals for test `test`; the second value keeps the SQLite file and the
+/// PostgreSQL schema alive.
+pub async fn every_journal(
+    test: &str,
+) -> (
+    Vec<(&'static str, Arc<dyn Journal>)>,
+    Box<dyn std::any::Any>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = resumable::SqliteJournal::open(dir.path().join("journal.db"))
+        .await
+        .unwrap();
+    #[allow(unused_mut)]
+    let mut list: Vec<(&'static str, Arc<dyn Journal>)> = vec![
+        ("memory", Arc::new(MemoryJournal::new())),
+        ("sqlite", Arc::new(sqlite)),
+    ];
+    #[cfg(all(feature = "postgres", feature = "conformance"))]
+    let schema = resumable::conformance::postgres::TestSchema::new(test);
+    #[cfg(all(feature = "postgres", feature = "conformance"))]
+    if let Some(schema) = &schema {
+        list.push(("postgres", Arc::new(schema.journal().await)));
+    }
+    let _ = test;
+    #[cfg(all(feature = "postgres", feature = "conformance"))]
+    return (list, Box::new((dir, schema)));
+    #[cfg(not(all(feature = "postgres", feature = "conformance")))]
+    return (list, Box::new(dir));
 }
