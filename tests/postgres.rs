@@ -992,6 +992,7 @@ fn lease_request(t: Timestamp, owner: &str, now: i64) -> resumable::journal::Lea
         owner: owner.to_owned(),
         now: Timestamp(t.0 + now),
         until: Timestamp(t.0 + now + 60_000),
+        workflows: None,
     }
 }
 

@@ -607,6 +607,7 @@ async fn a_worker_that_lost_its_lease_stops_at_its_next_write() {
                 owner: "thief".into(),
                 now: far,
                 until: far.after(std::time::Duration::from_secs(60)),
+                workflows: None,
             },
             10,
         )

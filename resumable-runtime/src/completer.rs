@@ -18,6 +18,8 @@ use crate::workflow::{BoxFuture, Journaled, Workflow, WorkflowResult};
 /// Finds runs that are incomplete, unleased (or whose lease expired) and due,
 /// claims them under a lease, and resumes them with the registered workflow
 /// code, the journaled input and the dependencies given at registration.
+/// It claims only runs of the workflows registered with it: workers with
+/// different workflows can share one journal, each taking its own runs.
 ///
 /// Concurrency is bounded; a run that stops with an error is given back with
 /// the error as its last error and taken again after a growing backoff.
@@ -220,7 +222,9 @@ impl Completer {
             let free = slots.available_permits();
             let mut claimed = 0;
             if free > 0 {
-                match rt.journal().claim_due(rt.lease_request(), free).await {
+                // Only runs it has the code for: another worker's are its own.
+                let request = rt.lease_request().of_workflows(registry.keys().copied());
+                match rt.journal().claim_due(request, free).await {
                     Ok(runs) => {
                         claimed = runs.len();
                         for (snapshot, lease) in runs {

@@ -78,6 +78,7 @@ pub async fn run_all(journal: Arc<dyn Journal>) {
     list_runs_filters(j).await;
     claim_due_selects_due_runs(j).await;
     claim_due_respects_limit(j).await;
+    claim_due_takes_only_the_workflows_asked_for(j).await;
     claim_due_is_exclusive(journal.clone()).await;
     create_run_does_not_lease(j).await;
     cancel_stops_runs_durably(j).await;
@@ -1475,6 +1476,57 @@ pub async fn claim_due_respects_limit(journal: &dyn Journal) {
     }
 }
 
+/// A claim asked for some workflows takes only their due runs, and leaves
+/// the others due for the workers that have their code; asked for none, it
+/// takes nothing.
+pub async fn claim_due_takes_only_the_workflows_asked_for(journal: &dyn Journal) {
+    let base = claim_base();
+    let (mine, theirs) = (unique("claim-mine"), unique("claim-theirs"));
+    let mut keys = HashMap::new();
+    for workflow in [&mine, &theirs] {
+        let key = unique("claim-of");
+        let new = NewRun {
+            workflow: workflow.clone(),
+            ..new_run(&key, b"input")
+        };
+        let (_, lease) = open_leased(journal, new, base, at(base, 1)).await;
+        journal
+            .write(&lease, release(at(base, 2), at(base, 1)))
+            .await
+            .unwrap_or_else(|e| panic!("releasing a run failed: {e}"));
+        keys.insert(workflow.clone(), key);
+    }
+    let (now, until) = (at(base, 10), at(base, 1_000));
+    let claim_of = |workflows: Vec<String>| {
+        let req = request(OWNER, now, until).of_workflows(workflows);
+        journal.claim_due(req, 10)
+    };
+    let none = claim_of(Vec::new()).await.unwrap();
+    assert!(none.is_empty(), "a claim for no workflow must take nothing");
+    let claimed = claim_of(vec![mine.clone()]).await.unwrap();
+    let taken: Vec<&str> = claimed.iter().map(|(s, _)| s.run.key.as_str()).collect();
+    assert_eq!(
+        taken,
+        [keys[&mine].as_str()],
+        "a claim must take only runs of the workflows it asks for"
+    );
+    let claimed_theirs = claim_of(vec![theirs.clone(), unique("claim-absent")])
+        .await
+        .unwrap();
+    let taken: Vec<&str> = claimed_theirs
+        .iter()
+        .map(|(s, _)| s.run.key.as_str())
+        .collect();
+    assert_eq!(
+        taken,
+        [keys[&theirs].as_str()],
+        "the other workflow's run was left due"
+    );
+    for (snapshot, lease) in claimed.iter().chain(&claimed_theirs) {
+        finish(journal, lease, at(base, 20), &snapshot.run.key).await;
+    }
+}
+
 /// Eight tasks claiming concurrently from 50 due runs, a few at a time, never
 /// get the same run twice, and together claim all 50.
 pub async fn claim_due_is_exclusive(journal: Arc<dyn Journal>) {
@@ -1561,6 +1613,7 @@ fn request(owner: &str, now: Timestamp, until: Timestamp) -> LeaseRequest {
         owner: owner.to_owned(),
         now,
         until,
+        workflows: None,
     }
 }
 

@@ -275,6 +275,7 @@ impl Journal for MemoryJournal {
                 r.record.state == RunState::Incomplete
                     && !r.record.is_leased_at(req.now)
                     && r.record.wake_at <= req.now
+                    && req.takes(&r.record.workflow)
             })
             .collect();
         due.sort_by_key(|r| (r.record.wake_at, r.order));

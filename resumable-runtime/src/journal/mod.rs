@@ -118,6 +118,9 @@ pub struct LeaseRequest {
     pub now: Timestamp,
     /// When the lease should expire unless renewed.
     pub until: Timestamp,
+    /// [`Journal::claim_due`] takes only runs of these workflows (a worker
+    /// takes only the runs it has the code for); `None`: any.
+    pub workflows: Option<Vec<String>>,
 }
 
 impl LeaseRequest {
@@ -128,7 +131,29 @@ impl LeaseRequest {
             owner: owner.to_owned(),
             now,
             until: now.after(duration),
+            workflows: None,
         }
+    }
+
+    /// Claims only runs of `workflows` (by name).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resumable::journal::LeaseRequest;
+    ///
+    /// let request = LeaseRequest::new("w", Duration::from_secs(30)).of_workflows(["shop::order"]);
+    /// assert_eq!(request.workflows, Some(vec!["shop::order".to_string()]));
+    /// ```
+    pub fn of_workflows(mut self, workflows: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.workflows = Some(workflows.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether a claim under this request may take a run of `workflow`.
+    pub fn takes(&self, workflow: &str) -> bool {
+        self.workflows
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == workflow))
     }
 }
 

@@ -887,19 +887,40 @@ fn next_epoch(run: &RunRecord) -> OpResult<u64> {
 /// (SQLite gathers none unless asked) the planner chose the index of states
 /// instead and read every incomplete run, sleeping ones included, at every
 /// claim.
-const CLAIM_DUE: &str = "SELECT run_key FROM resumable_runs INDEXED BY resumable_runs_due \
-     WHERE state = 'incomplete' AND wake_at <= ?1 \
-       AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
-     ORDER BY wake_at, id LIMIT ?2";
+/// With `workflows` names, only runs of those (parameters `?3` on).
+fn claim_due_query(workflows: usize) -> String {
+    let only = match workflows {
+        0 => String::new(),
+        n => format!(
+            " AND workflow IN ({})",
+            (3..3 + n)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!(
+        "SELECT run_key FROM resumable_runs INDEXED BY resumable_runs_due \
+         WHERE state = 'incomplete' AND wake_at <= ?1 \
+           AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1){only} \
+         ORDER BY wake_at, id LIMIT ?2"
+    )
+}
 
 fn claim_due(
     conn: &Connection,
     req: &LeaseRequest,
     limit: usize,
 ) -> OpResult<Vec<(RunSnapshot, Lease)>> {
+    let names = req.workflows.as_deref().unwrap_or_default();
+    if req.workflows.is_some() && names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut args: Vec<Value> = vec![Value::Integer(req.now.0), Value::Integer(sql_limit(limit))];
+    args.extend(names.iter().map(|n| Value::Text(n.clone())));
     let keys = conn
-        .prepare_cached(CLAIM_DUE)?
-        .query_map(params![req.now.0, sql_limit(limit)], |row| {
+        .prepare_cached(&claim_due_query(names.len()))?
+        .query_map(rusqlite::params_from_iter(args), |row| {
             row.get::<_, String>(0)
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1659,6 +1680,7 @@ mod tests {
             owner: owner.to_owned(),
             now: Timestamp(now),
             until: Timestamp(until),
+            workflows: None,
         }
     }
 
@@ -2184,8 +2206,18 @@ mod tests {
             .collect();
         statements.push((
             "claim 16 due runs",
-            CLAIM_DUE.into(),
+            claim_due_query(0),
             vec![Value::Integer(i64::MAX), Value::Integer(16)],
+        ));
+        statements.push((
+            "claim 16 due runs of two workflows",
+            claim_due_query(2),
+            vec![
+                Value::Integer(i64::MAX),
+                Value::Integer(16),
+                Value::Text("wf-1".into()),
+                Value::Text("wf-2".into()),
+            ],
         ));
         statements.push((
             "runs to purge",
@@ -2214,7 +2246,7 @@ mod tests {
             "a worker's leases" => "resumable_runs_lease_owner",
             "leased runs" => "resumable_runs_leased",
             "list 50 runs after a key" => "INTEGER PRIMARY KEY",
-            "claim 16 due runs" => "resumable_runs_due",
+            "claim 16 due runs" | "claim 16 due runs of two workflows" => "resumable_runs_due",
             "runs to purge" => "resumable_runs_finished",
             "a run's steps" => "sqlite_autoindex_resumable_steps_1",
             "a run" => "sqlite_autoindex_resumable_runs_1",

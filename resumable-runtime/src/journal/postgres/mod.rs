@@ -867,8 +867,14 @@ impl Journal for PostgresJournal {
                 rows = query(client, &self.sql.leased_by_token, &[&token]).await?;
             }
             if rows.is_empty() {
-                let args: [&(dyn ToSql + Sync); 5] =
-                    [&req.now.0, &req.owner, &req.until.0, &token, &limit];
+                let args: [&(dyn ToSql + Sync); 6] = [
+                    &req.now.0,
+                    &req.owner,
+                    &req.until.0,
+                    &token,
+                    &limit,
+                    &req.workflows,
+                ];
                 rows = query(client, &self.sql.claim, &args).await?;
             }
             // A run whose rows cannot be read is set aside, alone.
@@ -1625,7 +1631,7 @@ mod tests {
                 (
                     "claim 16 due runs",
                     sql.claim.clone(),
-                    vec!["9000000000", "w", "9000000060", "1", "16"],
+                    vec!["9000000000", "w", "9000000060", "1", "16", "{wf-1,wf-2}"],
                 ),
                 (
                     "the claimed runs' steps",

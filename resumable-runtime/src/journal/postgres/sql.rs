@@ -315,7 +315,8 @@ impl Statements {
             released_at: format!(
                 "SELECT released_at FROM {leases} WHERE run_id = {run_id} AND epoch = $2"
             ),
-            // $1 now, $2 owner, $3 until, $4 token, $5 limit.
+            // $1 now, $2 owner, $3 until, $4 token, $5 limit, $6 the
+            // workflows it may take (NULL: any).
             // A due run at the last epoch cannot be leased: it is set aside
             // (dead-lettered, with an error naming it) in the same statement,
             // and left out of what the claim returns.
@@ -326,6 +327,7 @@ impl Statements {
                        SELECT id FROM {runs} \
                        WHERE state = 'incomplete' AND wake_at <= $1 AND (lease_owner IS NULL \
                          OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
+                         AND ($6::text[] IS NULL OR workflow = ANY ($6::text[])) \
                        ORDER BY wake_at, id LIMIT $5 FOR UPDATE SKIP LOCKED), \
                      taken AS (\
                        UPDATE {runs} r SET \
