@@ -142,8 +142,13 @@ async fn run_until_held(
             rt.run("o", call).await
         }
     });
-    shop.held.notified().await;
-    running
+    // Reaching the hold, or a clear failure if the run ended before it
+    // (rather than a test that hangs).
+    let mut running = running;
+    tokio::select! {
+        () = shop.held.notified() => running,
+        ended = &mut running => panic!("the run ended before reaching its hold: {ended:?}"),
+    }
 }
 
 #[tokio::test]
@@ -333,11 +338,14 @@ async fn a_run_past_its_deadline_ends_at_its_next_step_boundary() {
         let rt = runtime(&journal);
         let shop = Arc::new(Shop::default());
         shop.hold_at("charge");
-        let limit = Some(Duration::from_millis(300));
+        // Long enough to reach the held step on a loaded machine.
+        let limit = Some(Duration::from_millis(1_500));
         let running = run_until_held(&rt, &shop, limit).await;
         let info = rt.run_info("o").await.unwrap().unwrap();
-        assert!(info.deadline.is_some(), "{name}: the deadline is journaled");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let deadline = info.deadline.expect("the deadline is journaled");
+        if let Ok(left) = deadline.duration_since(std::time::SystemTime::now()) {
+            tokio::time::sleep(left + Duration::from_millis(50)).await;
+        }
         shop.go.notify_one();
         let outcome = running.await.unwrap();
         assert!(

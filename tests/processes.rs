@@ -65,11 +65,11 @@ impl Worker {
         Ok(done)
     }
 
-    /// A step, a durable sleep of two seconds, a step.
+    /// A step, a durable sleep of three seconds, a step.
     #[resumable]
     async fn nap(&self) -> Result<u32, String> {
         let before = step!("before", { self.mark("before") + 1 });
-        sleep!("nap", Duration::from_secs(2));
+        sleep!("nap", Duration::from_secs(3));
         let after = step!("after", { self.mark("after") + before });
         Ok(after)
     }

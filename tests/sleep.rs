@@ -14,8 +14,9 @@ use resumable::{
     step, workflow,
 };
 
-/// A sleep due later than this gives its run back; a shorter one waits in place.
-const LONG: Duration = Duration::from_millis(1_500);
+/// A sleep this long gives its run back (a sleep due within a second waits
+/// in place), with room for a loaded machine to record it first.
+const LONG: Duration = Duration::from_millis(2_500);
 
 #[derive(Default)]
 struct Reminder {
