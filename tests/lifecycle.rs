@@ -900,6 +900,23 @@ async fn orphan_step_records_are_never_adopted() {
         sqlite.load_run("o").await.unwrap().is_none(),
         "no run was created"
     );
+    // A fork is a new run too: it does not adopt them either. The orphans
+    // cleared, a source run takes id 1; new orphans wait under id 2.
+    let by_hand = |sql: &str| {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(sql).unwrap();
+    };
+    by_hand("DELETE FROM resumable_steps");
+    rt.run("source", shop.order(1)).await.unwrap().unwrap();
+    by_hand(
+        "INSERT INTO resumable_steps (run_id, step_id, seq, state, output, attempts, epoch, \
+         started_at, updated_at) VALUES (2, 'reserve#0', 0, 'completed', x'00', 1, 1, 0, 0)",
+    );
+    match rt.runs().fork("source", 1, "copy").await {
+        Err(Error::OrphanSteps { run, .. }) => assert_eq!(run, "copy"),
+        other => panic!("orphan steps must be refused to a fork, got {other:?}"),
+    }
+    assert!(sqlite.load_run("copy").await.unwrap().is_none());
 
     #[cfg(all(feature = "postgres", feature = "conformance"))]
     if let Some(schema) = resumable::conformance::postgres::TestSchema::new("orphan_steps") {

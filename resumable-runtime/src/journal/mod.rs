@@ -150,6 +150,16 @@ impl LeaseRequest {
     }
 
     /// Whether a claim under this request may take a run of `workflow`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resumable::journal::LeaseRequest;
+    ///
+    /// let any = LeaseRequest::new("w", Duration::from_secs(30));
+    /// assert!(any.takes("shop::order"));
+    /// let mine = any.of_workflows(["shop::order"]);
+    /// assert!(mine.takes("shop::order") && !mine.takes("shop::refund"));
+    /// ```
     pub fn takes(&self, workflow: &str) -> bool {
         self.workflows
             .as_ref()

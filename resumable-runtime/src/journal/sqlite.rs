@@ -788,14 +788,15 @@ fn insert_run(conn: &Connection, new: &NewRun, now: Timestamp) -> OpResult<bool>
             new.deadline.map(|t| t.0),
         ])?;
     if inserted == 1 {
-        refuse_orphans(conn, &new.key, true)?;
+        refuse_orphans(conn, &new.key)?;
     }
     Ok(inserted == 1)
 }
 
-/// Refuses a new run `key` that has step records already; `undo` deletes
-/// the run row just inserted, so that the refusal leaves nothing changed.
-fn refuse_orphans(conn: &Connection, key: &str, undo: bool) -> OpResult<()> {
+/// Refuses the run `key` just inserted if step records no run owns are
+/// under its id (SQLite gives a new row the id of the newest one deleted),
+/// deleting the row again, so that the refusal leaves nothing changed.
+fn refuse_orphans(conn: &Connection, key: &str) -> OpResult<()> {
     let steps = conn
         .prepare_cached(concat!(
             "SELECT step_id FROM resumable_steps WHERE run_id = ",
@@ -807,10 +808,8 @@ fn refuse_orphans(conn: &Connection, key: &str, undo: bool) -> OpResult<()> {
     if steps.is_empty() {
         return Ok(());
     }
-    if undo {
-        conn.prepare_cached("DELETE FROM resumable_runs WHERE run_key = ?1")?
-            .execute([key])?;
-    }
+    conn.prepare_cached("DELETE FROM resumable_runs WHERE run_key = ?1")?
+        .execute([key])?;
     Err(Failure::Refused(Error::OrphanSteps {
         run: key.to_owned(),
         steps,
@@ -1319,7 +1318,6 @@ fn fork_run(
             run: source.to_owned(),
         }));
     }
-    refuse_orphans(conn, new_key, false)?;
     conn.prepare_cached(
         "INSERT INTO resumable_runs (run_key, workflow, fingerprint, input, state, epoch, wake_at, \
          executions, created_at, updated_at, forked_from) \
@@ -1327,6 +1325,8 @@ fn fork_run(
          FROM resumable_runs WHERE run_key = ?1",
     )?
     .execute(params![source, new_key, now.0])?;
+    // Checked once the new run has its id (which may be a deleted run's).
+    refuse_orphans(conn, new_key)?;
     conn.prepare_cached(
         "INSERT INTO resumable_steps (run_id, step_id, seq, state, output, attempts, last_error, \
          retry_at, epoch, started_at, updated_at) \
