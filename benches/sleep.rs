@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bench_dir, remove_sqlite_files, tokio_runtime};
+use common::{bench_dir, cpu_time, remove_sqlite_files, tokio_runtime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use resumable::{
     Completer, Journal, Runtime, SqliteJournal, Timestamp, resumable, sleep, step, workflow,
@@ -42,17 +42,6 @@ fn runs() -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(if bench { 10_000 } else { 200 })
-}
-
-/// This process's CPU time (user and system), from `/proc/self/stat`.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command's closing parenthesis; utime and stime are
-    // the 14th and 15th fields of the line, in clock ticks (100 a second).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
 }
 
 fn sleepers(_: &mut Criterion) {
@@ -94,7 +83,7 @@ async fn measure(backend: &str, journal: Arc<dyn Journal>, runs: usize) {
         .unwrap()
         .start();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while completer.report().slept < runs as u64 {
+    while completer.report().waiting < runs as u64 {
         assert!(Instant::now() < deadline, "runs never went to sleep");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

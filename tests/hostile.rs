@@ -303,6 +303,7 @@ mod records {
                     last_error: None,
                     wake_at: now,
                     failures: 0,
+                    wake_on_message: None,
                     at: now,
                 };
                 journal.write(&lease, release).await.unwrap();

@@ -303,6 +303,7 @@ async fn a_retry_due_at_the_end_of_time_holds_no_completer_slot() {
                 last_error: None,
                 wake_at: Timestamp::now(),
                 failures: 0,
+                wake_on_message: None,
                 at: Timestamp::now(),
             };
             journal.write(&lease, release).await.unwrap();

@@ -942,6 +942,7 @@ async fn operations_whose_reply_was_lost_take_effect_once() {
         last_error: Some("stopped".into()),
         wake_at: Timestamp(t.0 + 10),
         failures: 0,
+        wake_on_message: None,
         at: Timestamp(t.0 + 10),
     };
     proxy.lose_reply_to(key);
@@ -1026,6 +1027,7 @@ async fn a_retry_that_overtakes_its_lost_first_attempt_returns_that_lease() {
         last_error: None,
         wake_at: Timestamp(t.0 + 1),
         failures: 0,
+        wake_on_message: None,
         at: Timestamp(t.0 + 1),
     };
     journal.write(&first.lease.unwrap(), release).await.unwrap();

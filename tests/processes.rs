@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use resumable::{
-    CommandOutcome, Completer, Journal, RunState, RunStatus, Runtime, SqliteJournal, resumable,
-    sleep, step, workflow,
+    CommandOutcome, Completer, Journal, RunState, RunStatus, Runtime, SqliteJournal, recv,
+    resumable, sleep, step, workflow,
 };
 
 /// The directory a child shares with its parent.
@@ -71,6 +71,15 @@ impl Worker {
         let before = step!("before", { self.mark("before") + 1 });
         sleep!("nap", Duration::from_secs(3));
         let after = step!("after", { self.mark("after") + before });
+        Ok(after)
+    }
+
+    /// A step, a receive on topic `go`, a step that marks what it received.
+    #[resumable(name = "processes::approve")]
+    async fn approve(&self) -> Result<u32, String> {
+        step!("before", { self.mark("before") });
+        let n: u32 = recv!("go");
+        let after = step!("after", { self.mark(&format!("after-{n}")) + n });
         Ok(after)
     }
 
@@ -225,6 +234,20 @@ async fn nap_worker_child() {
     let _completer = Completer::new(&rt)
         .poll_interval(Duration::from_millis(50))
         .register(workflow!(Worker::nap), Worker { dir })
+        .unwrap()
+        .start();
+    std::future::pending::<()>().await;
+}
+
+/// Not a test: a completer of `Worker::approve` runs that works until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn approve_worker_child() {
+    let (dir, _) = child_env();
+    let rt = Runtime::new(open_journal(&dir).await);
+    let _completer = Completer::new(&rt)
+        .poll_interval(Duration::from_millis(50))
+        .register(workflow!(Worker::approve), Worker { dir })
         .unwrap()
         .start();
     std::future::pending::<()>().await;
@@ -478,7 +501,7 @@ async fn a_run_sleeping_when_its_process_is_killed_is_finished_by_another() {
     let mut child = child("nap_worker_child", dir.path(), "n").spawn().unwrap();
     let sleeping = || async {
         let info = rt.run_info("n").await.unwrap().unwrap();
-        info.status == RunStatus::Sleeping
+        info.status == RunStatus::Waiting
     };
     let start = Instant::now();
     while !sleeping().await {
@@ -512,4 +535,71 @@ async fn a_run_sleeping_when_its_process_is_killed_is_finished_by_another() {
     }
     completer.shutdown().await.unwrap();
     assert_eq!(ran(dir.path()), ["before", "after"]);
+}
+
+/// Waits until run `key` has `status`, for a minute at most.
+async fn wait_for_status(rt: &Runtime, key: &str, status: RunStatus) {
+    let start = Instant::now();
+    loop {
+        let info = rt.run_info(key).await.unwrap().unwrap();
+        if info.status == status {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "run {key} never reached {status:?}; it is {:?}",
+            info.status
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A run waits for a message in a worker process that is then killed with
+/// SIGKILL; while no worker runs, a sender sends it a message, retries the
+/// same send, and sends a second message. A worker process started
+/// afterwards delivers the first message exactly once: the step before the
+/// receive does not run again, and the step after it sees that message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_while_the_receiver_is_down_is_delivered_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(open_journal(dir.path()).await);
+    let worker = Worker {
+        dir: dir.path().to_owned(),
+    };
+    rt.submit("a", worker.approve()).await.unwrap();
+    let mut first = child("approve_worker_child", dir.path(), "a")
+        .spawn()
+        .unwrap();
+    wait_for_status(&rt, "a", RunStatus::Waiting).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert_eq!(ran(dir.path()), ["before"]);
+
+    const APPROVE: resumable::WorkflowRef<(), Result<u32, String>> =
+        resumable::WorkflowRef::named("processes::approve");
+    let client = rt.client();
+    assert!(
+        client
+            .send(&APPROVE, "a", "go", &7u32, "first")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !client
+            .send(&APPROVE, "a", "go", &7u32, "first")
+            .await
+            .unwrap()
+    );
+    assert!(
+        client
+            .send(&APPROVE, "a", "go", &8u32, "second")
+            .await
+            .unwrap()
+    );
+
+    let second = KillOnDrop::spawn(child("approve_worker_child", dir.path(), "a"));
+    wait_for_status(&rt, "a", RunStatus::Completed).await;
+    drop(second);
+    assert_eq!(ran(dir.path()), ["before", "after-7"]);
+    assert_eq!(client.outcome(&APPROVE, "a").await.unwrap(), Some(Ok(7)));
 }

@@ -122,7 +122,7 @@ async fn a_long_sleep_gives_the_run_back_until_a_completer_resumes_it() {
         // (Journaled to the millisecond.)
         assert!(until + Duration::from_millis(1) >= before + LONG, "{name}");
         let info = rt.run_info("r").await.unwrap().unwrap();
-        assert_eq!(info.status, RunStatus::Sleeping, "{name}");
+        assert_eq!(info.status, RunStatus::Waiting, "{name}");
         assert_eq!(
             info.lease_owner, None,
             "{name}: a sleeping run holds no lease"
@@ -132,7 +132,7 @@ async fn a_long_sleep_gives_the_run_back_until_a_completer_resumes_it() {
         // Not due: a completer leaves it alone, and running it again before
         // it is due neither restarts the clock nor runs a step.
         let report = complete(&rt, &reminder).await;
-        assert_eq!((report.finished, report.slept), (0, 0), "{name}");
+        assert_eq!((report.finished, report.waiting), (0, 0), "{name}");
         let (_, again) = asleep(
             rt.run("r", reminder.remind(LONG.as_millis() as u64)).await,
             name,
@@ -142,9 +142,9 @@ async fn a_long_sleep_gives_the_run_back_until_a_completer_resumes_it() {
         // A run a completer takes goes to sleep there the same way.
         rt.submit("s", reminder.remind(60_000)).await.unwrap();
         let report = complete(&rt, &reminder).await;
-        assert_eq!((report.finished, report.slept), (0, 1), "{name}");
+        assert_eq!((report.finished, report.waiting), (0, 1), "{name}");
         let info = rt.run_info("s").await.unwrap().unwrap();
-        assert_eq!(info.status, RunStatus::Sleeping, "{name}");
+        assert_eq!(info.status, RunStatus::Waiting, "{name}");
 
         wait_past(until).await;
         assert_eq!(complete(&rt, &reminder).await.finished, 1, "{name}");

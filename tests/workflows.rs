@@ -549,6 +549,7 @@ async fn a_run_executing_elsewhere_is_waited_for_and_taken_over_when_given_back(
         last_error: None,
         wake_at: resumable::Timestamp::now(),
         failures: 0,
+        wake_on_message: None,
         at: resumable::Timestamp::now(),
     };
     resumable::Journal::write(&*journal, &lease, release)

@@ -4,13 +4,13 @@ use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{Expr, Ident, ItemFn, Path, Type};
+use syn::{Expr, Ident, ItemFn, LitStr, Path, Type};
 
 use crate::args::Args;
 use crate::ast::{Function, NameElidedLifetimes, invocation_lifetime};
 use crate::errors::Errors;
 use crate::fingerprint::fnv1a64;
-use crate::steps::{SleepCall, StepCall, StepRewriter};
+use crate::steps::{RecvCall, SleepCall, StepCall, StepRewriter};
 
 /// What every generated step needs to know about its workflow.
 pub struct Expander {
@@ -549,6 +549,71 @@ impl Expander {
                 #k::__private::sleep::<#codec, _>(#ctx, &__RESUMABLE_SITE, #wake, __resumable_errors)
                     .await
             }
+        }
+    }
+
+    /// Input:  recv!("topic")  /  recv!("topic", timeout = duration)
+    /// Output: recv::<Codec, _, _>(ctx, &SITE, "topic", errors).await
+    ///         (with a time limit: recv_until(.., Some((&DEADLINE, duration)), ..),
+    ///         an Option)
+    pub fn recv(&self, call: &RecvCall, span: Span) -> Expr {
+        let k = &self.krate;
+        let codec = &self.codec;
+        let topic = &call.topic;
+        let name = LitStr::new(&format!("recv:{}", topic.value()), topic.span());
+        let deadline = LitStr::new(&format!("recv-deadline:{}", topic.value()), topic.span());
+        let ctx = Ident::new("__resumable_ctx", Span::call_site());
+        let location = location(k, span);
+        let path = &call.path;
+        let site = quote! {
+            static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
+                name: #name,
+                location: #location,
+            };
+        };
+        let receive = match &call.timeout {
+            None => quote! {
+                #k::__private::recv::<#codec, _, _>(#ctx, &__RESUMABLE_SITE, #topic, __resumable_errors)
+            },
+            Some(timeout) => {
+                // Spanned on the argument: a value of another type is reported there.
+                let limit = quote_spanned!(timeout.span()=> {
+                    let __resumable_limit: ::core::time::Duration = #timeout;
+                    __resumable_limit
+                });
+                quote! {
+                    static __RESUMABLE_DEADLINE: #k::__private::StepSite = #k::__private::StepSite {
+                        name: #deadline,
+                        location: #location,
+                    };
+                    #k::__private::recv_until::<#codec, _, _>(
+                        #ctx,
+                        &__RESUMABLE_SITE,
+                        #topic,
+                        ::core::option::Option::Some((&__RESUMABLE_DEADLINE, #limit)),
+                        __resumable_errors,
+                    )
+                }
+            }
+        };
+        syn::parse_quote_spanned! {span=>
+            {
+                #path!(@used);
+                #site
+                #receive.await
+            }
+        }
+    }
+
+    /// The receive reduced to its argument, where it cannot be journaled:
+    /// keeps the reported error the only one.
+    pub fn plain_recv(call: &RecvCall) -> Expr {
+        let path = &call.path;
+        match &call.timeout {
+            Some(timeout) => {
+                syn::parse_quote!({ #path!(@used); let _ = #timeout; ::core::panic!() })
+            }
+            None => syn::parse_quote!({ #path!(@used); ::core::panic!() }),
         }
     }
 

@@ -212,6 +212,59 @@ pub fn set_event(input: TokenStream) -> TokenStream {
     outside_workflow(input, "set_event!")
 }
 
+/// Receives a message sent to the run: `recv!("approval")` waits for the
+/// next message on topic `approval`; `recv!("approval", timeout = d)` waits
+/// at most `d` (a `std::time::Duration`, counted from when the run first
+/// reaches it) and gives `Option<T>` (`None` if none came in time). The
+/// message's type is the one the code expects (annotate the binding);
+/// others send with `Client::send(&workflow, run_key, "approval", &value,
+/// idempotency_key)`.
+///
+/// A message sent before the run waits for it is kept; each is taken by
+/// exactly one receive, oldest first, and journaled as it is taken
+/// (`recv:approval#<occurrence>`), so a replay returns the same message and
+/// never takes another. A sender that retries with the same idempotency key
+/// delivers one message. While no message waits, the receive waits in place
+/// for a second, then the execution ends and the run is given back, holding
+/// no lease and no worker, until a message is sent to it or its time limit
+/// passes: a `Completer`, in any process, resumes it then, and
+/// `Runtime::run` returns `Error::WaitingForMessage`. The time limit is
+/// journaled too: a resumed run does not restart the clock.
+///
+/// ```
+/// use std::time::Duration;
+/// use resumable::{recv, resumable, step, MemoryJournal, Runtime, WorkflowRef};
+///
+/// #[resumable(name = "refund")]
+/// async fn refund(order: u64) -> Result<String, String> {
+///     let approved: Option<bool> = recv!("approval", timeout = Duration::from_secs(3600));
+///     let done = match approved {
+///         Some(true) => step!("pay", { format!("refunded order {order}") }),
+///         _ => "refused".to_string(),
+///     };
+///     Ok(done)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// const REFUND: WorkflowRef<(u64,), Result<String, String>> = WorkflowRef::named("refund");
+/// let rt = Runtime::new(MemoryJournal::new());
+/// let client = rt.client();
+/// client.submit(&REFUND, "refund-7", (7,)).await?;
+/// client.send(&REFUND, "refund-7", "approval", &true, "approve-7").await?;
+/// let out = rt.run("refund-7", refund(7)).await?;
+/// assert_eq!(out.unwrap(), "refunded order 7");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Only meaningful inside a `#[resumable]` function, in its own code (not
+/// in a step's body or a closure); anywhere else it is a compile error.
+#[proc_macro]
+pub fn recv(input: TokenStream) -> TokenStream {
+    outside_workflow(input, "recv!")
+}
+
 /// What `step!`, `sleep!` and `sleep_until!` expand to where `#[resumable]`
 /// did not rewrite them: nothing for the `@used` marker it leaves behind
 /// (so that the user's `use resumable::…;` counts as used), else an error.

@@ -1,4 +1,4 @@
-//! Finds every `step!` (and `sleep!`, `sleep_until!`, `set_event!`, which
+//! Finds every `step!` (and `sleep!`, `sleep_until!`, `set_event!`, `recv!`, which
 //! are journaled as steps) in a workflow body, checks it, rewrites it, and
 //! records the step structure the fingerprint is computed from.
 
@@ -172,12 +172,66 @@ fn name_and_value(mac: &Macro, whose: &str, form: &str) -> syn::Result<(LitStr, 
     })
 }
 
+/// A parsed `recv!("topic")` or `recv!("topic", timeout = duration)`.
+pub struct RecvCall {
+    /// The macro's path as written.
+    pub path: syn::Path,
+    pub topic: LitStr,
+    /// A `Duration`, if the receive has a time limit.
+    pub timeout: Option<Expr>,
+}
+
+impl RecvCall {
+    const FORM: &str = "write it as `recv!(\"topic\")` or `recv!(\"topic\", timeout = <Duration>)`";
+
+    fn parse(mac: &Macro) -> syn::Result<Self> {
+        let form = Self::FORM;
+        mac.parse_body_with(|input: ParseStream| {
+            let topic = match input.parse::<syn::Lit>() {
+                Ok(syn::Lit::Str(s)) => s,
+                _ => {
+                    return Err(syn::Error::new(
+                        input.span(),
+                        format!(
+                            "a receive's topic must be a string literal (it is its identity in the journal); {form}"
+                        ),
+                    ));
+                }
+            };
+            let mut timeout = None;
+            if input.parse::<Option<Token![,]>>()?.is_some() && !input.is_empty() {
+                let key: Ident = input
+                    .parse()
+                    .map_err(|e| syn::Error::new(e.span(), format!("expected `timeout = ..`; {form}")))?;
+                if key != "timeout" {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!("unknown option `{key}`; {form}"),
+                    ));
+                }
+                input.parse::<Token![=]>()?;
+                timeout = Some(input.parse::<Expr>()?);
+                let _ = input.parse::<Option<Token![,]>>()?;
+            }
+            if !input.is_empty() {
+                return Err(input.error(format!("unexpected tokens; {form}")));
+            }
+            Ok(RecvCall {
+                path: mac.path.clone(),
+                topic,
+                timeout,
+            })
+        })
+    }
+}
+
 /// What a macro call in a workflow body is to `#[resumable]`.
 enum Journaled {
     Step,
     /// `sleep!`, or with `true`, `sleep_until!`.
     Sleep(bool),
     SetEvent,
+    Recv,
 }
 
 /// `step!`, `sleep!`, `sleep_until!` or `set_event!`, bare or as
@@ -189,6 +243,7 @@ fn journaled(mac: &Macro, krate: &syn::Path) -> Option<Journaled> {
         "sleep" => Journaled::Sleep(false),
         "sleep_until" => Journaled::Sleep(true),
         "set_event" => Journaled::SetEvent,
+        "recv" => Journaled::Recv,
         _ => return None,
     };
     ours(mac, krate).then_some(kind)
@@ -286,7 +341,59 @@ impl<'a> StepRewriter<'a> {
             Journaled::Step => self.rewrite_step(mac),
             Journaled::Sleep(until) => self.rewrite_sleep(mac, until),
             Journaled::SetEvent => self.rewrite_set_event(mac),
+            Journaled::Recv => self.rewrite_recv(mac),
         }
+    }
+
+    /// `recv!("topic")` becomes a receive journaled as `recv:topic#<n>`
+    /// (with a time limit, its deadline as `recv-deadline:topic#<n>`). Many
+    /// call sites may receive on one topic.
+    fn rewrite_recv(&mut self, mac: &Macro) -> Expr {
+        let path = &mac.path;
+        let mut call = match RecvCall::parse(mac) {
+            Ok(call) => call,
+            Err(e) => {
+                self.errors.push(e);
+                return syn::parse_quote!({ #path!(@used); ::core::panic!() });
+            }
+        };
+        let span = mac.path.span();
+        let topic = call.topic.value();
+        let mut journaled = true;
+        if topic.is_empty() || topic.contains('#') {
+            self.errors.spanned(
+                &call.topic,
+                "a receive's topic must be a non-empty string literal without `#`",
+            );
+            journaled = false;
+        }
+        if self.in_step {
+            self.errors.at(
+                span,
+                "`recv!` cannot be used inside a step's body: a step's body does not run again once journaled; receive between steps, in the workflow's own code",
+            );
+            journaled = false;
+        }
+        if self.closures > 0 || self.async_closures > 0 {
+            self.errors.at(
+                span,
+                "`recv!` cannot be used inside a closure: write it in the workflow's body, a `for` loop, or an `async` block",
+            );
+            journaled = false;
+        }
+        self.steps += 1;
+        if let Some(timeout) = &mut call.timeout {
+            self.visit_expr_mut(timeout);
+        }
+        let kind = match call.timeout {
+            Some(_) => "recv_until",
+            None => "recv",
+        };
+        self.shape.push(format!("{kind}:{topic}"));
+        if self.fallback || !journaled {
+            return Expander::plain_recv(&call);
+        }
+        self.expander.recv(&call, span)
     }
 
     /// `set_event!("name", value)` becomes a step, `set_event:name#<n>`,
@@ -532,8 +639,11 @@ fn mentions_step(tokens: TokenStream) -> bool {
         match tt {
             TokenTree::Punct(p) if p.as_char() == '!' && previous_was_step => return true,
             TokenTree::Ident(i) => {
-                previous_was_step =
-                    i == "step" || i == "sleep" || i == "sleep_until" || i == "set_event";
+                previous_was_step = i == "step"
+                    || i == "sleep"
+                    || i == "sleep_until"
+                    || i == "set_event"
+                    || i == "recv";
                 continue;
             }
             TokenTree::Group(g) if mentions_step(g.stream()) => return true,

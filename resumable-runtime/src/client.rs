@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use crate::codec::{Bincode, Codec, Envelope};
 use crate::error::{Error, Result, Slot};
 use crate::journal::{
-    Command, Journal, JournalEvent, NewRun, RunState, Subscription, Timestamp, UNPINNED,
+    Command, Journal, JournalEvent, NewMessage, NewRun, RunState, Subscription, Timestamp, UNPINNED,
 };
 use crate::runs::Runs;
 use crate::runtime::{mismatch, outcome_of, validate_key, validate_lookup_key};
@@ -104,6 +104,15 @@ impl Client {
             envelope: Envelope {
                 max_payload: 16 << 20,
             },
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// A client of a runtime's journal, with its payload limit.
+    pub(crate) fn of_runtime(journal: Arc<dyn Journal>, envelope: Envelope) -> Self {
+        Client {
+            journal,
+            envelope,
             poll_interval: Duration::from_secs(1),
         }
     }
@@ -268,6 +277,62 @@ impl Client {
         }
     }
 
+    /// Sends `value` to run `key` of `workflow` on `topic`, for the run's
+    /// next `recv!("topic")` to take; returns whether the journal stored it.
+    ///
+    /// Messages wait until a receive takes them, oldest first per topic,
+    /// each taken by exactly one receive. Sending again with an
+    /// `idempotency_key` already sent to the run stores nothing (`false`):
+    /// a sender that retries after an error or a crash delivers one message.
+    /// A run waiting for a message, holding no worker, becomes due at once.
+    /// [`Error::UnknownRun`] if no run has the key; a message to a finished
+    /// run is kept but taken by nothing unless the run is resumed.
+    ///
+    /// The value is encoded with the workflow's codec; the receive decodes
+    /// it as the type it expects (a message of another type stops the run
+    /// with [`Error::Decode`] at that receive). From inside a workflow, send
+    /// in a step, with the step's idempotency key: retried or replayed, it
+    /// sends once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{Client, MemoryJournal, WorkflowRef};
+    ///
+    /// const ORDER: WorkflowRef<(u64,), Result<String, String>> = WorkflowRef::named("order");
+    ///
+    /// let client = Client::new(MemoryJournal::new());
+    /// client.submit(&ORDER, "order-7", (7,)).await?;
+    /// assert!(client.send(&ORDER, "order-7", "approval", &true, "approve-7").await?);
+    /// // Retried by the sender: stored once.
+    /// assert!(!client.send(&ORDER, "order-7", "approval", &true, "approve-7").await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send<I, R, C, T>(
+        &self,
+        workflow: &WorkflowRef<I, R, C>,
+        key: &str,
+        topic: &str,
+        value: &T,
+        idempotency_key: &str,
+    ) -> Result<bool>
+    where
+        C: Codec,
+        T: serde::Serialize + ?Sized,
+    {
+        let _ = workflow;
+        send::<C, T>(
+            &*self.journal,
+            &self.envelope,
+            key,
+            topic,
+            value,
+            idempotency_key,
+        )
+        .await
+    }
+
     /// Run `key`'s outcome, decoded, if it has finished: `Ok(None)` while it
     /// is incomplete, [`Error::UnknownRun`] if no run has the key, and the
     /// lifecycle's errors ([`Error::Cancelled`], [`Error::DeadlineExceeded`],
@@ -375,4 +440,43 @@ async fn finished(events: &mut Option<Subscription>, key: &str) {
         }
     }
     std::future::pending().await
+}
+
+/// The longest topic or idempotency key a message may have, in bytes.
+const MAX_MESSAGE_KEY: usize = 512;
+
+/// Checks and seals a message for run `key`, and stores it in `journal`.
+pub(crate) async fn send<C: Codec, T: serde::Serialize + ?Sized>(
+    journal: &dyn Journal,
+    envelope: &Envelope,
+    key: &str,
+    topic: &str,
+    value: &T,
+    idempotency_key: &str,
+) -> Result<bool> {
+    validate_lookup_key(key)?;
+    let reason = if topic.is_empty() || topic.contains('#') {
+        Some("a topic must be a non-empty name without `#`")
+    } else if idempotency_key.is_empty() {
+        Some("an idempotency key must not be empty")
+    } else if topic.len() > MAX_MESSAGE_KEY || idempotency_key.len() > MAX_MESSAGE_KEY {
+        Some("a topic and an idempotency key must be at most 512 bytes")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        return Err(Error::InvalidMessage {
+            run: key.to_owned(),
+            reason,
+        });
+    }
+    let value = envelope.seal::<C, T>(key, || Slot::Message(topic.to_owned()), value)?;
+    let message = NewMessage {
+        run_key: key.to_owned(),
+        topic: topic.to_owned(),
+        value,
+        idempotency_key: idempotency_key.to_owned(),
+        at: Timestamp::now(),
+    };
+    journal.send_message(message).await
 }

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::journal::{JournalEvent, Lease, RunSnapshot, Subscription, Timestamp};
-use crate::runtime::{PastExecutions, Runtime};
+use crate::runtime::{Ended, PastExecutions, Runtime};
 use crate::workflow::{BoxFuture, Journaled, Workflow, WorkflowResult};
 
 /// Finds runs that are incomplete, unleased (or whose lease expired) and due,
@@ -57,9 +57,10 @@ pub struct CompleterReport {
     pub finished: u64,
     /// Executions that stopped with an error (the runs were given back).
     pub interrupted: u64,
-    /// Executions that ended in a durable sleep (`sleep!`): the runs were
-    /// given back until the sleep is due.
-    pub slept: u64,
+    /// Executions that ended waiting, in a durable sleep (`sleep!`) or for a
+    /// message (`recv!`): the runs were given back until the sleep is due or
+    /// the message comes.
+    pub waiting: u64,
 }
 
 trait Resume: Send + Sync {
@@ -104,7 +105,7 @@ where
 struct Counters {
     finished: AtomicU64,
     interrupted: AtomicU64,
-    slept: AtomicU64,
+    waiting: AtomicU64,
 }
 
 impl Completer {
@@ -240,7 +241,9 @@ impl Completer {
                                 let outcome = resume(&rt, &registry, snapshot, lease).await;
                                 let counter = match outcome {
                                     Ok(()) => &counters.finished,
-                                    Err(Error::Sleeping { .. }) => &counters.slept,
+                                    Err(
+                                        Error::Sleeping { .. } | Error::WaitingForMessage { .. },
+                                    ) => &counters.waiting,
                                     Err(_) => &counters.interrupted,
                                 };
                                 counter.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +324,7 @@ async fn due_event(events: &mut Option<Subscription>) -> Timestamp {
         match subscription.next().await {
             Some(JournalEvent::Due { at }) => return at,
             Some(JournalEvent::Resync) => return Timestamp(0),
-            Some(JournalEvent::Finished { .. }) => {}
+            Some(JournalEvent::Finished { .. } | JournalEvent::Message { .. }) => {}
             None => *events = None,
         }
     }
@@ -379,7 +382,8 @@ async fn resume(
             };
             tracing::warn!(error = %err, "cannot resume run");
             let past = PastExecutions::of(&snapshot.run);
-            rt.give_back_after_error(&lease, &err, past, false).await;
+            rt.give_back_after_error(&lease, &err, past, Ended::default())
+                .await;
             Err(err)
         }
     }
@@ -390,7 +394,7 @@ impl Counters {
         CompleterReport {
             finished: self.finished.load(Ordering::Relaxed),
             interrupted: self.interrupted.load(Ordering::Relaxed),
-            slept: self.slept.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
         }
     }
 }

@@ -30,6 +30,7 @@
 //! tokio tasks; on a multi-threaded runtime those run in parallel.
 
 mod lifecycle;
+mod messages;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -40,6 +41,7 @@ pub use lifecycle::{
     leases_given_back_together_count_failures, list_runs_pages, purge_deletes_old_finished_runs,
     resume_reopens_a_failed_run, retry_now_makes_a_run_due,
 };
+pub use messages::{messages_are_taken_once_oldest_first, messages_wake_runs_waiting_for_them};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
@@ -90,6 +92,8 @@ pub async fn run_all(journal: Arc<dyn Journal>) {
     events_keep_the_last_published_value(j).await;
     leases_given_back_together_count_failures(j).await;
     list_runs_pages(j).await;
+    messages_are_taken_once_oldest_first(j).await;
+    messages_wake_runs_waiting_for_them(j).await;
 }
 
 /// `open_run` on a new key creates the run and leases it: `created`, epoch 1,
@@ -433,6 +437,7 @@ pub async fn finished_run_stays_finished(journal: &dyn Journal) {
                 wake_at: at(t, 30),
                 at: at(t, 30),
                 failures: 0,
+                wake_on_message: None,
             },
             Write::RunFinished {
                 state: RunState::Completed,
@@ -503,6 +508,7 @@ pub async fn stale_epoch_is_fenced(journal: &dyn Journal) {
                 wake_at: at(t, 2_000),
                 at: at(t, 2_000),
                 failures: 0,
+                wake_on_message: None,
             },
             Write::RunFinished {
                 state: RunState::Completed,
@@ -762,6 +768,7 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         wake_at: at(t, 30_000),
         at: at(t, 5),
         failures: 0,
+        wake_on_message: None,
     };
     journal
         .write(&lease1, release)
@@ -828,6 +835,7 @@ pub async fn release_gives_run_back(journal: &dyn Journal) {
         wake_at: at(t, 20),
         at: at(t, 20),
         failures: 0,
+        wake_on_message: None,
     };
     journal
         .write(&lease2, release)
@@ -904,6 +912,7 @@ pub async fn events_announce_due_and_finished_runs(journal: &dyn Journal) {
         wake_at,
         at: at(t, 1),
         failures: 0,
+        wake_on_message: None,
     };
     journal
         .write(&lease1, release)
@@ -1657,6 +1666,7 @@ fn release(wake_at: Timestamp, when: Timestamp) -> Write {
         wake_at,
         at: when,
         failures: 0,
+        wake_on_message: None,
     }
 }
 

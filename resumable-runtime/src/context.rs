@@ -152,8 +152,29 @@ struct ReplayState {
     /// Why the run is stopping at a step boundary (a cancel, its deadline):
     /// no new step starts, and once no step executes the driver stops it.
     stop: Option<Error>,
-    /// Durable sleeps waiting now (their ids and when each is due).
-    sleeping: Vec<(Arc<str>, Timestamp)>,
+    /// Durable waits going on now: sleeps, and receives waiting for a message.
+    waiting: Vec<Waiter>,
+    /// How many messages had been sent to the run when a receive last
+    /// looked (the highest count seen).
+    messages_seen: u64,
+    /// Once the run is suspended while a receive waits: `messages_seen` then.
+    suspended_awaiting: Option<u64>,
+}
+
+/// A durable wait going on in the run: a sleep (`sleep!`) or a receive
+/// waiting for a message (`recv!`).
+#[derive(Debug, Clone)]
+pub(crate) struct Waiter {
+    /// The sleep's or the receive's id.
+    pub id: Arc<str>,
+    /// When it ends by itself: a sleep's wake time, a receive's deadline
+    /// (`None`: it waits for a message only).
+    pub until: Option<Timestamp>,
+    /// Until then it keeps its worker: the execution is not ended (a sleep
+    /// due soon, a message that may come soon).
+    pub holds_until: Timestamp,
+    /// A receive's topic; `None` for a sleep.
+    pub topic: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -218,12 +239,26 @@ impl RunCtx {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(lease);
     }
 
+    /// The recording order of the next step record written.
     pub fn next_seq(&self) -> u64 {
         let mut st = self.state();
         let seq = st.next_seq;
         st.next_seq = seq.saturating_add(1);
-        st.progressed = true;
         seq
+    }
+
+    /// Gives back `seq` (a receive found no message, so recorded nothing
+    /// under it), if no later one was handed out meanwhile.
+    pub fn unused_seq(&self, seq: u64) {
+        let mut st = self.state();
+        if st.next_seq == seq.saturating_add(1) {
+            st.next_seq = seq;
+        }
+    }
+
+    /// This execution recorded a step.
+    pub fn recorded(&self) {
+        self.state().progressed = true;
     }
 
     /// Whether this execution has recorded a step.
@@ -308,6 +343,17 @@ impl RunCtx {
         Poll::Ready(decision)
     }
 
+    /// A receive that waited for a message executes again (to look for
+    /// one), unless the run is stopping; whether it may.
+    pub fn step_resumed(&self) -> bool {
+        let mut st = self.state();
+        if st.abort.is_some() || st.stop.is_some() {
+            return false;
+        }
+        st.executing += 1;
+        true
+    }
+
     /// A step that was executing has finished or was dropped.
     pub fn step_done(&self) {
         let mut st = self.state();
@@ -369,39 +415,69 @@ impl RunCtx {
         self.state().abort.take()
     }
 
-    /// A durable sleep `id`, due `until`, starts waiting.
-    pub fn sleep_started(&self, id: Arc<str>, until: Timestamp) {
-        self.state().sleeping.push((id, until));
+    /// A durable wait starts.
+    pub fn wait_started(&self, waiter: Waiter) {
+        self.state().waiting.push(waiter);
         // Its branch may be the last one still going: the driver looks.
         self.driver.wake();
     }
 
-    /// A durable sleep `id` stopped waiting (it is due, or was dropped).
-    pub fn sleep_ended(&self, id: &str) {
-        self.state().sleeping.retain(|(s, _)| &**s != id);
+    /// A durable wait `id` ended (it is due, got its message, or was dropped).
+    pub fn wait_ended(&self, id: &str) {
+        self.state().waiting.retain(|w| &*w.id != id);
     }
 
-    /// If nothing but durable sleeps keeps the run from going on — no step
-    /// executes, and at least one sleep waits — and the earliest is due
-    /// later than `hold` from now, the reason to end the execution and give
-    /// the run back until then.
-    pub fn suspension(&self, hold: std::time::Duration) -> Option<Error> {
-        let st = self.state();
-        if st.executing > 0 || st.abort.is_some() || st.stop.is_some() {
+    /// A receive saw that `sent` messages had been sent to the run.
+    pub fn messages_seen(&self, sent: u64) {
+        let mut st = self.state();
+        st.messages_seen = st.messages_seen.max(sent);
+    }
+
+    /// If the run was suspended while a receive waited: how many messages
+    /// it had seen sent to the run (given back, the run is woken by the next).
+    pub fn awaited_messages(&self) -> Option<u64> {
+        self.state().suspended_awaiting
+    }
+
+    /// If nothing but durable waits keeps the run from going on — no step
+    /// executes, at least one wait goes on, and none keeps its worker any
+    /// longer — the reason to end the execution and give the run back until
+    /// the earliest ends by itself (or, for a receive, a message comes).
+    pub fn suspension(&self) -> Option<Error> {
+        let mut st = self.state();
+        if st.executing > 0 || st.abort.is_some() || st.stop.is_some() || st.waiting.is_empty() {
             return None;
         }
-        let (step, until) = st.sleeping.iter().min_by_key(|(_, until)| *until)?;
-        if until.0.saturating_sub(Timestamp::now().0) <= hold.as_millis() as i64 {
+        let now = Timestamp::now();
+        if st.waiting.iter().any(|w| w.holds_until > now) {
             return None;
         }
-        Some(Error::Sleeping {
-            run: self.run_key.clone(),
-            step: step.to_string(),
-            until: until.to_system_time(),
+        let first = st
+            .waiting
+            .iter()
+            .min_by_key(|w| w.until.unwrap_or(Timestamp(i64::MAX)))?;
+        let run = self.run_key.clone();
+        let step = first.id.to_string();
+        let (topic, until) = (first.topic, first.until);
+        if st.waiting.iter().any(|w| w.topic.is_some()) {
+            st.suspended_awaiting = Some(st.messages_seen);
+        }
+        Some(match (topic, until) {
+            (None, Some(until)) => Error::Sleeping {
+                run,
+                step,
+                until: until.to_system_time(),
+            },
+            (topic, until) => Error::WaitingForMessage {
+                run,
+                step,
+                topic: topic.unwrap_or_default().to_owned(),
+                until: until.map(Timestamp::to_system_time),
+            },
         })
     }
 
-    /// If the replay is stalled — no step is executing, no sleep waits, and
+    /// If the replay is stalled — no step is executing, no wait goes on, and
     /// every step that waits does so for recorded steps nobody asks for —
     /// the error saying so.
     pub fn stall(&self) -> Option<Error> {
@@ -409,7 +485,7 @@ impl RunCtx {
         if st.executing > 0
             || st.gated.is_empty()
             || st.recorded.is_empty()
-            || !st.sleeping.is_empty()
+            || !st.waiting.is_empty()
         {
             return None;
         }

@@ -18,12 +18,13 @@ use crate::workflow::BoxFuture;
 
 /// A durable sleep due within this is slept in place, its worker holding
 /// the run; a longer one, once nothing else goes on, ends the execution and
-/// gives the run back until it is due.
-pub(crate) const HOLD_SLEEP: Duration = Duration::from_secs(1);
+/// gives the run back until it is due. A receive waits this long in place
+/// for its message before it gives the run back the same way.
+pub(crate) const HOLD: Duration = Duration::from_secs(1);
 
 /// Polls the workflow body, and stops it as soon as a step aborts the run or
-/// the replay stalls, or it only waits in durable sleeps due later than
-/// [`HOLD_SLEEP`]. A panic outside steps stops it too.
+/// the replay stalls, or it only waits in durable waits that no longer
+/// keep their worker (see [`HOLD`]). A panic outside steps stops it too.
 pub(crate) struct Drive<'a, 'r, R> {
     body: BoxFuture<'a, R>,
     run: &'r RunCtx,
@@ -92,7 +93,7 @@ impl<R> Future for Drive<'_, '_, R> {
             Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
             Ok(Poll::Pending) => match this.run.take_stop() {
                 Some(reason) => Poll::Ready(Err(reason)),
-                None => match this.run.suspension(HOLD_SLEEP) {
+                None => match this.run.suspension() {
                     Some(sleeping) => Poll::Ready(Err(sleeping)),
                     None => this.check_stall(cx),
                 },

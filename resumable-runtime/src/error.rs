@@ -27,6 +27,8 @@ pub enum Slot {
     Outcome,
     /// A value the run published as an event (`set_event!`), by name.
     Event(String),
+    /// A message sent to the run, by topic.
+    Message(String),
 }
 
 impl fmt::Display for Slot {
@@ -36,6 +38,7 @@ impl fmt::Display for Slot {
             Slot::Step(id) => write!(f, "step '{id}'"),
             Slot::Outcome => f.write_str("outcome"),
             Slot::Event(name) => write!(f, "event '{name}'"),
+            Slot::Message(topic) => write!(f, "message on topic '{topic}'"),
         }
     }
 }
@@ -332,6 +335,16 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A message cannot be sent as given (an empty topic or idempotency
+    /// key, or one too long).
+    #[error("message to run {run:?} refused: {reason}")]
+    InvalidMessage {
+        /// The run key.
+        run: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+
     /// No run has this key.
     #[error("no run has the key {run:?}")]
     UnknownRun {
@@ -386,6 +399,25 @@ pub enum Error {
         step: String,
         /// When it is due again.
         until: std::time::SystemTime,
+    },
+
+    /// Every branch of the run waits, and at least one waits for a message
+    /// (`recv!`) that has not come: the execution ended and the run was
+    /// given back, holding no lease, until a message is sent to it (or
+    /// `until`, the time limit of the receive that ends first). A completer
+    /// (in any process) resumes it then. Wait for its outcome with
+    /// `Client::wait`.
+    #[error("run {run:?} waits at '{step}' for a message on topic {topic:?}{}; a completer resumes it when one is sent", until.map(|t| format!(" (at most until {t:?})")).unwrap_or_default())]
+    WaitingForMessage {
+        /// The run key.
+        run: String,
+        /// The id of the receive it waits in.
+        step: String,
+        /// The topic it waits on.
+        topic: String,
+        /// When it is due again without a message, if its receive has a
+        /// time limit.
+        until: Option<std::time::SystemTime>,
     },
 
     /// The run was cancelled by an operator: its stable outcome.
@@ -464,6 +496,7 @@ impl Error {
                 | Error::Interrupted { .. }
                 | Error::WaitingToRetry { .. }
                 | Error::Sleeping { .. }
+                | Error::WaitingForMessage { .. }
         )
     }
 }

@@ -14,6 +14,7 @@ mod drive;
 mod error;
 pub mod journal;
 mod owner;
+mod receive;
 mod retry;
 mod runs;
 mod runtime;
@@ -58,6 +59,7 @@ pub use workflow::{
 pub mod __private {
     pub use crate::context::Ctx;
     pub use crate::error::Location;
+    pub use crate::receive::{Timeout, recv, recv_until};
     pub use crate::step::{
         ErrorCodec, Prepared, Settled, Step, StepContext, StepSite, error_codec,
     };

@@ -200,7 +200,7 @@ impl Runs {
             | RunStatus::Running
             | RunStatus::WaitingToRetry
             | RunStatus::BackingOff
-            | RunStatus::Sleeping => RunState::Incomplete,
+            | RunStatus::Waiting => RunState::Incomplete,
         };
         let limit = filter.limit.unwrap_or(usize::MAX);
         let mut page = RunFilter {

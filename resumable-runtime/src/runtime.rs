@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::client::Client;
 use crate::codec::{Codec, Envelope};
 use crate::context::{Ctx, RunCtx};
 use crate::drive::{Drive, Heartbeat};
@@ -354,8 +355,8 @@ impl Runtime {
             return Ok(opened);
         };
         if let Some(lease) = &opened.lease {
-            self.give_back(lease, run.last_error.clone(), run.wake_at, run.failures)
-                .await;
+            let release = Release::plain(run.last_error.clone(), run.wake_at, run.failures);
+            self.give_back(lease, release).await;
         }
         Err(mismatch)
     }
@@ -509,10 +510,16 @@ impl Runtime {
                     Error::Sleeping { until, .. } => {
                         tracing::info!(until = ?until, "run sleeping; given back until then")
                     }
+                    Error::WaitingForMessage { topic, until, .. } => {
+                        tracing::info!(topic, until = ?until, "run waiting for a message; given back until one comes")
+                    }
                     _ => tracing::warn!(error = %err, "run stopped"),
                 });
-                let progressed = run_ctx.as_ref().is_some_and(|run| run.progressed());
-                self.after_error::<R, C>(&lease, err, past, progressed)
+                let ended = Ended {
+                    progressed: run_ctx.as_ref().is_some_and(|run| run.progressed()),
+                    awaited_messages: run_ctx.as_ref().and_then(|run| run.awaited_messages()),
+                };
+                self.after_error::<R, C>(&lease, err, past, ended)
                     .instrument(span)
                     .await
             }
@@ -532,7 +539,7 @@ impl Runtime {
         lease: &Lease,
         err: Error,
         past: PastExecutions,
-        progressed: bool,
+        ended: Ended,
     ) -> Result<R> {
         let journal = &self.inner.journal;
         let stopped = match &err {
@@ -557,7 +564,7 @@ impl Runtime {
                 Err(Error::LeaseLost { .. }) => self.recorded_outcome::<R, C>(lease).await,
                 Err(write_err) => {
                     // Left for the next worker, which stops it the same way.
-                    self.give_back_after_error(lease, &write_err, past, progressed)
+                    self.give_back_after_error(lease, &write_err, past, ended)
                         .await;
                     Err(write_err)
                 }
@@ -566,8 +573,7 @@ impl Runtime {
         if let Error::LeaseLost { .. } = err {
             return self.recorded_outcome::<R, C>(lease).await;
         }
-        self.give_back_after_error(lease, &err, past, progressed)
-            .await;
+        self.give_back_after_error(lease, &err, past, ended).await;
         Err(err)
     }
 
@@ -586,8 +592,8 @@ impl Runtime {
         }
     }
 
-    /// Gives a run back after `err` stopped an execution of it (which
-    /// recorded a step if `progressed`), with the error visible and a
+    /// Gives a run back after `err` stopped an execution of it (see
+    /// [`Ended`]), with the error visible and a
     /// backoff growing with its executions; or dead-letters it if `err` is a
     /// failure outside its steps and executions in a row failed so without
     /// progress too often (or at once if its input cannot be decoded). A
@@ -597,13 +603,13 @@ impl Runtime {
         lease: &Lease,
         err: &Error,
         past: PastExecutions,
-        progressed: bool,
+        ended: Ended,
     ) {
         if matches!(err, Error::LeaseLost { .. }) {
             return;
         }
         let failed = counts_as_failure(err);
-        let failures = match progressed {
+        let failures = match ended.progressed {
             true => u32::from(failed),
             false => past.failures.saturating_add(u32::from(failed)),
         };
@@ -631,6 +637,10 @@ impl Runtime {
             Error::WaitingToRetry { until, .. } | Error::Sleeping { until, .. } => {
                 Timestamp::from(*until)
             }
+            // Until its receive's time limit, or a message.
+            Error::WaitingForMessage { until, .. } => {
+                until.map_or(Timestamp(i64::MAX), Timestamp::from)
+            }
             _ => at.after(
                 self.inner
                     .run_backoff
@@ -639,24 +649,26 @@ impl Runtime {
         };
         // Never sleeping past its deadline, where it ends.
         let wake_at = past.deadline.map_or(due, |d| d.min(due));
-        // A durable sleep is no error: the run shows as sleeping, not backing off.
-        let last_error = match err {
-            Error::Sleeping { .. } => None,
-            _ => Some(err.to_string()),
+        // A durable wait is no error: the run shows as waiting, not backing off.
+        let (last_error, wake_on_message) = match err {
+            Error::Sleeping { .. } | Error::WaitingForMessage { .. } => {
+                (None, ended.awaited_messages)
+            }
+            _ => (Some(err.to_string()), None),
         };
-        self.give_back(lease, last_error, wake_at, failures).await;
+        let release = Release {
+            last_error,
+            wake_at,
+            failures,
+            wake_on_message,
+        };
+        self.give_back(lease, release).await;
     }
 
     /// Releases a lease, best effort: if this fails the lease simply expires.
-    async fn give_back(
-        &self,
-        lease: &Lease,
-        last_error: Option<String>,
-        wake_at: Timestamp,
-        failures: u32,
-    ) {
+    async fn give_back(&self, lease: &Lease, release: Release) {
         let journal = &*self.inner.journal;
-        if let Err(err) = release(journal, lease, last_error, wake_at, failures).await {
+        if let Err(err) = release.write(journal, lease).await {
             tracing::debug!(run = %Escaped(&lease.run_key), error = %err, "could not release the lease; it will expire");
         }
     }
@@ -794,6 +806,26 @@ impl Runtime {
         Runs::new(self.inner.journal.clone())
     }
 
+    /// A [`Client`] of this runtime's journal: to send messages to runs
+    /// ([`Client::send`]), read what they publish, or wait for outcomes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{MemoryJournal, Runtime, WorkflowRef};
+    ///
+    /// const ORDER: WorkflowRef<(u64,), Result<(), String>> = WorkflowRef::named("order");
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// let client = rt.client();
+    /// client.submit(&ORDER, "order-1", (1,)).await?;
+    /// assert!(client.send(&ORDER, "order-1", "approval", &true, "ok-1").await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client(&self) -> Client {
+        Client::of_runtime(self.inner.journal.clone(), self.inner.envelope)
+    }
+
     /// A run's status and steps, if the key exists (as [`Runs::info`]).
     pub async fn run_info(&self, key: &str) -> Result<Option<RunInfo>> {
         self.runs().info(key).await
@@ -884,23 +916,51 @@ impl PastExecutions {
     }
 }
 
-/// Gives `lease` back: its run keeps `last_error` and is due at `wake_at`,
-/// but never before now, since the next lease starts after this one ends.
-pub(crate) async fn release(
-    journal: &dyn Journal,
-    lease: &Lease,
-    last_error: Option<String>,
-    wake_at: Timestamp,
-    failures: u32,
-) -> Result<Ack> {
-    let at = Timestamp::now();
-    let write = Write::Release {
-        last_error,
-        wake_at: wake_at.max(at),
-        failures,
-        at,
-    };
-    journal.write(lease, write).await
+/// How an execution that stopped with an error ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ended {
+    /// It recorded a step.
+    pub progressed: bool,
+    /// A receive waits for a message: how many had been sent when it looked.
+    pub awaited_messages: Option<u64>,
+}
+
+/// How a lease is given back ([`Write::Release`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Release {
+    /// The run's last error from now on.
+    pub last_error: Option<String>,
+    /// When it is due again (never before now, since the next lease starts
+    /// after this one ends).
+    pub wake_at: Timestamp,
+    /// Its failures in a row from now on.
+    pub failures: u32,
+    /// See [`Write::Release`].
+    pub wake_on_message: Option<u64>,
+}
+
+impl Release {
+    /// A release that keeps the run as it was, due at `wake_at`.
+    pub(crate) fn plain(last_error: Option<String>, wake_at: Timestamp, failures: u32) -> Self {
+        Release {
+            last_error,
+            wake_at,
+            failures,
+            wake_on_message: None,
+        }
+    }
+
+    pub(crate) async fn write(self, journal: &dyn Journal, lease: &Lease) -> Result<Ack> {
+        let at = Timestamp::now();
+        let write = Write::Release {
+            last_error: self.last_error,
+            wake_at: self.wake_at.max(at),
+            failures: self.failures,
+            wake_on_message: self.wake_on_message,
+            at,
+        };
+        journal.write(lease, write).await
+    }
 }
 
 /// Whether `err` stopping an execution counts towards dead-lettering the
@@ -1024,8 +1084,11 @@ impl Drop for GiveBackOnDrop {
             let reason = Error::Interrupted {
                 run: lease.run_key.clone(),
             };
-            rt.give_back(&lease, Some(reason.to_string()), Timestamp::now(), failures)
-                .await;
+            rt.give_back(
+                &lease,
+                Release::plain(Some(reason.to_string()), Timestamp::now(), failures),
+            )
+            .await;
             let mut handbacks = rt.inner.handbacks.lock().unwrap_or_else(|p| p.into_inner());
             if handbacks.get(&lease.run_key).is_some_and(|h| h.id == id) {
                 handbacks.remove(&lease.run_key);

@@ -43,9 +43,10 @@ pub enum RunStatus {
     /// It stopped with an error and waits out its backoff before a
     /// completer takes it again.
     BackingOff,
-    /// It waits in a durable sleep (`sleep!`), holding no lease, until a
-    /// completer takes it again when the sleep is due.
-    Sleeping,
+    /// It waits, holding no lease: in a durable sleep (`sleep!`) until a
+    /// completer takes it again when the sleep is due, or for a message
+    /// (`recv!`) until one is sent to it (or its receive's time limit).
+    Waiting,
     /// Finished with `Ok`.
     Completed,
     /// Finished with a terminal `Err`.
@@ -74,7 +75,7 @@ impl RunStatus {
             RunState::Incomplete if run.is_leased_at(now) => RunStatus::Running,
             RunState::Incomplete if run.wake_at > now && step_waiting => RunStatus::WaitingToRetry,
             RunState::Incomplete if run.wake_at > now && run.last_error.is_none() => {
-                RunStatus::Sleeping
+                RunStatus::Waiting
             }
             RunState::Incomplete if run.wake_at > now => RunStatus::BackingOff,
             RunState::Incomplete => RunStatus::Pending,

@@ -17,7 +17,7 @@ use crate::codec::Codec;
 use crate::codec::Envelope;
 use crate::context::{Ctx, Decision, RunCtx, panic_message};
 use crate::error::{Error, Escaped, Location, Slot};
-use crate::journal::{Ack, StepState, Timestamp, Write};
+use crate::journal::{Ack, StepRecord, StepState, Timestamp, Write};
 use crate::retry::RetryPolicy;
 use crate::workflow::{Journaled, WorkflowError};
 
@@ -142,6 +142,8 @@ pub struct Step<'c, E> {
 enum Phase {
     New,
     Executing,
+    /// A receive waiting for its message: it does not count as executing.
+    Paused,
     Finished,
 }
 
@@ -177,13 +179,25 @@ impl<'c, E> Step<'c, E> {
 
     /// Replays the step or lets its body run.
     pub async fn prepare<C: Codec, T: Journaled>(&mut self) -> Prepared<T, E> {
+        let Some(record) = self.begin().await else {
+            return Prepared::Attempt;
+        };
+        match self.decode_record::<C, T>(&record) {
+            Ok(value) => Prepared::Replayed(value),
+            Err(err) => self.abort(err).await,
+        }
+    }
+
+    /// The step's journaled record, if it replays; `None` once its body
+    /// (or another attempt of it) may run.
+    pub(crate) async fn begin(&mut self) -> Option<StepRecord> {
         if self.phase == Phase::Executing {
             // Another attempt is a step boundary too: a stopping run makes none.
             if self.run.stopping() {
                 self.finish();
                 return std::future::pending().await;
             }
-            return Prepared::Attempt;
+            return None;
         }
         let decision =
             std::future::poll_fn(|cx| self.run.decide(&self.id, self.site.location, cx)).await;
@@ -198,14 +212,8 @@ impl<'c, E> Step<'c, E> {
                     attempt = record.attempts,
                     replayed = true,
                 );
-                let decoded = span.in_scope(|| {
-                    tracing::debug!("replayed from the journal");
-                    self.decode_record::<C, T>(&record)
-                });
-                match decoded {
-                    Ok(value) => Prepared::Replayed(value),
-                    Err(err) => self.abort(err).await,
-                }
+                span.in_scope(|| tracing::debug!("replayed from the journal"));
+                Some(record)
             }
             Decision::Execute {
                 attempts,
@@ -223,14 +231,14 @@ impl<'c, E> Step<'c, E> {
                         return std::future::pending().await;
                     }
                 }
-                Prepared::Attempt
+                None
             }
         }
     }
 
     fn decode_record<C: Codec, T: Journaled>(
         &self,
-        record: &crate::journal::StepRecord,
+        record: &StepRecord,
     ) -> Result<Result<T, E>, Error> {
         let bytes = record.output.as_deref().unwrap_or_default();
         let envelope = &self.run.envelope;
@@ -385,10 +393,72 @@ impl<'c, E> Step<'c, E> {
             at: Timestamp::now(),
         };
         match run.journal.write(&run.lease(), write).await {
-            Ok(ack) => self.heed(ack),
+            Ok(ack) => {
+                run.recorded();
+                self.heed(ack);
+            }
             Err(err) => return self.abort(err).await,
         }
         self.finish();
+    }
+
+    /// Journals `bytes` as the step's output without running a body (a
+    /// receive that timed out: see `receive`).
+    pub(crate) async fn record_output(&mut self, bytes: Vec<u8>) {
+        self.attempts = self.attempts.max(1);
+        self.record(StepState::Completed, bytes, None).await;
+    }
+
+    /// Looks for a message on `topic` and, if one waits, takes it and
+    /// journals it as the step's output, in one write; returns it.
+    pub(crate) async fn take_message(&mut self, topic: &str) -> Option<Vec<u8>> {
+        let run = self.run;
+        let seq = run.next_seq();
+        let receive = crate::journal::Receive {
+            step_id: self.id.to_string(),
+            seq,
+            topic: topic.to_owned(),
+            at: Timestamp::now(),
+        };
+        let received = match run.journal.receive(&run.lease(), receive).await {
+            Ok(received) => received,
+            Err(err) => return self.abort(err).await,
+        };
+        self.heed(received.ack);
+        run.messages_seen(received.sent);
+        match received.message {
+            Some(message) => {
+                run.recorded();
+                self.finish();
+                Some(message)
+            }
+            None => {
+                run.unused_seq(seq);
+                None
+            }
+        }
+    }
+
+    /// While the step waits (a receive for its message), it does not count
+    /// as executing: the run may stop, or be given back, meanwhile.
+    pub(crate) fn pause(&mut self) {
+        if self.phase == Phase::Executing {
+            self.run.step_done();
+            self.phase = Phase::Paused;
+        }
+    }
+
+    /// Executes again after [`pause`](Self::pause); `false` (and it stays
+    /// paused) if the run is stopping.
+    pub(crate) fn resume(&mut self) -> bool {
+        if self.phase != Phase::Paused {
+            return true;
+        }
+        if !self.run.step_resumed() {
+            return false;
+        }
+        self.phase = Phase::Executing;
+        true
     }
 
     /// A cancel requested while this step executed stops the run at its
@@ -453,7 +523,7 @@ impl<'c, E> Step<'c, E> {
         self.phase = Phase::Finished;
     }
 
-    fn slot(&self) -> Slot {
+    pub(crate) fn slot(&self) -> Slot {
         Slot::Step(self.id.to_string())
     }
 
@@ -465,6 +535,11 @@ impl<'c, E> Step<'c, E> {
     /// Its id, `name#occurrence`.
     pub(crate) fn id(&self) -> Arc<str> {
         self.id.clone()
+    }
+
+    /// Where it is written, and its name.
+    pub(crate) fn site(&self) -> &'static StepSite {
+        self.site
     }
 
     /// Stops the run with `err`. Never returns: the driver drops the workflow.
@@ -480,7 +555,7 @@ impl<E> Drop for Step<'_, E> {
         match self.phase {
             Phase::Executing => self.run.step_done(),
             Phase::New => self.run.forget_gated(&self.id),
-            Phase::Finished => {}
+            Phase::Paused | Phase::Finished => {}
         }
     }
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::codec::Codec;
-use crate::context::{Ctx, RunCtx};
+use crate::context::{Ctx, RunCtx, Waiter};
+use crate::drive::HOLD;
 use crate::error::{Error, Slot};
 use crate::journal::{Timestamp, Write};
 use crate::step::{ErrorCodec, Prepared, Settled, Step, StepSite};
@@ -40,17 +41,41 @@ pub async fn sleep<C: Codec, E: WorkflowError>(
     errors: &ErrorCodec<E>,
 ) {
     let mut step = Step::new(ctx, site, None, errors);
-    let until = match step.prepare::<C, Timestamp>().await {
+    let until = wake_time::<C, E>(&mut step, wake).await;
+    let left = until.0.saturating_sub(Timestamp::now().0);
+    if left <= 0 {
+        return;
+    }
+    let now = Timestamp::now();
+    // Due soon: slept in place; else the run may be given back until then.
+    let holds_until = match left <= HOLD.as_millis() as i64 {
+        true => until,
+        false => now,
+    };
+    let waiter = Waiter {
+        id: step.id(),
+        until: Some(until),
+        holds_until,
+        topic: None,
+    };
+    let _waiting = Waiting::start(step.run(), waiter);
+    tokio::time::sleep(Duration::from_millis(left as u64)).await;
+}
+
+/// The wake time `step` journals for `wake` (computed the first time the
+/// code reaches it, replayed after).
+pub(crate) async fn wake_time<C: Codec, E>(step: &mut Step<'_, E>, wake: Wake) -> Timestamp {
+    match step.prepare::<C, Timestamp>().await {
         Prepared::Replayed(Ok(until)) => until,
         Prepared::Replayed(Err(_)) => {
-            // A step that failed for good is recorded under this sleep's id.
+            // A step that failed for good is recorded under this wait's id.
             let err = Error::NonDeterminism {
                 run: step.run().run_key.clone(),
                 expected: format!("{} (a step that failed)", step.id()),
-                found: format!("{} (a sleep)", step.id()),
-                location: site.location,
+                found: format!("{} (a durable wait)", step.id()),
+                location: step.site().location,
             };
-            return step.abort(err).await;
+            step.abort(err).await
         }
         Prepared::Attempt => {
             let until = match wake {
@@ -60,40 +85,30 @@ pub async fn sleep<C: Codec, E: WorkflowError>(
             match step.settle::<C, Timestamp>(Ok(Ok(until)), false).await {
                 Settled::Done(until) => until,
                 // A value always settles as done (or aborts the run).
-                Settled::Retry | Settled::Failed(_) => return std::future::pending().await,
+                Settled::Retry | Settled::Failed(_) => std::future::pending().await,
             }
         }
-    };
-    wait_until(step.run(), step.id(), until).await;
-}
-
-/// Waits for `until`, registered with the run as sleep `id` meanwhile.
-async fn wait_until(run: &RunCtx, id: Arc<str>, until: Timestamp) {
-    let left = until.0.saturating_sub(Timestamp::now().0);
-    if left <= 0 {
-        return;
     }
-    let _waiting = Waiting::start(run, id, until);
-    tokio::time::sleep(Duration::from_millis(left as u64)).await;
 }
 
-/// A sleep registered with its run until dropped (when due, or when the
-/// execution ends).
-struct Waiting<'r> {
+/// A durable wait registered with its run until dropped (when it ends, or
+/// when the execution does).
+pub(crate) struct Waiting<'r> {
     run: &'r RunCtx,
     id: Arc<str>,
 }
 
 impl<'r> Waiting<'r> {
-    fn start(run: &'r RunCtx, id: Arc<str>, until: Timestamp) -> Self {
-        run.sleep_started(id.clone(), until);
+    pub(crate) fn start(run: &'r RunCtx, waiter: Waiter) -> Self {
+        let id = waiter.id.clone();
+        run.wait_started(waiter);
         Waiting { run, id }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.run.sleep_ended(&self.id);
+        self.run.wait_ended(&self.id);
     }
 }
 

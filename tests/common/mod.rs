@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use resumable::journal::{
-    Ack, Command, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord, RunSnapshot,
-    Timestamp, Write,
+    Ack, Command, Lease, LeaseRequest, NewMessage, NewRun, Opened, Receive, Received, RunFilter,
+    RunRecord, RunSnapshot, Timestamp, Write,
 };
 use resumable::{Error, Journal, MemoryJournal, RetryPolicy, Runtime};
 
@@ -147,6 +147,14 @@ impl<J: Journal> Journal for Misbehaving<J> {
     }
     async fn get_event(&self, key: &str, name: &str) -> resumable::Result<Option<Vec<u8>>> {
         self.inner.get_event(key, name).await
+    }
+    async fn send_message(&self, message: NewMessage) -> resumable::Result<bool> {
+        self.spend()?;
+        self.inner.send_message(message).await
+    }
+    async fn receive(&self, lease: &Lease, receive: Receive) -> resumable::Result<Received> {
+        self.spend()?;
+        self.inner.receive(lease, receive).await
     }
 }
 

@@ -8,8 +8,8 @@ use super::{
 };
 use crate::error::Error;
 use crate::journal::{
-    Command, Journal, JournalEvent, Lease, NewRun, RunFilter, RunRecord, RunState, StepState,
-    Timestamp, Write,
+    Command, Journal, JournalEvent, Lease, NewMessage, NewRun, Receive, RunFilter, RunRecord,
+    RunState, StepState, Timestamp, Write,
 };
 
 /// `create_run` records a new run due at `now` without leasing it (no
@@ -468,6 +468,14 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
             at: t,
         };
         journal.write(&lease, event).await.unwrap();
+        let message = NewMessage {
+            run_key: key.clone(),
+            topic: "left".into(),
+            value: vec![1],
+            idempotency_key: "m".into(),
+            at: t,
+        };
+        journal.send_message(message).await.unwrap();
         journal.write(&lease, finished(at(t, i))).await.unwrap();
         old.push(key);
     }
@@ -535,6 +543,18 @@ pub async fn purge_deletes_old_finished_runs(journal: &dyn Journal) {
             journal.get_event(key, "e").await.unwrap(),
             None,
             "purge must delete a run's events"
+        );
+        let receive = Receive {
+            step_id: "recv:left#0".into(),
+            seq: 0,
+            topic: "left".into(),
+            at: at(t, 600),
+        };
+        let found = journal.receive(&lease, receive).await.unwrap();
+        assert_eq!(
+            (found.message, found.sent),
+            (None, 0),
+            "purge must delete a run's messages"
         );
         journal.write(&lease, finished(at(t, 601))).await.unwrap();
     }
@@ -614,6 +634,7 @@ pub async fn leases_given_back_together_count_failures(journal: &dyn Journal) {
         last_error: Some("panicked".into()),
         wake_at: at(t, 30),
         failures: 4,
+        wake_on_message: None,
         at: at(t, 30),
     };
     journal.write(&lease, write).await.unwrap();
@@ -764,6 +785,7 @@ pub async fn events_keep_the_last_published_value(journal: &dyn Journal) {
         last_error: None,
         wake_at: at(t, 3),
         failures: 0,
+        wake_on_message: None,
         at: at(t, 3),
     };
     journal.write(&lease, release).await.unwrap();

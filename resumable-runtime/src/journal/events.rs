@@ -1,4 +1,5 @@
-//! Wake-ups from a journal: a run became due, a run finished.
+//! Wake-ups from a journal: a run became due, a run finished, a message
+//! was sent.
 //!
 //! A journal that can push them (PostgreSQL through `LISTEN/NOTIFY`; the
 //! in-process journals for writers in the same process) returns a
@@ -29,6 +30,11 @@ pub enum JournalEvent {
         /// The run key.
         key: String,
     },
+    /// A message was sent to a run ([`Journal::send_message`](super::Journal::send_message)).
+    Message {
+        /// The receiving run's key.
+        key: String,
+    },
     /// Events may have been missed (a reconnect, or this subscriber fell
     /// behind): look at the journal again.
     Resync,
@@ -45,11 +51,28 @@ impl JournalEvent {
         };
         match write {
             Write::Release { .. } if ack.cancel_requested => Some(finished()),
-            Write::Release { wake_at, .. } => Some(JournalEvent::Due { at: *wake_at }),
+            Write::Release { .. } => Some(JournalEvent::Due {
+                at: released_due(write),
+            }),
             // Dead-lettered: waiting callers get `Error::DeadLettered`.
             Write::RunFinished { .. } | Write::DeadLetter { .. } => Some(finished()),
             _ => None,
         }
+    }
+}
+
+/// When a run given back by `write` (a [`Write::Release`]) may be due, as
+/// announced: its `wake_at`, or now for a run waiting for a message (one
+/// may have come since it looked, which makes it due at once).
+pub(crate) fn released_due(write: &Write) -> Timestamp {
+    match write {
+        Write::Release {
+            wake_on_message: Some(_),
+            at,
+            ..
+        } => *at,
+        Write::Release { wake_at, .. } => *wake_at,
+        _ => Timestamp::now(),
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Ack, Command, EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened,
-    RunFilter, RunRecord, RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp,
-    UNPINNED, Write,
+    Ack, Command, EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewMessage, NewRun,
+    Opened, Receive, Received, RunFilter, RunRecord, RunSnapshot, RunState, StepRecord, StepState,
+    Subscription, Timestamp, UNPINNED, Write,
 };
 use crate::error::{Error, Result};
 
@@ -38,6 +38,24 @@ struct StoredRun {
     order: u64,
     /// Published events by name.
     events: HashMap<String, Vec<u8>>,
+    mailbox: Mailbox,
+}
+
+/// The messages sent to a run.
+#[derive(Debug, Default)]
+struct Mailbox {
+    /// In the order sent; taken ones keep their idempotency key.
+    messages: Vec<Message>,
+    /// Whether the run was given back to wait for a message.
+    awaited: bool,
+}
+
+#[derive(Debug)]
+struct Message {
+    topic: String,
+    idempotency_key: String,
+    /// `None` once a receive took it.
+    value: Option<Vec<u8>>,
 }
 
 /// A run's step records in the order they were first written (which is
@@ -119,6 +137,7 @@ impl StoredRun {
     }
 
     fn take_lease(&mut self, req: &LeaseRequest) -> Lease {
+        self.mailbox.awaited = false;
         // Taken over from a worker that died without recording a step.
         let died_without_progress = self.record.lease_owner.is_some() && !self.recorded_in_epoch();
         let r = &mut self.record;
@@ -224,6 +243,7 @@ impl MemoryJournal {
             steps: Steps::default(),
             order: self.next_order(),
             events: HashMap::new(),
+            mailbox: Mailbox::default(),
         })
     }
 
@@ -385,8 +405,16 @@ impl Journal for MemoryJournal {
                 last_error,
                 wake_at,
                 failures,
+                wake_on_message,
                 at,
             } => {
+                let sent = run.mailbox.messages.len() as u64;
+                let (wake_at, awaited) = match wake_on_message {
+                    Some(seen) if sent > seen => (at, false),
+                    Some(_) => (wake_at, true),
+                    None => (wake_at, false),
+                };
+                run.mailbox.awaited = awaited;
                 end_lease(&mut run.record, at, |r| {
                     r.wake_at = wake_at;
                     r.failures = failures;
@@ -541,6 +569,7 @@ impl Journal for MemoryJournal {
                 steps: copied,
                 order: self.next_order(),
                 events: HashMap::new(),
+                mailbox: Mailbox::default(),
             },
         );
         self.events.send(JournalEvent::Due { at: now });
@@ -569,6 +598,83 @@ impl Journal for MemoryJournal {
     async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
         let runs = self.runs.lock().unwrap();
         Ok(runs.get(key).and_then(|run| run.events.get(name).cloned()))
+    }
+
+    async fn send_message(&self, message: NewMessage) -> Result<bool> {
+        let mut runs = self.runs.lock().unwrap();
+        let run = runs
+            .get_mut(&message.run_key)
+            .ok_or_else(|| Error::UnknownRun {
+                run: message.run_key.clone(),
+            })?;
+        let mailbox = &mut run.mailbox;
+        if mailbox
+            .messages
+            .iter()
+            .any(|m| m.idempotency_key == message.idempotency_key)
+        {
+            return Ok(false);
+        }
+        mailbox.messages.push(Message {
+            topic: message.topic,
+            idempotency_key: message.idempotency_key,
+            value: Some(message.value),
+        });
+        let woken =
+            std::mem::take(&mut mailbox.awaited) && run.record.state == RunState::Incomplete;
+        if woken {
+            run.record.wake_at = message.at;
+        }
+        drop(runs);
+        if woken {
+            self.events.send(JournalEvent::Due { at: message.at });
+        }
+        self.events.send(JournalEvent::Message {
+            key: message.run_key,
+        });
+        Ok(true)
+    }
+
+    async fn receive(&self, lease: &Lease, receive: Receive) -> Result<Received> {
+        let mut runs = self.runs.lock().unwrap();
+        let run = Self::fenced(&mut runs, lease)?;
+        let ack = Ack {
+            cancel_requested: run.record.cancel_requested_at.is_some(),
+        };
+        let sent = run.mailbox.messages.len() as u64;
+        if let Some(step) = run.steps.by_id.get(&receive.step_id) {
+            refuse_if_recorded(&run.steps.records[*step], lease)?;
+        }
+        let waiting = run
+            .mailbox
+            .messages
+            .iter_mut()
+            .find(|m| m.value.is_some() && m.topic == receive.topic);
+        let Some(value) = waiting.and_then(|m| m.value.take()) else {
+            return Ok(Received {
+                message: None,
+                sent,
+                ack,
+            });
+        };
+        let record = StepRecord {
+            step_id: receive.step_id,
+            seq: Some(receive.seq),
+            state: StepState::Completed,
+            output: Some(value.clone()),
+            attempts: 1,
+            last_error: None,
+            retry_at: None,
+            epoch: lease.epoch,
+            started_at: receive.at,
+            updated_at: receive.at,
+        };
+        run.steps.put(record, |_, _| Ok(()))?;
+        Ok(Received {
+            message: Some(value),
+            sent,
+            ack,
+        })
     }
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {

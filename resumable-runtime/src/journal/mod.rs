@@ -415,7 +415,7 @@ pub struct Opened {
 /// let new = NewRun { key: "r".into(), workflow: "w".into(), fingerprint: 1, input: vec![], deadline: None };
 /// let lease = journal.open_run(new, LeaseRequest::new("worker", Duration::from_secs(60))).await?.lease.unwrap();
 /// journal.command("r", Command::Cancel, Timestamp::now()).await?;
-/// let release = Write::Release { last_error: None, wake_at: Timestamp::now(), failures: 0, at: Timestamp::now() };
+/// let release = Write::Release { last_error: None, wake_at: Timestamp::now(), failures: 0, wake_on_message: None, at: Timestamp::now() };
 /// // The worker learns of the cancel, and its release cancelled the run.
 /// assert!(journal.write(&lease, release).await?.cancel_requested);
 /// # Ok(())
@@ -520,9 +520,58 @@ pub enum Write {
         wake_at: Timestamp,
         /// The run's [`RunRecord::failures`] from now on.
         failures: u32,
+        /// Set when the run waits for a message: the number of messages sent
+        /// to it when it last looked ([`Received::sent`]). If more have been
+        /// sent since, the run is due at `at` instead of `wake_at`; else the
+        /// next message sent to it ([`Journal::send_message`]) makes it due.
+        wake_on_message: Option<u64>,
         /// Now.
         at: Timestamp,
     },
+}
+
+/// A message for a run, stored by [`Journal::send_message`] until a
+/// receive of the run takes it ([`Journal::receive`]).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The receiving run's key.
+    pub run_key: String,
+    /// The topic a receive names to take it.
+    pub topic: String,
+    /// The sealed value.
+    pub value: Vec<u8>,
+    /// The sender's key for this message: sending again with a key already
+    /// sent to this run stores nothing more.
+    pub idempotency_key: String,
+    /// Now.
+    pub at: Timestamp,
+}
+
+/// What a receive asks of [`Journal::receive`].
+#[derive(Debug, Clone)]
+pub struct Receive {
+    /// The receive's step id (`name#occurrence`), under which the message
+    /// it takes is recorded.
+    pub step_id: String,
+    /// Recording order within the run, if a message is taken.
+    pub seq: u64,
+    /// The topic to take a message from.
+    pub topic: String,
+    /// Now.
+    pub at: Timestamp,
+}
+
+/// What [`Journal::receive`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The sealed value of the message taken and recorded, if one was waiting.
+    pub message: Option<Vec<u8>>,
+    /// How many messages (on any topic) had been sent to the run, counted
+    /// in the same transaction: given back in [`Write::Release`]'s
+    /// `wake_on_message`, it tells the journal whether one came since.
+    pub sent: u64,
+    /// What the write learned about its run, as for [`Journal::write`].
+    pub ack: Ack,
 }
 
 /// An operator's decision about a run, applied at once, without a lease.
@@ -748,10 +797,56 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// ```
     async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>>;
 
+    /// Stores `message` for run `message.run_key`, unless a message with its
+    /// idempotency key was sent to that run before; returns whether it stored
+    /// it. A run that waits for messages (given back with
+    /// [`Write::Release`]'s `wake_on_message`) becomes due at `message.at`,
+    /// announced as [`JournalEvent::Due`]; every stored message is announced
+    /// as [`JournalEvent::Message`]. [`Error::UnknownRun`] if no run has the
+    /// key. A message to a finished run is kept (a resumed run may take it).
+    /// Purging a run deletes its messages.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::Duration;
+    /// use resumable::journal::{LeaseRequest, NewMessage, NewRun, Receive};
+    /// use resumable::{Journal, MemoryJournal, Timestamp};
+    ///
+    /// let journal = MemoryJournal::new();
+    /// let new = NewRun { key: "r".into(), workflow: "w".into(), fingerprint: 1, input: vec![], deadline: None };
+    /// let lease = journal.open_run(new, LeaseRequest::new("me", Duration::from_secs(30))).await?.lease.unwrap();
+    /// let message = |id: &str| NewMessage {
+    ///     run_key: "r".into(), topic: "approval".into(), value: b"yes".to_vec(),
+    ///     idempotency_key: id.into(), at: Timestamp::now(),
+    /// };
+    /// assert!(journal.send_message(message("m1")).await?);
+    /// assert!(!journal.send_message(message("m1")).await?); // a retried send
+    /// let receive = Receive { step_id: "approval#0".into(), seq: 0, topic: "approval".into(), at: Timestamp::now() };
+    /// let received = journal.receive(&lease, receive.clone()).await?;
+    /// assert_eq!((received.message.as_deref(), received.sent), (Some(&b"yes"[..]), 1));
+    /// let again = Receive { step_id: "approval#1".into(), seq: 1, ..receive };
+    /// assert_eq!(journal.receive(&lease, again).await?.message, None); // delivered once
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn send_message(&self, message: NewMessage) -> Result<bool>;
+
+    /// Takes the oldest message sent to the lease's run on `receive.topic`
+    /// that no receive has taken, and in the same transaction records it as
+    /// step `receive.step_id` ([`StepState::Completed`], one attempt, its
+    /// output the message's value as sent): a message is taken by one
+    /// receive only, and a taken message is never lost. If none waits,
+    /// records nothing. Fenced as [`write`](Self::write) is; refused with
+    /// [`Error::StepAlreadyRecorded`] if the step is recorded.
+    async fn receive(&self, lease: &Lease, receive: Receive) -> Result<Received>;
+
     /// Wake-ups for completers and waiting clients: after a committed
     /// [`Write::Release`] or a run created or made due by a [`Command`], a
     /// [`JournalEvent::Due`]; after a run finished (by a write or a
-    /// command), a [`JournalEvent::Finished`]. `None` (the default) if this
+    /// command), a [`JournalEvent::Finished`]; after a message was stored
+    /// ([`send_message`](Self::send_message)), a [`JournalEvent::Message`].
+    /// `None` (the default) if this
     /// journal cannot push them; callers then poll. Events are hints: a
     /// subscriber must still poll now and then.
     fn subscribe(&self) -> Option<Subscription> {
@@ -816,6 +911,12 @@ impl<J: Journal + ?Sized> Journal for std::sync::Arc<J> {
     }
     async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
         (**self).get_event(key, name).await
+    }
+    async fn send_message(&self, message: NewMessage) -> Result<bool> {
+        (**self).send_message(message).await
+    }
+    async fn receive(&self, lease: &Lease, receive: Receive) -> Result<Received> {
+        (**self).receive(lease, receive).await
     }
     fn subscribe(&self) -> Option<Subscription> {
         (**self).subscribe()

@@ -20,9 +20,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Ack, Command, EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened,
-    RunFilter, RunRecord, RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp,
-    UNPINNED, Write,
+    Ack, Command, EventSender, Journal, JournalEvent, Lease, LeaseRequest, NewMessage, NewRun,
+    Opened, Receive, Received, RunFilter, RunRecord, RunSnapshot, RunState, StepRecord, StepState,
+    Subscription, Timestamp, UNPINNED, Write,
 };
 use crate::error::{Error, Result};
 
@@ -45,7 +45,7 @@ const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations in order: the version of each is its index plus one. Append
 /// only; a file records the version it reached in `PRAGMA user_version`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Tables and indexes of schema version 1.
 const V1: &str = "
@@ -142,6 +142,26 @@ CREATE TABLE resumable_events (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (run_id, name)
 );
+";
+
+/// Version 4: messages sent to runs (`recv!`), and on each run how many
+/// were sent to it and whether it waits for one.
+const V4: &str = "
+ALTER TABLE resumable_runs ADD COLUMN messages_sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE resumable_runs ADD COLUMN awaits_message INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE resumable_messages (
+    id              INTEGER PRIMARY KEY, -- sending order
+    run_id          INTEGER NOT NULL,    -- resumable_runs.id
+    topic           TEXT    NOT NULL,
+    idempotency_key TEXT    NOT NULL,
+    value           BLOB,                -- NULL once a receive took it
+    sent_at         INTEGER NOT NULL,
+    taken_by        TEXT,                -- the receive's step id
+    UNIQUE (run_id, idempotency_key)
+);
+-- A run's messages not yet taken, by topic, oldest first.
+CREATE INDEX resumable_messages_waiting ON resumable_messages (run_id, topic, id)
+    WHERE taken_by IS NULL;
 ";
 
 /// The id of run `?1`, for statements on its steps.
@@ -1145,21 +1165,114 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
             last_error,
             wake_at,
             failures,
+            wake_on_message,
             at,
         } => {
             let ack = fence(conn, lease)?;
-            let set = match ack.cancel_requested {
-                true => "state = 'cancelled', outcome = NULL, last_error = ?3, failures = ?5",
-                false => "last_error = ?3, wake_at = ?4, failures = ?5",
-            };
+            if ack.cancel_requested {
+                let set = "state = 'cancelled', outcome = NULL, last_error = ?3, failures = ?4";
+                end_lease(conn, set, params![key, at.0, last_error, failures])?;
+                return Ok(ack);
+            }
+            // Waiting for a message: due now if one came since the run looked.
+            let set = "last_error = ?3, failures = ?5, \
+                 wake_at = CASE WHEN ?6 IS NOT NULL AND messages_sent > ?6 THEN ?2 ELSE ?4 END, \
+                 awaits_message = (?6 IS NOT NULL AND messages_sent <= ?6)";
+            let seen = wake_on_message.map(|n| n.min(i64::MAX as u64) as i64);
             end_lease(
                 conn,
                 set,
-                params![key, at.0, last_error, wake_at.0, failures],
+                params![key, at.0, last_error, wake_at.0, failures, seen],
             )?;
             Ok(ack)
         }
     }
+}
+
+/// Stores a message unless its idempotency key was sent to the run before;
+/// whether it stored it, and whether that woke the run.
+fn send_message(conn: &Connection, message: &NewMessage) -> OpResult<(bool, bool)> {
+    let run: Option<(i64, bool)> = conn
+        .prepare_cached(
+            "SELECT id, awaits_message AND state = 'incomplete' FROM resumable_runs \
+             WHERE run_key = ?1",
+        )?
+        .query_row([&message.run_key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((run_id, awaits)) = run else {
+        return Err(Failure::Refused(Error::UnknownRun {
+            run: message.run_key.clone(),
+        }));
+    };
+    let stored =
+        conn.prepare_cached(
+            "INSERT INTO resumable_messages (run_id, topic, idempotency_key, value, sent_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (run_id, idempotency_key) DO NOTHING",
+        )?
+        .execute(params![
+            run_id,
+            message.topic,
+            message.idempotency_key,
+            message.value,
+            message.at.0
+        ])? > 0;
+    if stored {
+        conn.prepare_cached(
+            "UPDATE resumable_runs SET messages_sent = messages_sent + 1, awaits_message = 0, \
+             wake_at = CASE WHEN ?2 THEN ?3 ELSE wake_at END WHERE id = ?1",
+        )?
+        .execute(params![run_id, awaits, message.at.0])?;
+    }
+    Ok((stored, stored && awaits))
+}
+
+/// Takes the run's oldest message on the topic, if any, and records it as
+/// the receive's step.
+fn receive(conn: &Connection, lease: &Lease, receive: &Receive) -> OpResult<Received> {
+    let ack = fence(conn, lease)?;
+    let (run_id, sent): (i64, i64) = conn
+        .prepare_cached("SELECT id, messages_sent FROM resumable_runs WHERE run_key = ?1")?
+        .query_row([&lease.run_key], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let received = |message| Received {
+        message,
+        sent: sent.max(0) as u64,
+        ack,
+    };
+    let oldest: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT id, value FROM resumable_messages INDEXED BY resumable_messages_waiting \
+             WHERE run_id = ?1 AND topic = ?2 AND taken_by IS NULL ORDER BY id LIMIT 1",
+        )?
+        .query_row(params![run_id, receive.topic], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    let Some((message_id, value)) = oldest else {
+        return Ok(received(None));
+    };
+    let recorded = conn
+        .prepare_cached(
+            "INSERT INTO resumable_steps (run_id, step_id, seq, state, output, attempts, epoch, \
+             started_at, updated_at) VALUES (?1, ?2, ?3, 'completed', ?4, 1, ?5, ?6, ?6) \
+             ON CONFLICT (run_id, step_id) DO NOTHING",
+        )?
+        .execute(params![
+            run_id,
+            receive.step_id,
+            receive.seq.min(i64::MAX as u64) as i64,
+            value,
+            lease.epoch as i64,
+            receive.at.0
+        ])?;
+    if recorded == 0 {
+        return Err(Failure::Refused(Error::StepAlreadyRecorded {
+            run: lease.run_key.clone(),
+            step: receive.step_id.clone(),
+        }));
+    }
+    conn.prepare_cached("UPDATE resumable_messages SET value = NULL, taken_by = ?2 WHERE id = ?1")?
+        .execute(params![message_id, receive.step_id])?;
+    Ok(received(Some(value)))
 }
 
 /// Runs a step write (`execute(even_if_cancelled)`, the number of rows it
@@ -1364,9 +1477,12 @@ fn purge(conn: &Connection, before: Timestamp, limit: usize) -> OpResult<usize> 
     let mut delete_steps = conn.prepare_cached("DELETE FROM resumable_steps WHERE run_id = ?1")?;
     let mut delete_events =
         conn.prepare_cached("DELETE FROM resumable_events WHERE run_id = ?1")?;
+    let mut delete_messages =
+        conn.prepare_cached("DELETE FROM resumable_messages WHERE run_id = ?1")?;
     for id in &ids {
         delete_steps.execute([id])?;
         delete_events.execute([id])?;
+        delete_messages.execute([id])?;
     }
     Ok(ids.len())
 }
@@ -1651,6 +1767,23 @@ impl Journal for SqliteJournal {
             Ok(value)
         })
         .await
+    }
+
+    async fn send_message(&self, message: NewMessage) -> Result<bool> {
+        let (key, at) = (message.run_key.clone(), message.at);
+        let (stored, woken) = self.call(move |conn| send_message(conn, &message)).await?;
+        if woken {
+            self.events.send(JournalEvent::Due { at });
+        }
+        if stored {
+            self.events.send(JournalEvent::Message { key });
+        }
+        Ok(stored)
+    }
+
+    async fn receive(&self, lease: &Lease, request: Receive) -> Result<Received> {
+        let lease = lease.clone();
+        self.call(move |conn| receive(conn, &lease, &request)).await
     }
 
     fn subscribe(&self) -> Option<Subscription> {
@@ -2346,6 +2479,7 @@ mod tests {
             last_error: Some("stopped".into()),
             wake_at: Timestamp(50),
             failures: 0,
+            wake_on_message: None,
             at: Timestamp(5),
         };
         let (refused, refused_answer) = job(move |conn| write(conn, &stale, &release));

@@ -14,6 +14,9 @@ pub(super) const DUE: &str = "d:";
 /// Payload prefix of a finished run: `f:<run key>`.
 pub(super) const FINISHED: &str = "f:";
 
+/// Payload prefix of a message sent: `m:<run key>`.
+pub(super) const MESSAGE: &str = "m:";
+
 /// The notification channel of the journal in `schema`.
 pub(super) fn channel(schema: &str) -> String {
     format!("resumable_{schema}")
@@ -25,6 +28,11 @@ fn parse(payload: &str) -> Option<JournalEvent> {
             .parse()
             .ok()
             .map(|at| JournalEvent::Due { at: Timestamp(at) });
+    }
+    if let Some(key) = payload.strip_prefix(MESSAGE) {
+        return Some(JournalEvent::Message {
+            key: key.to_owned(),
+        });
     }
     payload
         .strip_prefix(FINISHED)
@@ -111,6 +119,12 @@ mod tests {
         assert_eq!(
             parse("f:order:42"),
             Some(JournalEvent::Finished {
+                key: "order:42".into()
+            })
+        );
+        assert_eq!(
+            parse("m:order:42"),
+            Some(JournalEvent::Message {
                 key: "order:42".into()
             })
         );

@@ -31,9 +31,11 @@ use tokio_postgres::{Config, NoTls, Row};
 
 use self::schema::{check_schema_name, migrate};
 use self::sql::Statements;
+use super::events::released_due;
 use super::{
-    Ack, Command, EventSender, Journal, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
-    RunSnapshot, RunState, StepRecord, StepState, Subscription, Timestamp, Write,
+    Ack, Command, EventSender, Journal, Lease, LeaseRequest, NewMessage, NewRun, Opened, Receive,
+    Received, RunFilter, RunRecord, RunSnapshot, RunState, StepRecord, StepState, Subscription,
+    Timestamp, Write,
 };
 use crate::error::{Error, Result};
 
@@ -494,11 +496,13 @@ impl PostgresJournal {
                 last_error,
                 wake_at,
                 failures,
+                wake_on_message,
                 at,
             } => {
-                let due = format!("{}{}", listener::DUE, wake_at.0);
+                let due = format!("{}{}", listener::DUE, released_due(write).0);
                 let failures = attempts_i32(*failures);
-                let args: [&(dyn ToSql + Sync); 3] = [last_error, &wake_at.0, &failures];
+                let seen = wake_on_message.map(|n| n.min(i64::MAX as u64) as i64);
+                let args: [&(dyn ToSql + Sync); 4] = [last_error, &wake_at.0, &failures, &seen];
                 let sql = &self.sql.release;
                 match self.end_lease(client, sql, lease, *at, &due, &args).await? {
                     Some(ack) => Ok(ack),
@@ -543,6 +547,83 @@ impl PostgresJournal {
 
     /// Whether the run was already finished under `lease` with `outcome`
     /// (by a first attempt whose reply was lost).
+    async fn receive_once(
+        &self,
+        client: &Object,
+        lease: &Lease,
+        receive: &Receive,
+        retry: bool,
+    ) -> Result<Received> {
+        let epoch = lease.epoch as i64;
+        let seq = receive.seq.min(i64::MAX as u64) as i64;
+        let args: [&(dyn ToSql + Sync); 6] = [
+            &lease.run_key,
+            &epoch,
+            &receive.topic,
+            &receive.step_id,
+            &seq,
+            &receive.at.0,
+        ];
+        let rows = query(client, &self.sql.receive, &args).await?;
+        let Some(row) = rows.first() else {
+            return Err(lease_lost(lease));
+        };
+        let ack = Ack {
+            cancel_requested: get(row, 0)?,
+        };
+        let sent = get::<i64>(row, 1)?.max(0) as u64;
+        let message: Option<Vec<u8>> = get(row, 2)?;
+        let recorded: bool = get(row, 3)?;
+        if message.is_none() || recorded {
+            if message.is_none() && retry {
+                // The lost first attempt may have taken the message.
+                if let Some(taken) = self.recorded_receive(client, lease, receive).await? {
+                    return Ok(Received {
+                        message: Some(taken),
+                        sent,
+                        ack,
+                    });
+                }
+            }
+            return Ok(Received { message, sent, ack });
+        }
+        // The step is recorded already: by this call's lost first attempt
+        // (then that is the message it took), or by another.
+        match self.recorded_receive(client, lease, receive).await? {
+            Some(taken) if retry => Ok(Received {
+                message: Some(taken),
+                sent,
+                ack,
+            }),
+            _ => Err(Error::StepAlreadyRecorded {
+                run: lease.run_key.clone(),
+                step: receive.step_id.clone(),
+            }),
+        }
+    }
+
+    /// The message receive `receive` recorded under `lease`'s epoch, if it did.
+    async fn recorded_receive(
+        &self,
+        client: &Object,
+        lease: &Lease,
+        receive: &Receive,
+    ) -> Result<Option<Vec<u8>>> {
+        let rows = query(
+            client,
+            &self.sql.select_step,
+            &[&lease.run_key, &receive.step_id],
+        )
+        .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let epoch: i64 = get(row, 1)?;
+        (epoch as u64 == lease.epoch)
+            .then(|| get(row, 2))
+            .transpose()
+    }
+
     async fn finished_as(
         &self,
         client: &Object,
@@ -1086,6 +1167,42 @@ impl Journal for PostgresJournal {
                 err => err,
             })
         })
+    }
+
+    async fn send_message(&self, message: NewMessage) -> Result<bool> {
+        let NewMessage {
+            run_key,
+            topic,
+            value,
+            idempotency_key,
+            at,
+        } = &message;
+        let payload = format!("{}{run_key}", listener::MESSAGE);
+        let due = format!("{}{}", listener::DUE, at.0);
+        let row = with_client!(self, |client, retry| async {
+            let args: [&(dyn ToSql + Sync); 8] = [
+                run_key,
+                topic,
+                idempotency_key,
+                value,
+                &at.0,
+                &self.channel,
+                &payload,
+                &due,
+            ];
+            query_one(client, &self.sql.send_message, &args).await
+        })?;
+        if get::<i64>(&row, 0)? == 0 {
+            return Err(Error::UnknownRun {
+                run: run_key.clone(),
+            });
+        }
+        Ok(get::<i64>(&row, 1)? > 0)
+    }
+
+    async fn receive(&self, lease: &Lease, receive: Receive) -> Result<Received> {
+        with_client!(self, |client, retry| self
+            .receive_once(client, lease, &receive, retry))
     }
 
     async fn get_event(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "steps and leases refer to their run by id; room for HOT updates",
         V3,
     ),
+    ("messages sent to runs", V4),
 ];
 
 /// The newest schema version this code reads and writes.
@@ -161,6 +162,25 @@ CREATE TABLE {s}.resumable_events (
 CREATE INDEX resumable_runs_leased ON {s}.resumable_runs (state, id) WHERE lease_owner IS NOT NULL;
 -- Statistics for the rebuilt tables, so that plans are right from the start.
 ANALYZE {s}.resumable_runs, {s}.resumable_steps, {s}.resumable_leases, {s}.resumable_events;
+"#;
+
+const V4: &str = r#"
+ALTER TABLE {s}.resumable_runs
+    ADD COLUMN messages_sent  BIGINT  NOT NULL DEFAULT 0,    -- messages ever sent to the run
+    ADD COLUMN awaits_message BOOLEAN NOT NULL DEFAULT false; -- given back to wait for one
+CREATE TABLE {s}.resumable_messages (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, -- sending order
+    run_id          BIGINT NOT NULL, -- resumable_runs.id
+    topic           TEXT   NOT NULL,
+    idempotency_key TEXT   NOT NULL,
+    value           BYTEA,           -- NULL once a receive took it
+    sent_at         BIGINT NOT NULL,
+    taken_by        TEXT,            -- the receive's step id
+    UNIQUE (run_id, idempotency_key)
+) WITH (parallel_workers = 0);
+-- A run's messages not yet taken, by topic, oldest first.
+CREATE INDEX resumable_messages_waiting ON {s}.resumable_messages (run_id, topic, id)
+    WHERE taken_by IS NULL;
 "#;
 
 pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {

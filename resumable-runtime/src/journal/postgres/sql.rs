@@ -52,6 +52,8 @@ pub(super) struct Statements {
     pub create_run: String,
     pub set_event: String,
     pub get_event: String,
+    pub send_message: String,
+    pub receive: String,
     pub set_aside: String,
     pub dead_letter: String,
     pub release_many: String,
@@ -91,6 +93,7 @@ impl Statements {
         let steps = format!("{s}.resumable_steps");
         let leases = format!("{s}.resumable_leases");
         let events = format!("{s}.resumable_events");
+        let messages = format!("{s}.resumable_messages");
         let run = columns("");
         let r_run = columns("r.");
         // The fence of every write and renewal: `lease` ($1 key, $2 epoch) is
@@ -203,6 +206,47 @@ impl Statements {
                  SELECT cancel FROM fence"
             ),
             get_event: format!("SELECT value FROM {events} WHERE run_id = {run_id} AND name = $2"),
+            // $1 key, $2 topic, $3 idempotency key, $4 value, $5 at, $6
+            // channel, $7 message payload, $8 due payload. Under the run
+            // row's lock, as a release is: a run given back to wait for a
+            // message becomes due. Returns whether the run exists, whether
+            // the message was stored, and whether it woke the run.
+            send_message: format!(
+                "WITH run AS (SELECT id, awaits_message AND state = 'incomplete' AS woken \
+                   FROM {runs} WHERE run_key = $1 FOR UPDATE), \
+                 stored AS (INSERT INTO {messages} (run_id, topic, idempotency_key, value, sent_at) \
+                   SELECT id, $2, $3, $4, $5 FROM run \
+                   ON CONFLICT (run_id, idempotency_key) DO NOTHING RETURNING run_id), \
+                 counted AS (UPDATE {runs} r SET messages_sent = r.messages_sent + 1, \
+                   awaits_message = false, wake_at = CASE WHEN run.woken THEN $5 ELSE r.wake_at END \
+                   FROM run WHERE r.id = run.id AND EXISTS (SELECT 1 FROM stored) RETURNING r.id), \
+                 notified AS (SELECT pg_notify($6, $7) FROM counted \
+                   UNION ALL SELECT pg_notify($6, $8) FROM run \
+                     WHERE run.woken AND EXISTS (SELECT 1 FROM stored)) \
+                 SELECT (SELECT count(*) FROM run), (SELECT count(*) FROM stored), \
+                   COALESCE((SELECT woken FROM run), false) AND EXISTS (SELECT 1 FROM stored), \
+                   (SELECT count(*) FROM notified)"
+            ),
+            // $1 key, $2 epoch, $3 topic, $4 step id, $5 seq, $6 at: fenced
+            // like a step write. Takes the oldest message on the topic not
+            // yet taken and records it as the step. Returns whether a cancel
+            // is requested, the messages sent to the run, the message taken
+            // (if one was), and whether the step was recorded.
+            receive: format!(
+                "WITH fence AS (SELECT id, messages_sent, cancel_requested_at IS NOT NULL AS cancel \
+                   FROM {runs} WHERE {current} FOR UPDATE), \
+                 oldest AS (SELECT m.id, m.value FROM {messages} m JOIN fence ON m.run_id = fence.id \
+                   WHERE m.topic = $3 AND m.taken_by IS NULL ORDER BY m.id LIMIT 1 FOR UPDATE OF m), \
+                 recorded AS (INSERT INTO {steps} (run_id, step_id, seq, state, output, attempts, \
+                     epoch, started_at, updated_at) \
+                   SELECT fence.id, $4, $5, 'completed', oldest.value, 1, $2, $6, $6 \
+                   FROM fence CROSS JOIN oldest \
+                   ON CONFLICT (run_id, step_id) DO NOTHING RETURNING run_id), \
+                 taken AS (UPDATE {messages} SET value = NULL, taken_by = $4 \
+                   WHERE id = (SELECT id FROM oldest) AND EXISTS (SELECT 1 FROM recorded)) \
+                 SELECT cancel, messages_sent, (SELECT value FROM oldest), \
+                   EXISTS (SELECT 1 FROM recorded) FROM fence"
+            ),
             // $1 key, $2 last_error: a run whose rows cannot be read.
             set_aside: format!(
                 "UPDATE {runs} SET state = 'dead_lettered', last_error = $2, lease_owner = NULL, \
@@ -308,6 +352,8 @@ impl Statements {
                  leases AS (DELETE FROM {leases} \
                    WHERE run_id = ANY (ARRAY(SELECT id FROM doomed))), \
                  events AS (DELETE FROM {events} \
+                   WHERE run_id = ANY (ARRAY(SELECT id FROM doomed))), \
+                 messages AS (DELETE FROM {messages} \
                    WHERE run_id = ANY (ARRAY(SELECT id FROM doomed))), \
                  runs AS (DELETE FROM {runs} WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
                  SELECT count(*) FROM runs"
@@ -441,8 +487,13 @@ impl Statements {
             )),
             // $1 key, $2 epoch, $3 at, $4 channel, $5 payload, $6 if
             // cancelled, $7 last_error, $8 wake_at, $9 failures.
+            // $10: the messages a receive saw sent, if it waits for one;
+            // due now if more were sent since.
             release: end_lease(&format!(
-                "state = {}, last_error = $7, wake_at = $8, failures = $9::integer",
+                "state = {}, last_error = $7, failures = $9::integer, \
+                 wake_at = CASE WHEN $10::bigint IS NOT NULL AND messages_sent > $10::bigint \
+                   THEN $3::bigint ELSE $8::bigint END, \
+                 awaits_message = ($10::bigint IS NOT NULL AND messages_sent <= $10::bigint)",
                 or_cancelled("state")
             )),
             // $1 key, $2 epoch, $3 fingerprint, $4 at.
