@@ -1240,8 +1240,13 @@ fn receive(conn: &Connection, lease: &Lease, receive: &Receive) -> OpResult<Rece
     };
     let oldest: Option<(i64, Vec<u8>)> = conn
         .prepare_cached(
-            "SELECT id, value FROM resumable_messages INDEXED BY resumable_messages_waiting \
-             WHERE run_id = ?1 AND topic = ?2 AND taken_by IS NULL ORDER BY id LIMIT 1",
+            // A value of another type (only ever written by hand) is read
+            // as bytes, and fails to decode at its receive; a missing one
+            // is never taken.
+            "SELECT id, CAST(value AS BLOB) FROM resumable_messages \
+             INDEXED BY resumable_messages_waiting \
+             WHERE run_id = ?1 AND topic = ?2 AND taken_by IS NULL AND value IS NOT NULL \
+             ORDER BY id LIMIT 1",
         )?
         .query_row(params![run_id, receive.topic], |row| {
             Ok((row.get(0)?, row.get(1)?))

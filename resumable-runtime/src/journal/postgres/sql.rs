@@ -236,7 +236,8 @@ impl Statements {
                 "WITH fence AS (SELECT id, messages_sent, cancel_requested_at IS NOT NULL AS cancel \
                    FROM {runs} WHERE {current} FOR UPDATE), \
                  oldest AS (SELECT m.id, m.value FROM {messages} m JOIN fence ON m.run_id = fence.id \
-                   WHERE m.topic = $3 AND m.taken_by IS NULL ORDER BY m.id LIMIT 1 FOR UPDATE OF m), \
+                   WHERE m.topic = $3 AND m.taken_by IS NULL AND m.value IS NOT NULL \
+                   ORDER BY m.id LIMIT 1 FOR UPDATE OF m), \
                  recorded AS (INSERT INTO {steps} (run_id, step_id, seq, state, output, attempts, \
                      epoch, started_at, updated_at) \
                    SELECT fence.id, $4, $5, 'completed', oldest.value, 1, $2, $6, $6 \

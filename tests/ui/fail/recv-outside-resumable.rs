@@ -1,0 +1,7 @@
+use resumable::recv;
+
+async fn approve() -> bool {
+    recv!("decision")
+}
+
+fn main() {}
