@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bench_dir, cpu_time, remove_sqlite_files, tokio_runtime};
+use common::{bench_dir, cpu_time, remove_sqlite_files, run_count, tokio_runtime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use resumable::{
     Completer, Journal, Runtime, SqliteJournal, Timestamp, resumable, sleep, step, workflow,
@@ -37,11 +37,7 @@ impl Sleepers {
 }
 
 fn runs() -> usize {
-    let bench = std::env::args().any(|a| a == "--bench");
-    std::env::var("RESUMABLE_SLEEP_RUNS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(if bench { 10_000 } else { 200 })
+    run_count("RESUMABLE_SLEEP_RUNS", 10_000)
 }
 
 fn sleepers(_: &mut Criterion) {

@@ -282,3 +282,13 @@ pub fn cpu_time() -> Option<Duration> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
 }
+
+/// How many runs a scale benchmark uses: `var` if set, else `bench_runs`
+/// under `cargo bench` and 200 when run once as a test.
+pub fn run_count(var: &str, bench_runs: usize) -> usize {
+    let bench = std::env::args().any(|a| a == "--bench");
+    std::env::var(var)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if bench { bench_runs } else { 200 })
+}

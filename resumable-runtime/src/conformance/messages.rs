@@ -40,14 +40,8 @@ async fn receive(
     seq: u64,
     topic: &str,
 ) -> Received {
-    let request = Receive {
-        step_id: step_id.to_owned(),
-        seq,
-        topic: topic.to_owned(),
-        at: Timestamp::now(),
-    };
     journal
-        .receive(lease, request)
+        .receive(lease, receive_request(step_id, seq, topic))
         .await
         .unwrap_or_else(|e| panic!("receive of {step_id} on '{}' failed: {e}", lease.run_key))
 }
