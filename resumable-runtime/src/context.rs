@@ -154,10 +154,8 @@ struct ReplayState {
     stop: Option<Error>,
     /// Durable waits going on now: sleeps, and receives waiting for a message.
     waiting: Vec<Waiter>,
-    /// How many messages had been sent to the run when a receive last
-    /// looked (the highest count seen).
-    messages_seen: u64,
-    /// Once the run is suspended while a receive waits: `messages_seen` then.
+    /// Once the run is suspended while receives wait: the fewest messages
+    /// any of them saw sent to the run.
     suspended_awaiting: Option<u64>,
 }
 
@@ -175,6 +173,9 @@ pub(crate) struct Waiter {
     pub holds_until: Timestamp,
     /// A receive's topic; `None` for a sleep.
     pub topic: Option<&'static str>,
+    /// For a receive, how many messages had been sent to the run when it
+    /// last looked for one.
+    pub seen: u64,
 }
 
 #[derive(Debug)]
@@ -427,14 +428,9 @@ impl RunCtx {
         self.state().waiting.retain(|w| &*w.id != id);
     }
 
-    /// A receive saw that `sent` messages had been sent to the run.
-    pub fn messages_seen(&self, sent: u64) {
-        let mut st = self.state();
-        st.messages_seen = st.messages_seen.max(sent);
-    }
-
-    /// If the run was suspended while a receive waited: how many messages
-    /// it had seen sent to the run (given back, the run is woken by the next).
+    /// If the run was suspended while receives waited: the fewest messages
+    /// any of them had seen sent to the run (given back, the run is woken
+    /// by any message sent since that look).
     pub fn awaited_messages(&self) -> Option<u64> {
         self.state().suspended_awaiting
     }
@@ -459,9 +455,12 @@ impl RunCtx {
         let run = self.run_key.clone();
         let step = first.id.to_string();
         let (topic, until) = (first.topic, first.until);
-        if st.waiting.iter().any(|w| w.topic.is_some()) {
-            st.suspended_awaiting = Some(st.messages_seen);
-        }
+        st.suspended_awaiting = st
+            .waiting
+            .iter()
+            .filter(|w| w.topic.is_some())
+            .map(|w| w.seen)
+            .min();
         Some(match (topic, until) {
             (None, Some(until)) => Error::Sleeping {
                 run,

@@ -98,7 +98,8 @@ pub async fn recv_until<C: Codec, T: Journaled, E: WorkflowError>(
     let hold_ends = Timestamp::now().after(HOLD);
     let mut events = run.journal.subscribe();
     loop {
-        if let Some(bytes) = step.take_message(topic).await {
+        let (message, seen) = step.take_message(topic).await;
+        if let Some(bytes) = message {
             return Some(decode::<C, T, E>(&mut step, &bytes).await);
         }
         if until.is_some_and(|until| until <= Timestamp::now()) {
@@ -111,6 +112,7 @@ pub async fn recv_until<C: Codec, T: Journaled, E: WorkflowError>(
             until,
             holds_until: until.map_or(hold_ends, |until| until.min(hold_ends)),
             topic: Some(topic),
+            seen,
         };
         let waiting = Waiting::start(run, waiter);
         next_look(&mut events, &run.run_key, until, hold_ends).await;

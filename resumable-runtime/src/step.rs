@@ -410,8 +410,9 @@ impl<'c, E> Step<'c, E> {
     }
 
     /// Looks for a message on `topic` and, if one waits, takes it and
-    /// journals it as the step's output, in one write; returns it.
-    pub(crate) async fn take_message(&mut self, topic: &str) -> Option<Vec<u8>> {
+    /// journals it as the step's output, in one write; returns it, and how
+    /// many messages had been sent to the run.
+    pub(crate) async fn take_message(&mut self, topic: &str) -> (Option<Vec<u8>>, u64) {
         let run = self.run;
         let seq = run.next_seq();
         let receive = crate::journal::Receive {
@@ -425,18 +426,14 @@ impl<'c, E> Step<'c, E> {
             Err(err) => return self.abort(err).await,
         };
         self.heed(received.ack);
-        run.messages_seen(received.sent);
         match received.message {
-            Some(message) => {
+            Some(_) => {
                 run.recorded();
                 self.finish();
-                Some(message)
             }
-            None => {
-                run.unused_seq(seq);
-                None
-            }
+            None => run.unused_seq(seq),
         }
+        (received.message, received.sent)
     }
 
     /// While the step waits (a receive for its message), it does not count

@@ -57,6 +57,7 @@ pub async fn sleep<C: Codec, E: WorkflowError>(
         until: Some(until),
         holds_until,
         topic: None,
+        seen: 0,
     };
     let _waiting = Waiting::start(step.run(), waiter);
     tokio::time::sleep(Duration::from_millis(left as u64)).await;
