@@ -118,6 +118,9 @@ pub(crate) struct RunCtx {
     /// (to be taken again when the attempt is due) instead of holding its
     /// worker while it waits; `None`: it waits in place.
     pub park_after: Option<std::time::Duration>,
+    /// How long a durable wait keeps its worker (see
+    /// `RuntimeBuilder::hold_waits`).
+    pub hold_waits: std::time::Duration,
     state: Mutex<ReplayState>,
     driver: AtomicWaker,
 }
@@ -221,9 +224,16 @@ impl RunCtx {
             retry,
             deadline,
             park_after,
+            hold_waits: crate::drive::HOLD,
             state: Mutex::new(state),
             driver: AtomicWaker::new(),
         }
+    }
+
+    /// With durable waits keeping their worker for `hold`.
+    pub fn holding_waits(mut self, hold: std::time::Duration) -> Self {
+        self.hold_waits = hold;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, ReplayState> {

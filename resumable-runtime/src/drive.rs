@@ -16,15 +16,16 @@ use crate::error::{Error, Escaped, Result};
 use crate::journal::Timestamp;
 use crate::workflow::BoxFuture;
 
-/// A durable sleep due within this is slept in place, its worker holding
-/// the run; a longer one, once nothing else goes on, ends the execution and
+/// How long a durable wait keeps its worker by default
+/// (`RuntimeBuilder::hold_waits`): a sleep due within this is slept in
+/// place; a longer one, once nothing else goes on, ends the execution and
 /// gives the run back until it is due. A receive waits this long in place
 /// for its message before it gives the run back the same way.
 pub(crate) const HOLD: Duration = Duration::from_secs(1);
 
 /// Polls the workflow body, and stops it as soon as a step aborts the run or
 /// the replay stalls, or it only waits in durable waits that no longer
-/// keep their worker (see [`HOLD`]). A panic outside steps stops it too.
+/// keep their worker (see `RuntimeBuilder::hold_waits`). A panic outside steps stops it too.
 pub(crate) struct Drive<'a, 'r, R> {
     body: BoxFuture<'a, R>,
     run: &'r RunCtx,

@@ -8,7 +8,8 @@
 //! and never takes another.
 //!
 //! While no message waits, the receive does not execute: it waits in place
-//! for up to [`HOLD`] (woken by the journal's [`JournalEvent::Message`]),
+//! for up to `RuntimeBuilder::hold_waits` (woken by the journal's
+//! [`JournalEvent::Message`]),
 //! then lets the run be given back, holding no lease, until a message is
 //! sent to it or its deadline passes. A receive's deadline is journaled
 //! beside it (`recv-deadline:<topic>#<n>`), so a resumed run does not
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use crate::codec::Codec;
 use crate::context::{Ctx, Waiter};
-use crate::drive::HOLD;
 use crate::error::Error;
 use crate::journal::{JournalEvent, StepState, Subscription, Timestamp};
 use crate::step::{ErrorCodec, Step, StepSite};
@@ -95,7 +95,7 @@ pub async fn recv_until<C: Codec, T: Journaled, E: WorkflowError>(
         return step.abort(err).await;
     }
     let run = step.run();
-    let hold_ends = Timestamp::now().after(HOLD);
+    let hold_ends = Timestamp::now().after(run.hold_waits);
     let mut events = run.journal.subscribe();
     loop {
         let (message, seen) = step.take_message(topic).await;

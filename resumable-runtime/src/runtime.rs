@@ -10,7 +10,7 @@ use tracing::Instrument;
 use crate::client::Client;
 use crate::codec::{Codec, Envelope};
 use crate::context::{Ctx, RunCtx};
-use crate::drive::{Drive, Heartbeat};
+use crate::drive::{Drive, HOLD, Heartbeat};
 use crate::error::{Error, Escaped, Result, Slot};
 use crate::journal::{
     Ack, Journal, JournalEvent, Lease, LeaseRequest, NewRun, Opened, RunFilter, RunRecord,
@@ -47,6 +47,7 @@ struct Inner {
     default_retry: RetryPolicy,
     run_backoff: RetryPolicy,
     stall_timeout: Duration,
+    hold_waits: Duration,
     dead_letter_after: u32,
     wait_when_busy: bool,
     /// Leases being handed back by executions that were dropped, by run key.
@@ -69,6 +70,7 @@ pub struct RuntimeBuilder {
     default_retry: RetryPolicy,
     run_backoff: RetryPolicy,
     stall_timeout: Duration,
+    hold_waits: Duration,
     dead_letter_after: u32,
     wait_when_busy: bool,
 }
@@ -124,6 +126,28 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long a durable wait keeps its worker before the run is given
+    /// back (default 1 s): a sleep due within it sleeps in place, and a
+    /// receive with no message waits this long in place for one (a quick
+    /// reply then needs no replay). Longer waits end the execution, once no
+    /// step executes, and hold no lease. A worker pool whose runs mostly wait
+    /// for messages spends a slot for this long on each receive: shorten it
+    /// there (zero: give the run back at once).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::builder(MemoryJournal::new())
+    ///     .hold_waits(Duration::from_millis(100))
+    ///     .build();
+    /// # drop(rt);
+    /// ```
+    pub fn hold_waits(mut self, d: Duration) -> Self {
+        self.hold_waits = d;
+        self
+    }
+
     /// After how many executions in a row that fail outside their steps'
     /// own errors (a panic, a determinism or version error, a record that
     /// cannot be decoded) a run is dead-lettered: set aside, untouched by
@@ -173,6 +197,7 @@ impl RuntimeBuilder {
                 default_retry: self.default_retry,
                 run_backoff: self.run_backoff,
                 stall_timeout: self.stall_timeout,
+                hold_waits: self.hold_waits,
                 dead_letter_after: self.dead_letter_after,
                 wait_when_busy: self.wait_when_busy,
                 handbacks: Mutex::default(),
@@ -203,6 +228,7 @@ impl Runtime {
                 .max_delay(Duration::from_secs(300))
                 .jitter(0.2),
             stall_timeout: Duration::from_secs(1),
+            hold_waits: HOLD,
             dead_letter_after: 10,
             wait_when_busy: true,
         }
@@ -450,15 +476,18 @@ impl Runtime {
                 self.inner
                     .envelope
                     .open::<C, I>(&key, || Slot::Input, &snapshot.run.input)?;
-            let run = Arc::new(RunCtx::new(
-                &mut snapshot,
-                lease.clone(),
-                self.inner.journal.clone(),
-                self.inner.envelope,
-                meta.retry.unwrap_or(self.inner.default_retry),
-                meta.name,
-                park_after,
-            ));
+            let run = Arc::new(
+                RunCtx::new(
+                    &mut snapshot,
+                    lease.clone(),
+                    self.inner.journal.clone(),
+                    self.inner.envelope,
+                    meta.retry.unwrap_or(self.inner.default_retry),
+                    meta.name,
+                    park_after,
+                )
+                .holding_waits(self.inner.hold_waits),
+            );
             run_ctx = Some(run.clone());
             let _heartbeat = Heartbeat::start(run.clone(), self.inner.lease_duration);
             let body = start(Ctx::root(run.clone()), input);

@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use crate::codec::Codec;
 use crate::context::{Ctx, RunCtx, Waiter};
-use crate::drive::HOLD;
 use crate::error::{Error, Slot};
 use crate::journal::{Timestamp, Write};
 use crate::step::{ErrorCodec, Prepared, Settled, Step, StepSite};
@@ -48,7 +47,8 @@ pub async fn sleep<C: Codec, E: WorkflowError>(
     }
     let now = Timestamp::now();
     // Due soon: slept in place; else the run may be given back until then.
-    let holds_until = match left <= HOLD.as_millis() as i64 {
+    let hold = step.run().hold_waits.as_millis().min(i64::MAX as u128) as i64;
+    let holds_until = match left <= hold {
         true => until,
         false => now,
     };
