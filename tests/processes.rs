@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use resumable::{
-    CommandOutcome, Completer, Journal, RunState, RunStatus, Runtime, SqliteJournal, recv,
-    resumable, sleep, step, workflow,
+    CommandOutcome, Completer, Journal, RunState, RunStatus, Runtime, SqliteJournal, WorkflowRef,
+    child, recv, resumable, sleep, step, workflow,
 };
 
 /// The directory a child shares with its parent.
@@ -25,6 +25,9 @@ const KEY_VAR: &str = "RESUMABLE_PROCESSES_KEY";
 /// The PostgreSQL server and schema a child uses, if not the SQLite file.
 const URL_VAR: &str = "RESUMABLE_TEST_POSTGRES_URL";
 const SCHEMA_VAR: &str = "RESUMABLE_PROCESSES_SCHEMA";
+
+/// The child workflow `Worker::family` starts.
+const SLOW: WorkflowRef<(), Result<u32, String>> = WorkflowRef::named("processes::slow");
 
 /// Steps that say, in a file the parent reads, that they ran.
 struct Worker {
@@ -81,6 +84,27 @@ impl Worker {
         let n: u32 = recv!("go");
         let after = step!("after", { self.mark(&format!("after-{n}")) + n });
         Ok(after)
+    }
+
+    /// Starts a child (`Worker::slow`) and takes a step with its outcome.
+    #[resumable(name = "processes::family")]
+    async fn family(&self) -> Result<u32, String> {
+        let n = child!("slow", SLOW, ())?;
+        let after = step!("after", { self.mark("parent-after") + n });
+        Ok(after)
+    }
+
+    /// A step held until the parent test says go.
+    #[resumable(name = "processes::slow")]
+    async fn slow(&self) -> Result<u32, String> {
+        let n = step!("work", {
+            self.mark("child-work");
+            while !self.dir.join("go").exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            5
+        });
+        Ok(n)
     }
 
     fn mark(&self, step: &str) -> u32 {
@@ -248,6 +272,24 @@ async fn approve_worker_child() {
     let _completer = Completer::new(&rt)
         .poll_interval(Duration::from_millis(50))
         .register(workflow!(Worker::approve), Worker { dir })
+        .unwrap()
+        .start();
+    std::future::pending::<()>().await;
+}
+
+/// Not a test: a completer of `Worker::family` and `Worker::slow` runs that
+/// works until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn family_worker_child() {
+    let (dir, _) = child_env();
+    let rt = Runtime::new(open_journal(&dir).await);
+    let worker = Arc::new(Worker { dir });
+    let _completer = Completer::new(&rt)
+        .poll_interval(Duration::from_millis(50))
+        .register(workflow!(Worker::family), worker.clone())
+        .unwrap()
+        .register(workflow!(Worker::slow), worker)
         .unwrap()
         .start();
     std::future::pending::<()>().await;
@@ -602,4 +644,46 @@ async fn a_message_sent_while_the_receiver_is_down_is_delivered_once_after_resta
     drop(second);
     assert_eq!(ran(dir.path()), ["before", "after-7"]);
     assert_eq!(client.outcome(&APPROVE, "a").await.unwrap(), Some(Ok(7)));
+}
+
+/// A worker process is killed with SIGKILL right after a parent run started
+/// its child (the child is executing); a new worker process finishes both.
+/// The parent adopts the child it started: one child run, whose outcome the
+/// parent's next step sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_killed_after_starting_its_child_adopts_that_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(open_journal(dir.path()).await);
+    let worker = Worker {
+        dir: dir.path().to_owned(),
+    };
+    rt.submit("f", worker.family()).await.unwrap();
+    let mut first = child("family_worker_child", dir.path(), "f")
+        .spawn()
+        .unwrap();
+    eventually("the child run starts", || {
+        ran(dir.path()).contains(&"child-work".to_owned())
+    });
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert_eq!(rt.runs().children("f").await.unwrap().len(), 1);
+
+    let second = KillOnDrop::spawn(child("family_worker_child", dir.path(), "f"));
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    wait_for_status(&rt, "f", RunStatus::Completed).await;
+    drop(second);
+    let children = rt.runs().children("f").await.unwrap();
+    assert_eq!(children.len(), 1, "one child, adopted: {children:?}");
+    assert_eq!(children[0].status, RunStatus::Completed);
+    let marks = ran(dir.path());
+    assert_eq!(
+        marks.iter().filter(|m| *m == "parent-after").count(),
+        1,
+        "{marks:?}"
+    );
+    const FAMILY: WorkflowRef<(), Result<u32, String>> = WorkflowRef::named("processes::family");
+    assert_eq!(
+        rt.client().outcome(&FAMILY, "f").await.unwrap(),
+        Some(Ok(5))
+    );
 }

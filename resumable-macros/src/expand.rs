@@ -10,7 +10,7 @@ use crate::args::Args;
 use crate::ast::{Function, NameElidedLifetimes, invocation_lifetime};
 use crate::errors::Errors;
 use crate::fingerprint::fnv1a64;
-use crate::steps::{RecvCall, SleepCall, StepCall, StepRewriter};
+use crate::steps::{ChildCall, RecvCall, SleepCall, StepCall, StepRewriter};
 
 /// What every generated step needs to know about its workflow.
 pub struct Expander {
@@ -603,6 +603,60 @@ impl Expander {
                 #receive.await
             }
         }
+    }
+
+    /// Input:  child!("name", WORKFLOW, input)  /  child!(.., key = k)
+    /// Output: child::<Codec, _, _, _, _>(ctx, &SITES, &WORKFLOW, input, key, errors).await
+    pub fn child(&self, call: &ChildCall, span: Span) -> Expr {
+        let k = &self.krate;
+        let codec = &self.codec;
+        let name = &call.name;
+        let start = LitStr::new(&format!("child:{}", name.value()), name.span());
+        let result = LitStr::new(&format!("child-result:{}", name.value()), name.span());
+        let ctx = Ident::new("__resumable_ctx", Span::call_site());
+        let location = location(k, span);
+        let path = &call.path;
+        let workflow = &call.workflow;
+        let input = &call.input;
+        let key = match &call.key {
+            Some(key) => quote_spanned!(key.span()=> ::core::option::Option::Some(
+                ::std::string::String::from(#key)
+            )),
+            None => quote!(::core::option::Option::None),
+        };
+        syn::parse_quote_spanned! {span=>
+            {
+                #path!(@used);
+                static __RESUMABLE_CHILD: #k::__private::ChildSites = #k::__private::ChildSites {
+                    start: #k::__private::StepSite { name: #start, location: #location },
+                    result: #k::__private::StepSite { name: #result, location: #location },
+                };
+                #k::__private::child::<#codec, _, _, _, _>(
+                    #ctx,
+                    &__RESUMABLE_CHILD,
+                    &(#workflow),
+                    #input,
+                    #key,
+                    __resumable_errors,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The child reduced to its arguments, where it cannot be journaled:
+    /// keeps the reported error the only one.
+    pub fn plain_child(&self, call: &ChildCall) -> Expr {
+        let k = &self.krate;
+        let path = &call.path;
+        let (workflow, input) = (&call.workflow, &call.input);
+        let key = call.key.iter();
+        // Of the child's output type, so that the code around it type-checks.
+        syn::parse_quote!({
+            #path!(@used);
+            #(let _ = &#key;)*
+            #k::__private::child_unreachable(&(#workflow), #input)
+        })
     }
 
     /// The receive reduced to its argument, where it cannot be journaled:

@@ -265,6 +265,61 @@ pub fn recv(input: TokenStream) -> TokenStream {
     outside_workflow(input, "recv!")
 }
 
+/// Starts a child workflow and waits for its outcome:
+/// `child!("resize", RESIZE, (image, 256))` runs the workflow `RESIZE` (a
+/// `WorkflowRef`) with that input as a run of its own, and evaluates to its
+/// return value. The child's key is the parent's key followed by
+/// `/child:resize#<occurrence>`, unless given with `key = ..`.
+///
+/// The start is journaled (`child:resize#<n>`) in the same write that
+/// creates the child run: a parent that crashes after starting a child
+/// adopts it when it resumes, and never starts a second one. The child runs
+/// wherever a `Completer` has its workflow registered (this process or
+/// another). The parent waits as for a message, holding no lease once it is
+/// given back, and is woken when the child finishes: the journal sends it the
+/// child's outcome, which it records (`child-result:resize#<n>`), so a replay
+/// does not need the child's run any more. A child that ends cancelled or
+/// past its deadline stops the parent with `Error::ChildEnded`.
+/// `Runs::cancel` on a parent cancels its children too.
+///
+/// ```
+/// use resumable::{child, resumable, step, Completer, MemoryJournal, Runtime, WorkflowRef, workflow};
+///
+/// #[resumable(name = "square")]
+/// async fn square(n: u64) -> Result<u64, String> {
+///     Ok(step!("multiply", { n * n }))
+/// }
+///
+/// const SQUARE: WorkflowRef<(u64,), Result<u64, String>> = WorkflowRef::named("square");
+///
+/// #[resumable(name = "sum_of_squares")]
+/// async fn sum_of_squares(a: u64, b: u64) -> Result<u64, String> {
+///     let x = child!("a", SQUARE, (a,))?;
+///     let y = child!("b", SQUARE, (b,))?;
+///     Ok(x + y)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// let rt = Runtime::new(MemoryJournal::new());
+/// let completer = Completer::new(&rt)
+///     .register(workflow!(square), ())?
+///     .register(workflow!(sum_of_squares), ())?;
+/// rt.submit("sum-1", sum_of_squares(3, 4)).await?;
+/// completer.run_until_idle().await?;
+/// const SUM: WorkflowRef<(u64, u64), Result<u64, String>> = WorkflowRef::named("sum_of_squares");
+/// assert_eq!(rt.client().outcome(&SUM, "sum-1").await?, Some(Ok(25)));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Only meaningful inside a `#[resumable]` function, in its own code (not
+/// in a step's body or a closure); anywhere else it is a compile error.
+#[proc_macro]
+pub fn child(input: TokenStream) -> TokenStream {
+    outside_workflow(input, "child!")
+}
+
 /// What `step!`, `sleep!` and `sleep_until!` expand to where `#[resumable]`
 /// did not rewrite them: nothing for the `@used` marker it leaves behind
 /// (so that the user's `use resumable::…;` counts as used), else an error.

@@ -225,6 +225,72 @@ impl RecvCall {
     }
 }
 
+/// A parsed `child!("name", WORKFLOW, input)`, optionally with `key = ..`.
+pub struct ChildCall {
+    /// The macro's path as written.
+    pub path: syn::Path,
+    pub name: LitStr,
+    /// The child's `WorkflowRef`.
+    pub workflow: Expr,
+    /// The child's input (the tuple of its journaled arguments).
+    pub input: Expr,
+    /// The child's run key, if given.
+    pub key: Option<Expr>,
+}
+
+impl ChildCall {
+    const FORM: &str = "write it as `child!(\"name\", WORKFLOW_REF, (input,))`, optionally with `, key = <run key>`";
+
+    fn parse(mac: &Macro) -> syn::Result<Self> {
+        let form = Self::FORM;
+        mac.parse_body_with(|input: ParseStream| {
+            let name = match input.parse::<syn::Lit>() {
+                Ok(syn::Lit::Str(s)) => s,
+                _ => {
+                    return Err(syn::Error::new(
+                        input.span(),
+                        format!(
+                            "a child's name must be a string literal (it is its identity in the journal); {form}"
+                        ),
+                    ));
+                }
+            };
+            let comma = |input: ParseStream, what: &str| {
+                input.parse::<Token![,]>().map_err(|e| {
+                    syn::Error::new(e.span(), format!("expected `,` and {what}; {form}"))
+                })
+            };
+            comma(input, "the child's WorkflowRef")?;
+            let workflow: Expr = input.parse()?;
+            comma(input, "the child's input")?;
+            let child_input: Expr = input.parse()?;
+            let mut key = None;
+            if input.parse::<Option<Token![,]>>()?.is_some() && !input.is_empty() {
+                let option: Ident = input.parse()?;
+                if option != "key" {
+                    return Err(syn::Error::new(
+                        option.span(),
+                        format!("unknown option `{option}`; {form}"),
+                    ));
+                }
+                input.parse::<Token![=]>()?;
+                key = Some(input.parse::<Expr>()?);
+                let _ = input.parse::<Option<Token![,]>>()?;
+            }
+            if !input.is_empty() {
+                return Err(input.error(format!("unexpected tokens; {form}")));
+            }
+            Ok(ChildCall {
+                path: mac.path.clone(),
+                name,
+                workflow,
+                input: child_input,
+                key,
+            })
+        })
+    }
+}
+
 /// What a macro call in a workflow body is to `#[resumable]`.
 enum Journaled {
     Step,
@@ -232,6 +298,7 @@ enum Journaled {
     Sleep(bool),
     SetEvent,
     Recv,
+    Child,
 }
 
 /// `step!`, `sleep!`, `sleep_until!` or `set_event!`, bare or as
@@ -244,6 +311,7 @@ fn journaled(mac: &Macro, krate: &syn::Path) -> Option<Journaled> {
         "sleep_until" => Journaled::Sleep(true),
         "set_event" => Journaled::SetEvent,
         "recv" => Journaled::Recv,
+        "child" => Journaled::Child,
         _ => return None,
     };
     ours(mac, krate).then_some(kind)
@@ -342,7 +410,48 @@ impl<'a> StepRewriter<'a> {
             Journaled::Sleep(until) => self.rewrite_sleep(mac, until),
             Journaled::SetEvent => self.rewrite_set_event(mac),
             Journaled::Recv => self.rewrite_recv(mac),
+            Journaled::Child => self.rewrite_child(mac),
         }
+    }
+
+    /// `child!("name", WORKFLOW, input)` becomes the start of a child run
+    /// (`child:name#<n>`) and the wait for its outcome (`child-result:name#<n>`).
+    fn rewrite_child(&mut self, mac: &Macro) -> Expr {
+        let path = &mac.path;
+        let mut call = match ChildCall::parse(mac) {
+            Ok(call) => call,
+            Err(e) => {
+                self.errors.push(e);
+                return syn::parse_quote!({ #path!(@used); ::core::panic!() });
+            }
+        };
+        let span = mac.path.span();
+        let mut journaled = self.check_name(&call.name);
+        if self.in_step {
+            self.errors.at(
+                span,
+                "`child!` cannot be used inside a step's body: a step's body does not run again once journaled; start children between steps, in the workflow's own code",
+            );
+            journaled = false;
+        }
+        if self.closures > 0 || self.async_closures > 0 {
+            self.errors.at(
+                span,
+                "`child!` cannot be used inside a closure: write it in the workflow's body, a `for` loop, or an `async` block",
+            );
+            journaled = false;
+        }
+        self.steps += 1;
+        self.visit_expr_mut(&mut call.workflow);
+        self.visit_expr_mut(&mut call.input);
+        if let Some(key) = &mut call.key {
+            self.visit_expr_mut(key);
+        }
+        self.shape.push(format!("child:{}", call.name.value()));
+        if self.fallback || !journaled {
+            return self.expander.plain_child(&call);
+        }
+        self.expander.child(&call, span)
     }
 
     /// `recv!("topic")` becomes a receive journaled as `recv:topic#<n>`
@@ -643,7 +752,8 @@ fn mentions_step(tokens: TokenStream) -> bool {
                     || i == "sleep"
                     || i == "sleep_until"
                     || i == "set_event"
-                    || i == "recv";
+                    || i == "recv"
+                    || i == "child";
                 continue;
             }
             TokenTree::Group(g) if mentions_step(g.stream()) => return true,

@@ -29,12 +29,16 @@
 //! The functions that test concurrency take an `Arc<dyn Journal>` and spawn
 //! tokio tasks; on a multi-threaded runtime those run in parallel.
 
+mod children;
 mod lifecycle;
 mod messages;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 
+pub use children::{
+    a_finished_child_tells_its_parent, start_child_creates_the_child_with_its_step,
+};
 pub use lifecycle::{
     cancel_stops_runs_durably, create_run_does_not_lease, dead_letters_wait_for_an_operator,
     events_keep_the_last_published_value, fork_copies_the_first_steps,
@@ -94,6 +98,8 @@ pub async fn run_all(journal: Arc<dyn Journal>) {
     list_runs_pages(j).await;
     messages_are_taken_once_oldest_first(j).await;
     messages_wake_runs_waiting_for_them(j).await;
+    start_child_creates_the_child_with_its_step(j).await;
+    a_finished_child_tells_its_parent(j).await;
 }
 
 /// `open_run` on a new key creates the run and leases it: `created`, epoch 1,

@@ -175,7 +175,7 @@ pub(crate) struct Waiter {
     /// due soon, a message that may come soon).
     pub holds_until: Timestamp,
     /// A receive's topic; `None` for a sleep.
-    pub topic: Option<&'static str>,
+    pub topic: Option<Arc<str>>,
     /// For a receive, how many messages had been sent to the run when it
     /// last looked for one.
     pub seen: u64,
@@ -464,7 +464,7 @@ impl RunCtx {
             .min_by_key(|w| w.until.unwrap_or(Timestamp(i64::MAX)))?;
         let run = self.run_key.clone();
         let step = first.id.to_string();
-        let (topic, until) = (first.topic, first.until);
+        let (topic, until) = (first.topic.clone(), first.until);
         st.suspended_awaiting = st
             .waiting
             .iter()
@@ -480,7 +480,7 @@ impl RunCtx {
             (topic, until) => Error::WaitingForMessage {
                 run,
                 step,
-                topic: topic.unwrap_or_default().to_owned(),
+                topic: topic.as_deref().unwrap_or_default().to_owned(),
                 until: until.map(Timestamp::to_system_time),
             },
         })

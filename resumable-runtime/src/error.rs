@@ -420,6 +420,19 @@ pub enum Error {
         until: Option<std::time::SystemTime>,
     },
 
+    /// A child workflow this run waited for (`child!`) ended without an
+    /// outcome: it was cancelled or ran past its deadline. The run stops
+    /// here, as for any error outside its steps.
+    #[error("child run {child:?} of run {run:?} ended {state} without an outcome")]
+    ChildEnded {
+        /// The parent run's key.
+        run: String,
+        /// The child run's key.
+        child: String,
+        /// How it ended.
+        state: crate::journal::RunState,
+    },
+
     /// The run was cancelled by an operator: its stable outcome.
     #[error("run {run:?} was cancelled")]
     Cancelled {

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod child;
 mod client;
 mod codec;
 mod completer;
@@ -57,6 +58,7 @@ pub use workflow::{
 /// between releases without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::child::{ChildSites, child, child_unreachable};
     pub use crate::context::Ctx;
     pub use crate::error::Location;
     pub use crate::receive::{Timeout, recv, recv_until};

@@ -15,6 +15,7 @@
 //! beside it (`recv-deadline:<topic>#<n>`), so a resumed run does not
 //! restart the clock.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::Codec;
@@ -61,6 +62,23 @@ pub async fn recv_until<C: Codec, T: Journaled, E: WorkflowError>(
     timeout: Option<Timeout>,
     errors: &ErrorCodec<E>,
 ) -> Option<T> {
+    let (mut step, message) = take_or_wait::<C, E>(ctx, site, topic.into(), timeout, errors).await;
+    match message {
+        Some(bytes) => Some(decode::<C, T, E>(&mut step, &bytes).await),
+        None => None,
+    }
+}
+
+/// The message receive `site` takes on `topic` (its record, when it
+/// replays), as sent; `None` if its time limit passed first. Returns the
+/// receive's step, to stop the run with if the message cannot be used.
+pub(crate) async fn take_or_wait<'c, C: Codec, E>(
+    ctx: &'c Ctx,
+    site: &'static StepSite,
+    topic: Arc<str>,
+    timeout: Option<Timeout>,
+    errors: &'c ErrorCodec<E>,
+) -> (Step<'c, E>, Option<Vec<u8>>) {
     let until = match timeout {
         Some((deadline_site, limit)) => {
             let mut deadline = Step::new(ctx, deadline_site, None, errors);
@@ -72,10 +90,8 @@ pub async fn recv_until<C: Codec, T: Journaled, E: WorkflowError>(
     if let Some(record) = step.begin().await {
         let bytes = record.output.unwrap_or_default();
         let found = match (record.state, bytes.is_empty()) {
-            (StepState::Completed, false) => {
-                return Some(decode::<C, T, E>(&mut step, &bytes).await);
-            }
-            (StepState::Completed, true) if until.is_some() => return None,
+            (StepState::Completed, false) => return (step, Some(bytes)),
+            (StepState::Completed, true) if until.is_some() => return (step, None),
             (StepState::Completed, true) => "a receive that timed out",
             _ => "a step that failed",
         };
@@ -98,20 +114,20 @@ pub async fn recv_until<C: Codec, T: Journaled, E: WorkflowError>(
     let hold_ends = Timestamp::now().after(run.hold_waits);
     let mut events = run.journal.subscribe();
     loop {
-        let (message, seen) = step.take_message(topic).await;
-        if let Some(bytes) = message {
-            return Some(decode::<C, T, E>(&mut step, &bytes).await);
+        let (message, seen) = step.take_message(&topic).await;
+        if message.is_some() {
+            return (step, message);
         }
         if until.is_some_and(|until| until <= Timestamp::now()) {
             step.record_output(Vec::new()).await;
-            return None;
+            return (step, None);
         }
         step.pause();
         let waiter = Waiter {
             id: step.id(),
             until,
             holds_until: until.map_or(hold_ends, |until| until.min(hold_ends)),
-            topic: Some(topic),
+            topic: Some(topic.clone()),
             seen,
         };
         let waiting = Waiting::start(run, waiter);

@@ -137,6 +137,28 @@ impl Runs {
             .map(RunInfo::from_snapshot))
     }
 
+    /// The child workflows run `key` started (`child!`), in the order it
+    /// started them, without their steps.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{MemoryJournal, Runtime};
+    ///
+    /// let rt = Runtime::new(MemoryJournal::new());
+    /// assert!(rt.runs().children("order-7").await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn children(&self, key: &str) -> Result<Vec<RunInfo>> {
+        validate_lookup_key(key)?;
+        let filter = RunFilter {
+            parent: Some(key.to_owned()),
+            ..RunFilter::default()
+        };
+        self.list(&filter).await
+    }
+
     /// Runs matching `filter` (without their steps; see [`info`](Self::info)),
     /// in the order they were created. Page with [`RunFilter::after`] set to
     /// the last key of the previous page.
@@ -262,6 +284,11 @@ impl Runs {
     /// finished run changes nothing and says so. [`Error::UnknownRun`] if no
     /// run has the key.
     ///
+    /// The run's child workflows (`child!`) that have not finished are
+    /// cancelled too, and theirs, down the tree, in the same call (one
+    /// command each, after the run's own). If the call fails half-way,
+    /// calling it again finishes the job.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> resumable::Result<()> {
@@ -274,7 +301,9 @@ impl Runs {
     /// # }
     /// ```
     pub async fn cancel(&self, key: &str) -> Result<CommandOutcome> {
-        Ok(match self.command(key, Command::Cancel).await? {
+        let result = self.command(key, Command::Cancel).await?;
+        self.cancel_descendants(key).await?;
+        Ok(match result {
             (run, true) if run.state == RunState::Incomplete => CommandOutcome::Requested,
             (run, true) => CommandOutcome::Done(run.state),
             (run, false) if run.cancel_requested_at.is_some() && !run.state.is_finished() => {
@@ -435,6 +464,36 @@ impl Runs {
     /// ```
     pub async fn purge_batch(&self, before: SystemTime, limit: usize) -> Result<usize> {
         self.journal.purge(Timestamp::from(before), limit).await
+    }
+
+    /// Cancels every unfinished run started (directly or not) by run `key`.
+    async fn cancel_descendants(&self, key: &str) -> Result<()> {
+        let mut parents = vec![key.to_owned()];
+        while let Some(parent) = parents.pop() {
+            let mut after = None;
+            loop {
+                let filter = RunFilter {
+                    parent: Some(parent.clone()),
+                    after: after.take(),
+                    limit: Some(PAGE),
+                    ..RunFilter::default()
+                };
+                let children = self.journal.list_runs(&filter).await?;
+                for child in &children {
+                    if !child.state.is_finished() {
+                        self.journal
+                            .command(&child.key, Command::Cancel, Timestamp::now())
+                            .await?;
+                    }
+                    parents.push(child.key.clone());
+                }
+                if children.len() < PAGE {
+                    break;
+                }
+                after = children.last().map(|c| c.key.clone());
+            }
+        }
+        Ok(())
     }
 
     async fn command(&self, key: &str, command: Command) -> Result<(RunRecord, bool)> {

@@ -170,6 +170,9 @@ pub struct RunInfo {
     pub resumed_at: Option<SystemTime>,
     /// The run it was forked from.
     pub forked_from: Option<String>,
+    /// The run that started it as a child workflow (`child!`), if any; its
+    /// own children are listed by [`Runs::children`](crate::Runs::children).
+    pub parent: Option<String>,
     /// Its journaled outcome, once finished with one (decode it with
     /// [`Runtime::run`](crate::Runtime::run) or
     /// [`Client::wait`](crate::Client::wait), which have its type).
@@ -267,6 +270,7 @@ impl RunInfo {
             workflow: run.workflow,
             last_error: run.last_error,
             forked_from: run.forked_from,
+            parent: run.parent,
         }
     }
 

@@ -402,6 +402,19 @@ impl<'c, E> Step<'c, E> {
         self.finish();
     }
 
+    /// Makes `write`, which records the step, and finishes it.
+    pub(crate) async fn commit(&mut self, write: Write) {
+        let run = self.run;
+        match run.journal.write(&run.lease(), write).await {
+            Ok(ack) => {
+                run.recorded();
+                self.heed(ack);
+            }
+            Err(err) => return self.abort(err).await,
+        }
+        self.finish();
+    }
+
     /// Journals `bytes` as the step's output without running a body (a
     /// receive that timed out: see `receive`).
     pub(crate) async fn record_output(&mut self, bytes: Vec<u8>) {

@@ -54,6 +54,8 @@ impl JournalEvent {
             Write::Release { .. } => Some(JournalEvent::Due {
                 at: released_due(write),
             }),
+            // A child run was created (or adopted), due now.
+            Write::StartChild { at, .. } => Some(JournalEvent::Due { at: *at }),
             // Dead-lettered: waiting callers get `Error::DeadLettered`.
             Write::RunFinished { .. } | Write::DeadLetter { .. } => Some(finished()),
             _ => None,

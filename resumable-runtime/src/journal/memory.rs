@@ -214,6 +214,7 @@ fn new_record(new: NewRun, now: Timestamp) -> RunRecord {
         failures: 0,
         resumed_at: None,
         forked_from: None,
+        parent: None,
     }
 }
 
@@ -231,7 +232,120 @@ fn end_lease(r: &mut RunRecord, at: Timestamp, end: impl FnOnce(&mut RunRecord))
     r.updated_at = at;
 }
 
+/// Stores `message` for its run unless its idempotency key was sent to
+/// the run before; whether it stored it, and whether that woke the run.
+fn deliver(runs: &mut HashMap<String, StoredRun>, message: NewMessage) -> Result<(bool, bool)> {
+    let run = runs
+        .get_mut(&message.run_key)
+        .ok_or_else(|| Error::UnknownRun {
+            run: message.run_key.clone(),
+        })?;
+    let mailbox = &mut run.mailbox;
+    if mailbox
+        .messages
+        .iter()
+        .any(|m| m.idempotency_key == message.idempotency_key)
+    {
+        return Ok((false, false));
+    }
+    mailbox.messages.push(Message {
+        topic: message.topic,
+        idempotency_key: message.idempotency_key,
+        value: Some(message.value),
+    });
+    let woken = std::mem::take(&mut mailbox.awaited) && run.record.state == RunState::Incomplete;
+    if woken {
+        run.record.wake_at = message.at;
+    }
+    Ok((true, woken))
+}
+
+/// If run `key` has finished and a parent started it, the message that
+/// tells the parent (see [`Write::StartChild`]).
+fn finished_child_message(runs: &HashMap<String, StoredRun>, key: &str) -> Option<NewMessage> {
+    let r = &runs.get(key)?.record;
+    let parent = r.parent.clone().filter(|_| r.state.is_finished())?;
+    let mut value = r.state.as_str().as_bytes().to_vec();
+    value.push(0);
+    value.extend_from_slice(r.outcome.as_deref().unwrap_or_default());
+    Some(NewMessage {
+        run_key: parent,
+        topic: format!("child:{key}"),
+        value,
+        idempotency_key: format!("finished:{key}#{}", r.epoch),
+        at: r.updated_at,
+    })
+}
+
 impl MemoryJournal {
+    /// Tells the parent of run `key`, if it has one and finished.
+    fn tell_parent(&self, runs: &mut HashMap<String, StoredRun>, key: &str) {
+        let Some(message) = finished_child_message(runs, key) else {
+            return;
+        };
+        let (parent, at) = (message.run_key.clone(), message.at);
+        // A parent purged or deleted before its child finished has no one to tell.
+        if let Ok((stored, woken)) = deliver(runs, message) {
+            self.announce_message(&parent, at, stored, woken);
+        }
+    }
+
+    /// [`Write::StartChild`]: fenced under the parent's lease.
+    #[allow(clippy::too_many_arguments)]
+    fn start_child(
+        &self,
+        runs: &mut HashMap<String, StoredRun>,
+        lease: &Lease,
+        step_id: String,
+        seq: u64,
+        output: Vec<u8>,
+        child: NewRun,
+        at: Timestamp,
+    ) -> Result<Ack> {
+        let parent = Self::fenced(runs, lease)?;
+        let ack = Ack {
+            cancel_requested: parent.record.cancel_requested_at.is_some(),
+        };
+        if let Some(step) = parent.steps.by_id.get(&step_id) {
+            refuse_if_recorded(&parent.steps.records[*step], lease)?;
+        }
+        match runs.get(&child.key) {
+            Some(existing) if existing.record.parent.as_deref() == Some(&lease.run_key) => {}
+            Some(_) => return Err(Error::RunExists { run: child.key }),
+            None => {
+                let created = self.insert(runs, child, at);
+                created.record.parent = Some(lease.run_key.clone());
+                self.events.send(JournalEvent::Due { at });
+            }
+        }
+        let parent = Self::fenced(runs, lease)?;
+        let record = StepRecord {
+            step_id,
+            seq: Some(seq),
+            state: StepState::Completed,
+            output: Some(output),
+            attempts: 1,
+            last_error: None,
+            retry_at: None,
+            epoch: lease.epoch,
+            started_at: at,
+            updated_at: at,
+        };
+        parent.steps.put(record, |_, _| Ok(()))?;
+        Ok(ack)
+    }
+
+    fn announce_message(&self, key: &str, at: Timestamp, stored: bool, woken: bool) {
+        if woken {
+            self.events.send(JournalEvent::Due { at });
+        }
+        if stored {
+            self.events.send(JournalEvent::Message {
+                key: key.to_owned(),
+            });
+        }
+    }
+
     fn insert<'a>(
         &self,
         runs: &'a mut HashMap<String, StoredRun>,
@@ -311,6 +425,16 @@ impl Journal for MemoryJournal {
 
     async fn write(&self, lease: &Lease, write: Write) -> Result<Ack> {
         let mut runs = self.runs.lock().unwrap();
+        if let Write::StartChild {
+            step_id,
+            seq,
+            output,
+            child,
+            at,
+        } = write
+        {
+            return self.start_child(&mut runs, lease, step_id, seq, output, child, at);
+        }
         let run = Self::fenced(&mut runs, lease)?;
         let ack = Ack {
             cancel_requested: run.record.cancel_requested_at.is_some(),
@@ -401,6 +525,7 @@ impl Journal for MemoryJournal {
             Write::EventSet { name, value, at: _ } => {
                 run.events.insert(name, value);
             }
+            Write::StartChild { .. } => unreachable!("handled before the fence"),
             Write::Release {
                 last_error,
                 wake_at,
@@ -425,6 +550,7 @@ impl Journal for MemoryJournal {
         if let Some(event) = event {
             self.events.send(event);
         }
+        self.tell_parent(&mut runs, &lease.run_key);
         Ok(ack)
     }
 
@@ -448,6 +574,7 @@ impl Journal for MemoryJournal {
             });
             run.record.last_error = Some(last_error.to_owned());
             released += 1;
+            self.tell_parent(&mut runs, &lease.run_key);
             self.events.send(match cancelled {
                 true => JournalEvent::Finished {
                     key: lease.run_key.clone(),
@@ -523,6 +650,7 @@ impl Journal for MemoryJournal {
         if let Some(event) = event {
             self.events.send(event);
         }
+        self.tell_parent(&mut runs, key);
         Ok(Some((record, changed)))
     }
 
@@ -602,37 +730,11 @@ impl Journal for MemoryJournal {
 
     async fn send_message(&self, message: NewMessage) -> Result<bool> {
         let mut runs = self.runs.lock().unwrap();
-        let run = runs
-            .get_mut(&message.run_key)
-            .ok_or_else(|| Error::UnknownRun {
-                run: message.run_key.clone(),
-            })?;
-        let mailbox = &mut run.mailbox;
-        if mailbox
-            .messages
-            .iter()
-            .any(|m| m.idempotency_key == message.idempotency_key)
-        {
-            return Ok(false);
-        }
-        mailbox.messages.push(Message {
-            topic: message.topic,
-            idempotency_key: message.idempotency_key,
-            value: Some(message.value),
-        });
-        let woken =
-            std::mem::take(&mut mailbox.awaited) && run.record.state == RunState::Incomplete;
-        if woken {
-            run.record.wake_at = message.at;
-        }
+        let (key, at) = (message.run_key.clone(), message.at);
+        let (stored, woken) = deliver(&mut runs, message)?;
         drop(runs);
-        if woken {
-            self.events.send(JournalEvent::Due { at: message.at });
-        }
-        self.events.send(JournalEvent::Message {
-            key: message.run_key,
-        });
-        Ok(true)
+        self.announce_message(&key, at, stored, woken);
+        Ok(stored)
     }
 
     async fn receive(&self, lease: &Lease, receive: Receive) -> Result<Received> {

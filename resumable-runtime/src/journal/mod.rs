@@ -310,6 +310,8 @@ pub struct RunRecord {
     pub resumed_at: Option<Timestamp>,
     /// The run it was forked from, if any.
     pub forked_from: Option<String>,
+    /// The run that started it as a child ([`Write::StartChild`]), if any.
+    pub parent: Option<String>,
 }
 
 impl RunRecord {
@@ -500,6 +502,31 @@ pub enum Write {
         /// Now.
         at: Timestamp,
     },
+    /// Starts a child run and records the step that started it, in one
+    /// write. Creates `child` (incomplete, due at `at`, with this run as its
+    /// [`RunRecord::parent`]) if its key is new; adopts it if it exists and
+    /// this run started it; refuses with [`Error::RunExists`] if another
+    /// run (or nobody) started it. Then records step `step_id` as
+    /// [`Write::StepRecorded`] does (completed, one attempt, `output`).
+    ///
+    /// When the child finishes (in any state [`RunState::is_finished`], by a
+    /// write, a command or a release), the journal sends this run a message
+    /// in the same transaction, as [`Journal::send_message`] would: topic
+    /// `child:<child key>`, idempotency key `finished:<child key>#<epoch>`,
+    /// value the child's state name ([`RunState::as_str`]), a zero byte,
+    /// then its sealed outcome (empty if it has none).
+    StartChild {
+        /// The starting step's id.
+        step_id: String,
+        /// Recording order within the run.
+        seq: u64,
+        /// The step's sealed output (the child's key, as the parent's codec writes it).
+        output: Vec<u8>,
+        /// The child run.
+        child: NewRun,
+        /// Now.
+        at: Timestamp,
+    },
     /// Publishes `value` as the run's event `name`, replacing the value it
     /// had; read with [`Journal::get_event`].
     EventSet {
@@ -642,6 +669,8 @@ pub struct RunFilter {
     pub created_before: Option<Timestamp>,
     /// Only runs created at or after this time.
     pub created_after: Option<Timestamp>,
+    /// Only the children of the run with this key ([`RunRecord::parent`]).
+    pub parent: Option<String>,
     /// Only runs created after the run with this key (the last key of the
     /// previous page); none if no run has this key.
     pub after: Option<String>,
@@ -663,6 +692,7 @@ impl RunFilter {
     ///     lease_expires_at: None, wake_at: Timestamp(0), executions: 1, last_error: None,
     ///     created_at: Timestamp(5), updated_at: Timestamp(5), deadline: None,
     ///     cancel_requested_at: None, failures: 0, resumed_at: None, forked_from: None,
+    ///     parent: None,
     /// };
     /// let failed = RunFilter { state: Some(RunState::Failed), ..RunFilter::default() };
     /// assert!(failed.matches(&run));
@@ -679,6 +709,10 @@ impl RunFilter {
             && (!self.leased || run.lease_owner.is_some())
             && self.created_before.is_none_or(|t| run.created_at < t)
             && self.created_after.is_none_or(|t| run.created_at >= t)
+            && self
+                .parent
+                .as_ref()
+                .is_none_or(|p| run.parent.as_ref() == Some(p))
     }
 }
 

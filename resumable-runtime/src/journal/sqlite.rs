@@ -162,6 +162,28 @@ CREATE TABLE resumable_messages (
 -- A run's messages not yet taken, by topic, oldest first.
 CREATE INDEX resumable_messages_waiting ON resumable_messages (run_id, topic, id)
     WHERE taken_by IS NULL;
+-- The run that started this one as a child, and its children in order.
+ALTER TABLE resumable_runs ADD COLUMN parent TEXT;
+CREATE INDEX resumable_runs_parent ON resumable_runs (parent, id) WHERE parent IS NOT NULL;
+-- A child that finishes, by whatever statement, sends its parent a message
+-- (see Write::StartChild): its state, a zero byte, its outcome.
+CREATE TRIGGER resumable_child_finished AFTER UPDATE OF state ON resumable_runs
+WHEN NEW.parent IS NOT NULL
+    AND NEW.state IN ('completed', 'failed', 'cancelled', 'deadline_exceeded')
+    AND OLD.state NOT IN ('completed', 'failed', 'cancelled', 'deadline_exceeded')
+BEGIN
+    UPDATE resumable_runs SET messages_sent = messages_sent + 1, awaits_message = 0,
+        wake_at = CASE WHEN awaits_message AND state = 'incomplete' THEN NEW.updated_at
+            ELSE wake_at END
+    WHERE run_key = NEW.parent AND NOT EXISTS (SELECT 1 FROM resumable_messages m
+        WHERE m.run_id = resumable_runs.id
+          AND m.idempotency_key = 'finished:' || NEW.run_key || '#' || NEW.epoch);
+    INSERT INTO resumable_messages (run_id, topic, idempotency_key, value, sent_at)
+    SELECT id, 'child:' || NEW.run_key, 'finished:' || NEW.run_key || '#' || NEW.epoch,
+        unhex(hex(NEW.state) || '00' || hex(COALESCE(NEW.outcome, x''))), NEW.updated_at
+    FROM resumable_runs WHERE run_key = NEW.parent
+    ON CONFLICT (run_id, idempotency_key) DO NOTHING;
+END;
 ";
 
 /// The id of run `?1`, for statements on its steps.
@@ -176,7 +198,7 @@ const FINISHED: &str = "('completed', 'failed', 'cancelled', 'deadline_exceeded'
 
 const RUN_COLUMNS: &str = "run_key, workflow, fingerprint, input, state, outcome, epoch, lease_owner, \
      lease_expires_at, wake_at, executions, last_error, created_at, updated_at, deadline, \
-     cancel_requested_at, failures, resumed_at, forked_from";
+     cancel_requested_at, failures, resumed_at, forked_from, parent";
 
 const STEP_COLUMNS: &str =
     "step_id, seq, state, output, attempts, last_error, retry_at, epoch, started_at, updated_at";
@@ -1141,6 +1163,62 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
             end_lease(conn, set, params![key, at.0, last_error, failures])?;
             Ok(ack)
         }
+        Write::StartChild {
+            step_id,
+            seq,
+            output,
+            child,
+            at,
+        } => {
+            let ack = fence(conn, lease)?;
+            let recorded: Option<String> = conn
+                .prepare_cached(concat!(
+                    "SELECT state FROM resumable_steps WHERE run_id = ",
+                    run_id!(),
+                    " AND step_id = ?2"
+                ))?
+                .query_row(params![key, step_id], |row| row.get(0))
+                .optional()?;
+            if recorded.is_some_and(|s| s != StepState::Retrying.as_str()) {
+                return Err(Failure::Refused(Error::StepAlreadyRecorded {
+                    run: key.clone(),
+                    step: step_id.clone(),
+                }));
+            }
+            let existing: Option<Option<String>> = conn
+                .prepare_cached("SELECT parent FROM resumable_runs WHERE run_key = ?1")?
+                .query_row([&child.key], |row| row.get(0))
+                .optional()?;
+            match existing {
+                Some(Some(parent)) if parent == *key => {}
+                Some(_) => {
+                    return Err(Failure::Refused(Error::RunExists {
+                        run: child.key.clone(),
+                    }));
+                }
+                None => {
+                    insert_run(conn, child, *at)?;
+                    conn.prepare_cached(
+                        "UPDATE resumable_runs SET parent = ?2 WHERE run_key = ?1",
+                    )?
+                    .execute(params![child.key, key])?;
+                }
+            }
+            conn.prepare_cached(RECORD_STEP)?.execute(params![
+                key,
+                step_id,
+                *seq as i64,
+                StepState::Completed.as_str(),
+                output,
+                1,
+                epoch,
+                at.0,
+                at.0,
+                None::<String>,
+                true,
+            ])?;
+            Ok(ack)
+        }
         Write::EventSet { name, value, at } => {
             let ack = fence(conn, lease)?;
             conn.prepare_cached(
@@ -1526,9 +1604,13 @@ fn list_query(filter: &RunFilter) -> (String, Vec<Value>) {
     // Leased runs are few: their index, whatever else the filter says (but
     // a lease owner, which has its own). Named, because without statistics
     // the planner read every incomplete run instead.
-    let index = match filter.leased && filter.lease_owner.is_none() {
-        true => " INDEXED BY resumable_runs_leased",
-        false => "",
+    let index = match (
+        filter.parent.is_some(),
+        filter.leased && filter.lease_owner.is_none(),
+    ) {
+        (true, _) => " INDEXED BY resumable_runs_parent",
+        (false, true) => " INDEXED BY resumable_runs_leased",
+        (false, false) => "",
     };
     let mut sql = format!("SELECT {RUN_COLUMNS} FROM resumable_runs{index} WHERE 1 = 1");
     let mut args = Vec::new();
@@ -1545,6 +1627,10 @@ fn list_query(filter: &RunFilter) -> (String, Vec<Value>) {
     }
     if filter.leased {
         sql.push_str(" AND lease_owner IS NOT NULL");
+    }
+    if let Some(parent) = &filter.parent {
+        sql.push_str(" AND parent = ?");
+        args.push(Value::Text(parent.clone()));
     }
     if let Some(before) = filter.created_before {
         sql.push_str(" AND created_at < ?");
@@ -1614,6 +1700,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         failures: clamped(row, 16)?,
         resumed_at: time(17)?,
         forked_from: row.get(18)?,
+        parent: row.get(19)?,
     })
 }
 
@@ -1646,6 +1733,28 @@ fn parsed<T>(row: &Row<'_>, idx: usize, parse: fn(&str) -> Option<T>) -> rusqlit
     })
 }
 
+/// The parent of run `key`, if it has one and is finished.
+fn finished_parent(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    let parent: Option<Option<String>> = conn
+        .prepare_cached(&format!(
+            "SELECT parent FROM resumable_runs WHERE run_key = ?1 AND state IN {FINISHED}"
+        ))?
+        .query_row([key], |row| row.get(0))
+        .optional()?;
+    Ok(parent.flatten())
+}
+
+impl SqliteJournal {
+    /// A child of `parent` finished (and sent it a message, which may have
+    /// made it due).
+    fn announce_parent(&self, parent: String) {
+        self.events.send(JournalEvent::Due {
+            at: Timestamp::now(),
+        });
+        self.events.send(JournalEvent::Message { key: parent });
+    }
+}
+
 #[async_trait]
 impl Journal for SqliteJournal {
     async fn open_run(&self, run: NewRun, lease: LeaseRequest) -> Result<Opened> {
@@ -1674,7 +1783,23 @@ impl Journal for SqliteJournal {
             JournalEvent::announced_by(&lease.run_key, &change, Ack { cancel_requested })
         });
         let lease = lease.clone();
-        let ack = self.call(move |conn| write(conn, &lease, &change)).await?;
+        let (ack, parent) = self
+            .call(move |conn| {
+                let ack = write(conn, &lease, &change)?;
+                // A child that finished told its parent (a trigger): announce it.
+                let finishes = matches!(change, Write::RunFinished { .. })
+                    || (ack.cancel_requested
+                        && matches!(change, Write::Release { .. } | Write::DeadLetter { .. }));
+                let parent = match finishes {
+                    true => finished_parent(conn, &lease.run_key)?,
+                    false => None,
+                };
+                Ok((ack, parent))
+            })
+            .await?;
+        if let Some(parent) = parent {
+            self.announce_parent(parent);
+        }
         let [plain, cancelled] = events;
         if let Some(event) = if ack.cancel_requested {
             cancelled
@@ -1725,6 +1850,12 @@ impl Journal for SqliteJournal {
         };
         if let Some(event) = event {
             self.events.send(event);
+        }
+        if changed
+            && run.state.is_finished()
+            && let Some(parent) = run.parent.clone()
+        {
+            self.announce_parent(parent);
         }
         Ok(Some((run, changed)))
     }

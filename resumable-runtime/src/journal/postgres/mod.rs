@@ -472,6 +472,62 @@ impl PostgresJournal {
                     None => Err(lease_lost(lease)),
                 }
             }
+            Write::StartChild {
+                step_id,
+                seq,
+                output,
+                child,
+                at,
+            } => {
+                let seq = *seq as i64;
+                let fingerprint = child.fingerprint as i64;
+                let deadline = child.deadline.map(|t| t.0);
+                let args: [&(dyn ToSql + Sync); 11] = [
+                    key,
+                    &epoch,
+                    step_id,
+                    &seq,
+                    &child.key,
+                    &child.workflow,
+                    &fingerprint,
+                    &child.input,
+                    &at.0,
+                    &deadline,
+                    output,
+                ];
+                let rows = query(client, &self.sql.start_child, &args).await?;
+                let Some(row) = rows.first() else {
+                    return Err(lease_lost(lease));
+                };
+                let ack = Ack {
+                    cancel_requested: get(row, 0)?,
+                };
+                let already: Option<Vec<u8>> = get(row, 1)?;
+                let existed: bool = get(row, 2)?;
+                let recorded: bool = get(row, 3)?;
+                match already {
+                    // This call's lost first attempt recorded it.
+                    Some(done) if retry && done == *output => return Ok(ack),
+                    Some(_) => {
+                        return Err(Error::StepAlreadyRecorded {
+                            run: key.clone(),
+                            step: step_id.clone(),
+                        });
+                    }
+                    None => {}
+                }
+                if recorded {
+                    if !existed {
+                        let due = format!("{}{}", listener::DUE, at.0);
+                        let notify = "SELECT pg_notify($1, $2)";
+                        query(client, notify, &[&self.channel, &due]).await?;
+                    }
+                    return Ok(ack);
+                }
+                Err(Error::RunExists {
+                    run: child.key.clone(),
+                })
+            }
             Write::EventSet { name, value, at } => {
                 let args: [&(dyn ToSql + Sync); 5] = [key, &epoch, name, value, &at.0];
                 match query(client, &self.sql.set_event, &args).await?.first() {
@@ -1221,6 +1277,9 @@ impl Journal for PostgresJournal {
         let after = filter.created_after.map(|t| t.0);
         with_client!(self, |client, retry| async {
             let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
+            if let Some(parent) = &filter.parent {
+                args.push(parent);
+            }
             if let Some(workflow) = &filter.workflow {
                 args.push(workflow);
             }
@@ -1323,6 +1382,7 @@ fn run_from_row(row: &Row) -> Result<RunRecord> {
         failures: get::<i32>(row, 16)?.max(0) as u32,
         resumed_at: get::<Option<i64>>(row, 17)?.map(Timestamp),
         forked_from: get(row, 18)?,
+        parent: get(row, 19)?,
     })
 }
 

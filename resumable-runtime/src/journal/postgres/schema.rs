@@ -181,6 +181,45 @@ CREATE TABLE {s}.resumable_messages (
 -- A run's messages not yet taken, by topic, oldest first.
 CREATE INDEX resumable_messages_waiting ON {s}.resumable_messages (run_id, topic, id)
     WHERE taken_by IS NULL;
+-- The run that started this one as a child, and its children in order.
+ALTER TABLE {s}.resumable_runs ADD COLUMN parent TEXT;
+CREATE INDEX resumable_runs_parent ON {s}.resumable_runs (parent, id) WHERE parent IS NOT NULL;
+-- A child that finishes, by whatever statement, sends its parent a message
+-- (see Write::StartChild): its state, a zero byte, its outcome.
+CREATE FUNCTION {s}.resumable_child_finished() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+    parent_id bigint;
+    woken boolean;
+    stored integer;
+BEGIN
+    SELECT id, awaits_message AND state = 'incomplete' INTO parent_id, woken
+        FROM {s}.resumable_runs WHERE run_key = NEW.parent FOR UPDATE;
+    IF parent_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO {s}.resumable_messages (run_id, topic, idempotency_key, value, sent_at)
+        VALUES (parent_id, 'child:' || NEW.run_key, 'finished:' || NEW.run_key || '#' || NEW.epoch,
+            convert_to(NEW.state, 'UTF8') || '\x00'::bytea || COALESCE(NEW.outcome, '\x'::bytea),
+            NEW.updated_at)
+        ON CONFLICT (run_id, idempotency_key) DO NOTHING;
+    GET DIAGNOSTICS stored = ROW_COUNT;
+    IF stored > 0 THEN
+        UPDATE {s}.resumable_runs SET messages_sent = messages_sent + 1, awaits_message = false,
+            wake_at = CASE WHEN woken THEN NEW.updated_at ELSE wake_at END
+            WHERE id = parent_id;
+        PERFORM pg_notify('{channel}', 'm:' || NEW.parent);
+        IF woken THEN
+            PERFORM pg_notify('{channel}', 'd:' || NEW.updated_at);
+        END IF;
+    END IF;
+    RETURN NULL;
+END;
+$fn$;
+CREATE TRIGGER resumable_child_finished AFTER UPDATE OF state ON {s}.resumable_runs
+    FOR EACH ROW WHEN (NEW.parent IS NOT NULL
+        AND NEW.state IN ('completed', 'failed', 'cancelled', 'deadline_exceeded')
+        AND OLD.state NOT IN ('completed', 'failed', 'cancelled', 'deadline_exceeded'))
+    EXECUTE FUNCTION {s}.resumable_child_finished();
 "#;
 
 pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<()> {
@@ -252,9 +291,10 @@ pub(super) async fn migrate_to(client: &mut Client, schema: &str, target: usize)
         .skip(found as usize);
     for (index, (description, sql)) in pending {
         let version = index as i64 + 1;
-        tx.batch_execute(&sql.replace("{s}", &s))
-            .await
-            .map_err(pg_error)?;
+        let sql = sql
+            .replace("{s}", &s)
+            .replace("{channel}", &super::listener::channel(schema));
+        tx.batch_execute(&sql).await.map_err(pg_error)?;
         tx.execute(
             &format!("INSERT INTO {s}.resumable_migrations (version, description) VALUES ($1, $2)"),
             &[&version, description],

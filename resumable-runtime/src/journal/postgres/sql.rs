@@ -10,7 +10,7 @@
 
 use super::schema::quoted;
 
-pub(super) const RUN_COLUMNS: [&str; 19] = [
+pub(super) const RUN_COLUMNS: [&str; 20] = [
     "run_key",
     "workflow",
     "fingerprint",
@@ -30,6 +30,7 @@ pub(super) const RUN_COLUMNS: [&str; 19] = [
     "failures",
     "resumed_at",
     "forked_from",
+    "parent",
 ];
 
 /// The states of finished runs, as an SQL list.
@@ -54,6 +55,7 @@ pub(super) struct Statements {
     pub get_event: String,
     pub send_message: String,
     pub receive: String,
+    pub start_child: String,
     pub set_aside: String,
     pub dead_letter: String,
     pub release_many: String,
@@ -226,6 +228,37 @@ impl Statements {
                  SELECT (SELECT count(*) FROM run), (SELECT count(*) FROM stored), \
                    COALESCE((SELECT woken FROM run), false) AND EXISTS (SELECT 1 FROM stored), \
                    (SELECT count(*) FROM notified)"
+            ),
+            // $1 key, $2 epoch, $3 step id, $4 seq, $5 child key, $6
+            // workflow, $7 fingerprint, $8 input, $9 at, $10 deadline, $11
+            // the step's output: fenced like a step write. Creates the child
+            // unless its key exists, and records the step unless it is
+            // recorded, only if the child is (now) this run's. Returns
+            // whether a cancel is requested, whether the step was recorded
+            // already (and its output), whether the key existed, and whether
+            // the step was recorded now.
+            start_child: format!(
+                "WITH fence AS (SELECT id, cancel_requested_at IS NOT NULL AS cancel \
+                   FROM {runs} WHERE {current} FOR UPDATE), \
+                 already AS (SELECT s.output FROM {steps} s JOIN fence ON s.run_id = fence.id \
+                   WHERE s.step_id = $3 AND s.state <> 'retrying'), \
+                 existing AS (SELECT parent FROM {runs} WHERE run_key = $5), \
+                 created AS (INSERT INTO {runs} (run_key, workflow, fingerprint, input, state, epoch, \
+                     wake_at, executions, created_at, updated_at, deadline, parent) \
+                   SELECT $5, $6, $7, $8, 'incomplete', 0, $9, 0, $9, $9, $10, $1 FROM fence \
+                   WHERE NOT EXISTS (SELECT 1 FROM already) AND NOT EXISTS (SELECT 1 FROM existing) \
+                   ON CONFLICT (run_key) DO NOTHING RETURNING id), \
+                 recorded AS (INSERT INTO {steps} (run_id, step_id, seq, state, output, attempts, \
+                     epoch, started_at, updated_at) \
+                   SELECT fence.id, $3, $4, 'completed', $11, 1, $2, $9, $9 FROM fence \
+                   WHERE NOT EXISTS (SELECT 1 FROM already) AND (EXISTS (SELECT 1 FROM created) \
+                     OR (SELECT parent FROM existing) = $1) \
+                   ON CONFLICT (run_id, step_id) DO UPDATE SET seq = excluded.seq, \
+                     state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
+                     retry_at = NULL, epoch = excluded.epoch, updated_at = excluded.updated_at \
+                   RETURNING run_id) \
+                 SELECT cancel, (SELECT output FROM already), EXISTS (SELECT 1 FROM existing), \
+                   EXISTS (SELECT 1 FROM recorded) FROM fence"
             ),
             // $1 key, $2 epoch, $3 topic, $4 step id, $5 seq, $6 at: fenced
             // like a step write. Takes the oldest message on the topic not
@@ -535,6 +568,7 @@ impl Statements {
         }
         let mut n = 0;
         for (present, condition) in [
+            (filter.parent.is_some(), "parent = $"),
             (filter.workflow.is_some(), "workflow = $"),
             (filter.lease_owner.is_some(), "lease_owner = $"),
             (filter.created_before.is_some(), "created_at < $"),
