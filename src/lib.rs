@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 #[doc(inline)]
-pub use resumable_macros::{child, recv, resumable, set_event, sleep, sleep_until, step, workflow};
+pub use resumable_macros::{
+    child, race, recv, resumable, set_event, sleep, sleep_until, step, workflow,
+};
 #[doc(inline)]
 pub use resumable_runtime::*;

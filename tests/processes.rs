@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use resumable::{
     CommandOutcome, Completer, Journal, RunState, RunStatus, Runtime, SqliteJournal, WorkflowRef,
-    child, recv, resumable, sleep, step, workflow,
+    child, race, recv, resumable, sleep, step, workflow,
 };
 
 /// The directory a child shares with its parent.
@@ -105,6 +105,28 @@ impl Worker {
             5
         });
         Ok(n)
+    }
+
+    /// A race: branch A records a step, then (while the file `slow` exists)
+    /// works a second more; branch B sleeps 50 ms durably. Then a pause.
+    #[resumable(name = "processes::racer")]
+    async fn racer(&self) -> Result<String, String> {
+        let won = race!(
+            "a_or_b",
+            async {
+                step!("a", { self.mark("a") });
+                if self.dir.join("slow").exists() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok::<_, String>("a".to_string())
+            },
+            async {
+                sleep!("b", Duration::from_millis(50));
+                Ok("b".to_string())
+            }
+        )?;
+        sleep!("pause", Duration::from_secs(2));
+        Ok(won)
     }
 
     fn mark(&self, step: &str) -> u32 {
@@ -290,6 +312,20 @@ async fn family_worker_child() {
         .register(workflow!(Worker::family), worker.clone())
         .unwrap()
         .register(workflow!(Worker::slow), worker)
+        .unwrap()
+        .start();
+    std::future::pending::<()>().await;
+}
+
+/// Not a test: a completer of `Worker::racer` runs that works until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point of a child process"]
+async fn racer_worker_child() {
+    let (dir, _) = child_env();
+    let rt = Runtime::new(open_journal(&dir).await);
+    let _completer = Completer::new(&rt)
+        .poll_interval(Duration::from_millis(50))
+        .register(workflow!(Worker::racer), Worker { dir })
         .unwrap()
         .start();
     std::future::pending::<()>().await;
@@ -686,4 +722,44 @@ async fn a_parent_killed_after_starting_its_child_adopts_that_child() {
         rt.client().outcome(&FAMILY, "f").await.unwrap(),
         Some(Ok(5))
     );
+}
+
+/// A race's winner (B: A was slow) is journaled by a worker process that is
+/// then killed with SIGKILL; replayed by another process in which A would
+/// now finish first (its step is recorded and it is no longer slow), the
+/// run still takes B's branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_replayed_in_another_process_takes_the_recorded_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slow"), "").unwrap();
+    let rt = Runtime::new(open_journal(dir.path()).await);
+    let worker = Worker {
+        dir: dir.path().to_owned(),
+    };
+    rt.submit("r", worker.racer()).await.unwrap();
+    let mut first = child("racer_worker_child", dir.path(), "r")
+        .spawn()
+        .unwrap();
+    wait_for_status(&rt, "r", RunStatus::Waiting).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert!(
+        rt.run_info("r")
+            .await
+            .unwrap()
+            .unwrap()
+            .step("race:a_or_b#0")
+            .is_some()
+    );
+
+    std::fs::remove_file(dir.path().join("slow")).unwrap();
+    let second = KillOnDrop::spawn(child("racer_worker_child", dir.path(), "r"));
+    wait_for_status(&rt, "r", RunStatus::Completed).await;
+    drop(second);
+    const RACER: WorkflowRef<(), Result<String, String>> = WorkflowRef::named("processes::racer");
+    assert_eq!(
+        rt.client().outcome(&RACER, "r").await.unwrap(),
+        Some(Ok("b".to_string()))
+    );
+    assert_eq!(ran(dir.path()), ["a"], "A's step ran once");
 }

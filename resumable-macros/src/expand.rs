@@ -10,7 +10,7 @@ use crate::args::Args;
 use crate::ast::{Function, NameElidedLifetimes, invocation_lifetime};
 use crate::errors::Errors;
 use crate::fingerprint::fnv1a64;
-use crate::steps::{ChildCall, RecvCall, SleepCall, StepCall, StepRewriter};
+use crate::steps::{ChildCall, RaceCall, RecvCall, SleepCall, StepCall, StepRewriter};
 
 /// What every generated step needs to know about its workflow.
 pub struct Expander {
@@ -656,6 +656,59 @@ impl Expander {
             #path!(@used);
             #(let _ = &#key;)*
             #k::__private::child_unreachable(&(#workflow), #input)
+        })
+    }
+
+    /// Input:  race!("name", async { .. }, async { .. })
+    /// Output: race::<Codec, _, _>(ctx, &SITE, vec![(scope, Box::pin(branch)), ..], errors).await
+    ///         each branch built in a scope of its own, which the race
+    ///         forgets if the branch loses.
+    pub fn race(&self, call: &RaceCall, span: Span) -> Expr {
+        let k = &self.krate;
+        let codec = &self.codec;
+        let name = LitStr::new(&format!("race:{}", call.name.value()), call.name.span());
+        let ctx = Ident::new("__resumable_ctx", Span::call_site());
+        let location = location(k, span);
+        let path = &call.path;
+        let branches = call.branches.iter().map(|branch| {
+            quote! {
+                {
+                    let __resumable_branch = #k::__private::Ctx::child(#ctx);
+                    let #ctx: &#k::__private::Ctx = &__resumable_branch;
+                    let __resumable_future: #k::__private::BoxFuture<'_, _> =
+                        #k::__private::Box::pin(#branch);
+                    (__resumable_branch.clone(), __resumable_future)
+                }
+            }
+        });
+        syn::parse_quote_spanned! {span=>
+            {
+                #path!(@used);
+                static __RESUMABLE_SITE: #k::__private::StepSite = #k::__private::StepSite {
+                    name: #name,
+                    location: #location,
+                };
+                let __resumable_branches = ::std::vec![#(#branches),*];
+                #k::__private::race::<#codec, _, _>(
+                    #ctx,
+                    &__RESUMABLE_SITE,
+                    __resumable_branches,
+                    __resumable_errors,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The race reduced to its branches, where it cannot be journaled:
+    /// keeps the reported error the only one.
+    pub fn plain_race(call: &RaceCall) -> Expr {
+        let path = &call.path;
+        let branches = &call.branches;
+        syn::parse_quote!({
+            #path!(@used);
+            #(let _ = #branches;)*
+            ::core::panic!()
         })
     }
 

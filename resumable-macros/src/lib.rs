@@ -320,6 +320,56 @@ pub fn child(input: TokenStream) -> TokenStream {
     outside_workflow(input, "child!")
 }
 
+/// A durable race: `race!("name", async { .. }, async { .. })` runs the
+/// branches (`async` blocks, with steps, sleeps, receives or children in
+/// them) concurrently and evaluates to the value of the first to finish.
+/// Every branch gives the same type (wrap them in an enum of your own).
+///
+/// Which branch won is journaled (`race:name#<n>`): a replay runs only the
+/// winner's branch, replaying what it recorded, whatever would finish first
+/// this time. The losers are dropped when the winner finishes: a step
+/// executing in a losing branch is abandoned (its attempt may have had its
+/// effect: steps are idempotent), and what a losing branch had journaled —
+/// a step, a sleep, a message it took — is never replayed or given back.
+///
+/// ```
+/// use std::time::Duration;
+/// use resumable::{race, recv, resumable, sleep, MemoryJournal, Runtime, WorkflowRef};
+///
+/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// enum Payment { Paid(u64), TimedOut }
+///
+/// #[resumable(name = "checkout")]
+/// async fn checkout(order: u64) -> Result<Payment, String> {
+///     let payment = race!(
+///         "payment_or_timeout",
+///         async { Payment::Paid(recv!("paid")) },
+///         async {
+///             sleep!("payment_window", Duration::from_secs(24 * 3600));
+///             Payment::TimedOut
+///         }
+///     );
+///     Ok(payment)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// const CHECKOUT: WorkflowRef<(u64,), Result<Payment, String>> = WorkflowRef::named("checkout");
+/// let rt = Runtime::new(MemoryJournal::new());
+/// rt.client().submit(&CHECKOUT, "checkout-1", (1,)).await?;
+/// rt.client().send(&CHECKOUT, "checkout-1", "paid", &4200u64, "webhook-1").await?;
+/// assert_eq!(rt.run("checkout-1", checkout(1)).await?, Ok(Payment::Paid(4200)));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Only meaningful inside a `#[resumable]` function, in its own code (not
+/// in a step's body or a closure); anywhere else it is a compile error.
+#[proc_macro]
+pub fn race(input: TokenStream) -> TokenStream {
+    outside_workflow(input, "race!")
+}
+
 /// What `step!`, `sleep!` and `sleep_until!` expand to where `#[resumable]`
 /// did not rewrite them: nothing for the `@used` marker it leaves behind
 /// (so that the user's `use resumable::…;` counts as used), else an error.

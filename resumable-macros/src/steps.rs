@@ -291,6 +291,58 @@ impl ChildCall {
     }
 }
 
+/// A parsed `race!("name", async { .. }, async { .. }, ..)`.
+pub struct RaceCall {
+    /// The macro's path as written.
+    pub path: syn::Path,
+    pub name: LitStr,
+    /// The branches, `async` blocks.
+    pub branches: Vec<Expr>,
+}
+
+impl RaceCall {
+    const FORM: &str = "write it as `race!(\"name\", async { .. }, async { .. })`";
+
+    fn parse(mac: &Macro) -> syn::Result<Self> {
+        let form = Self::FORM;
+        mac.parse_body_with(|input: ParseStream| {
+            let name = match input.parse::<syn::Lit>() {
+                Ok(syn::Lit::Str(s)) => s,
+                _ => {
+                    return Err(syn::Error::new(
+                        input.span(),
+                        format!(
+                            "a race's name must be a string literal (it is its identity in the journal); {form}"
+                        ),
+                    ));
+                }
+            };
+            input.parse::<Token![,]>().map_err(|e| {
+                syn::Error::new(e.span(), format!("expected `,` and the branches; {form}"))
+            })?;
+            let branches = Punctuated::<Expr, Token![,]>::parse_terminated(input)?;
+            let branches: Vec<Expr> = branches.into_iter().collect();
+            if branches.len() < 2 {
+                return Err(syn::Error::new_spanned(
+                    &name,
+                    format!("a race needs at least two branches; {form}"),
+                ));
+            }
+            if let Some(other) = branches.iter().find(|b| !matches!(b, Expr::Async(_))) {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    format!("each branch of a race is an `async` block; {form}"),
+                ));
+            }
+            Ok(RaceCall {
+                path: mac.path.clone(),
+                name,
+                branches,
+            })
+        })
+    }
+}
+
 /// What a macro call in a workflow body is to `#[resumable]`.
 enum Journaled {
     Step,
@@ -299,6 +351,7 @@ enum Journaled {
     SetEvent,
     Recv,
     Child,
+    Race,
 }
 
 /// `step!`, `sleep!`, `sleep_until!` or `set_event!`, bare or as
@@ -312,6 +365,7 @@ fn journaled(mac: &Macro, krate: &syn::Path) -> Option<Journaled> {
         "set_event" => Journaled::SetEvent,
         "recv" => Journaled::Recv,
         "child" => Journaled::Child,
+        "race" => Journaled::Race,
         _ => return None,
     };
     ours(mac, krate).then_some(kind)
@@ -411,7 +465,48 @@ impl<'a> StepRewriter<'a> {
             Journaled::SetEvent => self.rewrite_set_event(mac),
             Journaled::Recv => self.rewrite_recv(mac),
             Journaled::Child => self.rewrite_child(mac),
+            Journaled::Race => self.rewrite_race(mac),
         }
+    }
+
+    /// `race!("name", async { .. }, ..)` runs the branches concurrently, each
+    /// in a scope of its own, and journals the winner (`race:name#<n>`).
+    fn rewrite_race(&mut self, mac: &Macro) -> Expr {
+        let path = &mac.path;
+        let mut call = match RaceCall::parse(mac) {
+            Ok(call) => call,
+            Err(e) => {
+                self.errors.push(e);
+                return syn::parse_quote!({ #path!(@used); ::core::panic!() });
+            }
+        };
+        let span = mac.path.span();
+        let mut journaled = self.check_name(&call.name);
+        if self.in_step {
+            self.errors.at(
+                span,
+                "`race!` cannot be used inside a step's body: a step's body does not run again once journaled; race between steps, in the workflow's own code",
+            );
+            journaled = false;
+        }
+        if self.closures > 0 || self.async_closures > 0 {
+            self.errors.at(
+                span,
+                "`race!` cannot be used inside a closure: write it in the workflow's body, a `for` loop, or an `async` block",
+            );
+            journaled = false;
+        }
+        self.steps += 1;
+        let name = call.name.value();
+        self.grouped(&format!("race:{name}"), |v| {
+            for branch in &mut call.branches {
+                v.visit_expr_mut(branch);
+            }
+        });
+        if self.fallback || !journaled {
+            return Expander::plain_race(&call);
+        }
+        self.expander.race(&call, span)
     }
 
     /// `child!("name", WORKFLOW, input)` becomes the start of a child run
@@ -713,7 +808,7 @@ impl<'a> StepRewriter<'a> {
             self.errors.spanned(
                 &mac.path,
                 format!(
-                    "steps raced with `{name}!` replay differently: the branch that lost may already have journaled its step, and after a crash the other branch may win; run every branch with `join!` or `try_join!` (each step then runs to its journaled end), and decide between their results in the workflow's code"
+                    "steps raced with `{name}!` replay differently: the branch that lost may already have journaled its step, and after a crash the other branch may win; use `race!(\"name\", async {{ .. }}, async {{ .. }})`, which journals the winner, or run every branch with `join!` and decide between their results in the workflow's code"
                 ),
             );
             // Reported once: the race is left out, so that its steps do not
@@ -753,7 +848,8 @@ fn mentions_step(tokens: TokenStream) -> bool {
                     || i == "sleep_until"
                     || i == "set_event"
                     || i == "recv"
-                    || i == "child";
+                    || i == "child"
+                    || i == "race";
                 continue;
             }
             TokenTree::Group(g) if mentions_step(g.stream()) => return true,

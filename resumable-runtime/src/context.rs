@@ -70,6 +70,11 @@ impl Ctx {
         }
     }
 
+    /// The scope's path: empty for the workflow body, else `2` or `2.1`.
+    pub(crate) fn scope_path(&self) -> &str {
+        &self.scope.path
+    }
+
     /// The id of the next call of step `name` in this scope: `name#3` in the
     /// workflow body, `name@2.1#0` in a concurrent block.
     pub(crate) fn next_step_id(&self, name: &'static str) -> Arc<str> {
@@ -365,6 +370,33 @@ impl RunCtx {
         true
     }
 
+    /// Step `id`'s record, if the journal has it and no code took it yet;
+    /// unlike [`decide`](Self::decide), never waits (a race looks for its
+    /// recorded winner before its branches replay).
+    pub fn take_recorded(&self, id: &str) -> Option<StepRecord> {
+        let mut st = self.state();
+        let record = st.recorded.take(id)?;
+        if st.recorded.is_empty() {
+            for (_, gated) in st.gated.drain() {
+                gated.waker.wake();
+            }
+        }
+        Some(record)
+    }
+
+    /// Forgets what the journal recorded in scope `path` and the scopes in
+    /// it (a race's losing branch, which will not run again to replay it).
+    pub fn forget_scope(&self, path: &str) {
+        let mut st = self.state();
+        st.recorded.forget(|id| in_scope(id, path));
+        st.retrying.retain(|id, _| !in_scope(id, path));
+        if st.recorded.is_empty() {
+            for (_, gated) in st.gated.drain() {
+                gated.waker.wake();
+            }
+        }
+    }
+
     /// A step that was executing has finished or was dropped.
     pub fn step_done(&self) {
         let mut st = self.state();
@@ -575,6 +607,17 @@ impl Recorded {
         Some(record)
     }
 
+    /// Forgets the steps not yet replayed whose id `matches`.
+    fn forget(&mut self, matches: impl Fn(&str) -> bool) {
+        for slot in &mut self.steps[self.next..] {
+            if slot.as_ref().is_some_and(|r| matches(&r.step_id)) {
+                *slot = None;
+                self.left -= 1;
+            }
+        }
+        self.by_id = None;
+    }
+
     /// The first recorded step not yet replayed (empty if none).
     fn earliest(&self) -> String {
         self.steps[self.next..]
@@ -584,6 +627,20 @@ impl Recorded {
             .map(|r| r.step_id.clone())
             .unwrap_or_default()
     }
+}
+
+/// Whether step id `id` (`name@2.1#0`) is in scope `path` or one inside it.
+fn in_scope(id: &str, path: &str) -> bool {
+    let Some((named, _occurrence)) = id.rsplit_once('#') else {
+        return false;
+    };
+    let Some((_, scope)) = named.rsplit_once('@') else {
+        return false;
+    };
+    scope == path
+        || scope
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Turns a panic payload into its message.
@@ -621,6 +678,21 @@ mod tests {
             .rev()
             .collect();
         Recorded::new(steps)
+    }
+
+    #[test]
+    fn forgotten_scopes_are_a_scope_and_those_inside_it() {
+        assert!(in_scope("a@2#0", "2"));
+        assert!(in_scope("a@2.1#3", "2"));
+        assert!(!in_scope("a@21#0", "2"));
+        assert!(!in_scope("a#0", "2"));
+        assert!(!in_scope("a@1.2#0", "2"));
+        let mut steps = recorded(&["a#0", "b@2#0", "c@2.0#0", "d@3#0"]);
+        steps.forget(|id| in_scope(id, "2"));
+        assert_eq!(steps.earliest(), "a#0");
+        assert!(steps.take("b@2#0").is_none() && steps.take("c@2.0#0").is_none());
+        assert!(steps.take("a#0").is_some() && steps.take("d@3#0").is_some());
+        assert!(steps.is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod drive;
 mod error;
 pub mod journal;
 mod owner;
+mod race;
 mod receive;
 mod retry;
 mod runs;
@@ -61,6 +62,7 @@ pub mod __private {
     pub use crate::child::{ChildSites, child, child_unreachable};
     pub use crate::context::Ctx;
     pub use crate::error::Location;
+    pub use crate::race::race;
     pub use crate::receive::{Timeout, recv, recv_until};
     pub use crate::step::{
         ErrorCodec, Prepared, Settled, Step, StepContext, StepSite, error_codec,
