@@ -262,6 +262,33 @@ async fn a_waiting_run_can_be_cancelled() {
 }
 
 #[tokio::test]
+async fn a_deadline_reaches_a_run_waiting_for_a_message() {
+    for (name, journal) in every_journal("messages_deadline").await.0 {
+        let rt = Runtime::new(journal);
+        let desk = Arc::new(Desk::default());
+        let client = rt.client();
+        let deadline = std::time::SystemTime::now() + Duration::from_millis(1_500);
+        client
+            .submit_with_deadline(&APPROVE, "d", (5,), Some(deadline))
+            .await
+            .unwrap();
+        waiting(rt.run("d", desk.approve(5)).await, name);
+        // Due at its deadline, though it waits for a message without a limit.
+        let due = rt.run_info("d").await.unwrap().unwrap().due_at.unwrap();
+        assert!(due <= deadline, "{name}");
+        tokio::time::sleep(Duration::from_millis(1_700)).await;
+        completer(&rt, &desk).run_until_idle().await.unwrap();
+        assert!(
+            matches!(
+                client.outcome(&APPROVE, "d").await,
+                Err(Error::DeadlineExceeded { .. })
+            ),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn bad_sends_are_refused_with_typed_errors() {
     let rt = Runtime::new(resumable::MemoryJournal::new());
     let client: Client = rt.client();

@@ -336,17 +336,17 @@ pub fn child(input: TokenStream) -> TokenStream {
 /// use std::time::Duration;
 /// use resumable::{race, recv, resumable, sleep, MemoryJournal, Runtime, WorkflowRef};
 ///
-/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-/// enum Payment { Paid(u64), TimedOut }
-///
 /// #[resumable(name = "checkout")]
-/// async fn checkout(order: u64) -> Result<Payment, String> {
+/// async fn checkout(order: u64) -> Result<String, String> {
 ///     let payment = race!(
 ///         "payment_or_timeout",
-///         async { Payment::Paid(recv!("paid")) },
+///         async {
+///             let cents: u64 = recv!("paid");
+///             format!("order {order}: paid {cents}")
+///         },
 ///         async {
 ///             sleep!("payment_window", Duration::from_secs(24 * 3600));
-///             Payment::TimedOut
+///             format!("order {order}: not paid in time")
 ///         }
 ///     );
 ///     Ok(payment)
@@ -354,11 +354,12 @@ pub fn child(input: TokenStream) -> TokenStream {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> resumable::Result<()> {
-/// const CHECKOUT: WorkflowRef<(u64,), Result<Payment, String>> = WorkflowRef::named("checkout");
+/// const CHECKOUT: WorkflowRef<(u64,), Result<String, String>> = WorkflowRef::named("checkout");
 /// let rt = Runtime::new(MemoryJournal::new());
 /// rt.client().submit(&CHECKOUT, "checkout-1", (1,)).await?;
 /// rt.client().send(&CHECKOUT, "checkout-1", "paid", &4200u64, "webhook-1").await?;
-/// assert_eq!(rt.run("checkout-1", checkout(1)).await?, Ok(Payment::Paid(4200)));
+/// let out = rt.run("checkout-1", checkout(1)).await?;
+/// assert_eq!(out.unwrap(), "order 1: paid 4200");
 /// # Ok(())
 /// # }
 /// ```
