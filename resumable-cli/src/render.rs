@@ -1,0 +1,331 @@
+//! How the tool prints runs: aligned tables for people, JSON for scripts.
+
+use std::time::SystemTime;
+
+use resumable::{CommandOutcome, RecordInfo, RunInfo, StepInfo};
+use serde::Serialize;
+
+use crate::Failure;
+
+/// Where and how output goes.
+pub struct Out {
+    pub json: bool,
+}
+
+impl Out {
+    /// Runs, as a table or one JSON object per line.
+    pub fn runs(&self, runs: &[RunInfo]) {
+        if self.json {
+            for run in runs {
+                println!("{}", json(&RunView::of(run, false)));
+            }
+            return;
+        }
+        if runs.is_empty() {
+            println!("no runs");
+            return;
+        }
+        let rows: Vec<Vec<String>> = runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.key.clone(),
+                    r.workflow.clone(),
+                    name(&r.status),
+                    r.executions.to_string(),
+                    ago(r.created_at),
+                    r.last_error.as_deref().map(one_line).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "KEY",
+                "WORKFLOW",
+                "STATUS",
+                "EXECUTIONS",
+                "CREATED",
+                "LAST ERROR",
+            ],
+            &rows,
+        );
+    }
+
+    /// One run with its steps and children.
+    pub fn run(&self, run: &RunInfo, children: &[RunInfo]) {
+        if self.json {
+            let mut view = RunView::of(run, true);
+            view.children = Some(children.iter().map(|c| c.key.as_str()).collect());
+            println!("{}", json(&view));
+            return;
+        }
+        let mut fields: Vec<(&str, String)> = vec![
+            ("run", run.key.clone()),
+            ("workflow", run.workflow.clone()),
+            ("status", name(&run.status)),
+            ("executions", run.executions.to_string()),
+            ("created", stamp(run.created_at)),
+            ("updated", stamp(run.updated_at)),
+            ("input", record(&run.input)),
+        ];
+        let optional = [
+            ("outcome", run.outcome.as_ref().map(record)),
+            ("last error", run.last_error.as_deref().map(one_line)),
+            (
+                "failures",
+                (run.failures > 0).then(|| run.failures.to_string()),
+            ),
+            (
+                "lease",
+                run.lease_owner.as_ref().map(|owner| {
+                    format!(
+                        "{owner}, expires {}",
+                        run.lease_expires_at.map(stamp).unwrap_or_default()
+                    )
+                }),
+            ),
+            ("due", run.due_at.map(stamp)),
+            ("deadline", run.deadline.map(stamp)),
+            ("cancel requested", run.cancel_requested_at.map(stamp)),
+            ("resumed", run.resumed_at.map(stamp)),
+            ("forked from", run.forked_from.clone()),
+            ("parent", run.parent.clone()),
+        ];
+        fields.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in &fields {
+            println!("{k:>width$}  {v}");
+        }
+        println!();
+        if run.steps.is_empty() {
+            println!("no steps recorded");
+        } else {
+            let rows: Vec<Vec<String>> = run.steps.iter().map(step_row).collect();
+            table(
+                &[
+                    "STEP",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "DURATION",
+                    "OUTPUT",
+                    "LAST ERROR",
+                ],
+                &rows,
+            );
+        }
+        if !children.is_empty() {
+            println!();
+            let rows: Vec<Vec<String>> = children
+                .iter()
+                .map(|c| vec![c.key.clone(), c.workflow.clone(), name(&c.status)])
+                .collect();
+            table(&["CHILD", "WORKFLOW", "STATUS"], &rows);
+        }
+    }
+
+    /// What an operator's command did to run `key`.
+    pub fn outcome(&self, key: &str, outcome: CommandOutcome) -> Result<(), Failure> {
+        if self.json {
+            println!(
+                "{}",
+                json(&serde_json::json!({ "run": key, "outcome": outcome }))
+            );
+            return Ok(());
+        }
+        match outcome {
+            CommandOutcome::Done(state) => println!("{key}: now {state}"),
+            CommandOutcome::Requested => {
+                println!("{key}: cancel requested; its worker stops at the next step")
+            }
+            CommandOutcome::Unchanged(state) => println!("{key}: unchanged ({state})"),
+        }
+        Ok(())
+    }
+
+    /// A line of progress or a summary, as JSON `{ key: value }` or text.
+    pub fn line(&self, text: &str, key: &str, value: u64) {
+        match self.json {
+            true => println!("{}", json(&serde_json::json!({ key: value }))),
+            false => println!("{text}"),
+        }
+    }
+}
+
+fn step_row(step: &StepInfo) -> Vec<String> {
+    vec![
+        step.id.clone(),
+        name(&step.status),
+        step.attempts.to_string(),
+        step.duration_ms
+            .map(|ms| format!("{ms} ms"))
+            .unwrap_or_default(),
+        step.output.as_ref().map(record).unwrap_or_default(),
+        step.last_error.as_deref().map(one_line).unwrap_or_default(),
+    ]
+}
+
+/// A run as `--json` prints it: times in RFC 3339.
+#[derive(Serialize)]
+struct RunView<'a> {
+    key: &'a str,
+    workflow: &'a str,
+    status: String,
+    executions: u32,
+    failures: u32,
+    last_error: Option<&'a str>,
+    lease_owner: Option<&'a str>,
+    lease_expires_at: Option<String>,
+    due_at: Option<String>,
+    deadline: Option<String>,
+    cancel_requested_at: Option<String>,
+    resumed_at: Option<String>,
+    forked_from: Option<&'a str>,
+    parent: Option<&'a str>,
+    created_at: String,
+    updated_at: String,
+    input: &'a RecordInfo,
+    outcome: Option<&'a RecordInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<Vec<StepView<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    children: Option<Vec<&'a str>>,
+}
+
+#[derive(Serialize)]
+struct StepView<'a> {
+    id: &'a str,
+    status: String,
+    attempts: u32,
+    started_at: String,
+    updated_at: String,
+    duration_ms: Option<u64>,
+    retry_at: Option<String>,
+    output: Option<&'a RecordInfo>,
+    last_error: Option<&'a str>,
+}
+
+impl<'a> RunView<'a> {
+    fn of(run: &'a RunInfo, with_steps: bool) -> Self {
+        let time = |t: Option<SystemTime>| t.map(rfc3339);
+        RunView {
+            key: &run.key,
+            workflow: &run.workflow,
+            status: name(&run.status),
+            executions: run.executions,
+            failures: run.failures,
+            last_error: run.last_error.as_deref(),
+            lease_owner: run.lease_owner.as_deref(),
+            lease_expires_at: time(run.lease_expires_at),
+            due_at: time(run.due_at),
+            deadline: time(run.deadline),
+            cancel_requested_at: time(run.cancel_requested_at),
+            resumed_at: time(run.resumed_at),
+            forked_from: run.forked_from.as_deref(),
+            parent: run.parent.as_deref(),
+            created_at: rfc3339(run.created_at),
+            updated_at: rfc3339(run.updated_at),
+            input: &run.input,
+            outcome: run.outcome.as_ref(),
+            steps: with_steps.then(|| {
+                run.steps
+                    .iter()
+                    .map(|s| StepView {
+                        id: &s.id,
+                        status: name(&s.status),
+                        attempts: s.attempts,
+                        started_at: rfc3339(s.started_at),
+                        updated_at: rfc3339(s.updated_at),
+                        duration_ms: s.duration_ms,
+                        retry_at: s.retry_at.map(rfc3339),
+                        output: s.output.as_ref(),
+                        last_error: s.last_error.as_deref(),
+                    })
+                    .collect()
+            }),
+            children: None,
+        }
+    }
+}
+
+fn json(value: &impl Serialize) -> String {
+    // Views hold strings, numbers and options only: they always serialize.
+    serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+}
+
+/// A status's name as stored and printed (`dead_lettered`).
+fn name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn stamp(t: SystemTime) -> String {
+    format!("{} ({})", humantime::format_rfc3339_seconds(t), ago(t))
+}
+
+/// `5m ago`, `in 2h`: the largest unit only.
+fn ago(t: SystemTime) -> String {
+    let now = SystemTime::now();
+    let (d, past) = match now.duration_since(t) {
+        Ok(d) => (d, true),
+        Err(e) => (e.duration(), false),
+    };
+    let s = d.as_secs();
+    let text = match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    };
+    match past {
+        true => format!("{text} ago"),
+        false => format!("in {text}"),
+    }
+}
+
+fn record(r: &RecordInfo) -> String {
+    match &r.codec {
+        Some(codec) => format!("{} bytes ({codec})", r.size),
+        None => format!("{} bytes", r.size),
+    }
+}
+
+/// Errors on one line, at most 80 characters.
+fn one_line(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(79) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
+}
+
+/// Prints `rows` under `header`, columns aligned.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match i == last {
+                true => (*c).to_string(),
+                false => format!("{c:<width$}", width = widths[i]),
+            })
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
