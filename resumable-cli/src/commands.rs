@@ -1,13 +1,17 @@
-//! The commands that do more than one call: listing with filters, showing a
-//! run, purging.
+//! The commands that do more than one call: listing with filters, showing
+//! and exporting a run, sending a message, reading an event, purging.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use resumable::{PURGE_BATCH, RunFilter, RunState, Runs};
+use resumable::{
+    Client, Codec, Journal, Json, PURGE_BATCH, RecordInfo, RunFilter, RunState, Runs, Slot,
+    WorkflowRef,
+};
 
 use crate::Failure;
-use crate::render::Out;
+use crate::render::{self, Out, Values};
 
 /// Which runs `list` prints.
 #[derive(Args)]
@@ -56,15 +60,135 @@ pub async fn list(runs: &Runs, out: &Out, args: ListArgs) -> Result<(), Failure>
     Ok(())
 }
 
-pub async fn show(runs: &Runs, out: &Out, key: &str) -> Result<(), Failure> {
-    let Some(run) = runs.info(key).await? else {
+pub async fn show(journal: &dyn Journal, runs: &Runs, out: &Out, key: &str) -> Result<(), Failure> {
+    let run = info(runs, key).await?;
+    let values = values(journal, key).await?;
+    let children = runs.children(key).await?;
+    out.run(&run, &children, &values);
+    Ok(())
+}
+
+/// The run, then each step, one JSON object per line.
+pub async fn export(journal: &dyn Journal, runs: &Runs, key: &str) -> Result<(), Failure> {
+    let run = info(runs, key).await?;
+    let values = values(journal, key).await?;
+    render::export(&run, &values);
+    Ok(())
+}
+
+async fn info(runs: &Runs, key: &str) -> Result<resumable::RunInfo, Failure> {
+    runs.info(key).await?.ok_or_else(|| {
+        resumable::Error::UnknownRun {
+            run: key.to_owned(),
+        }
+        .into()
+    })
+}
+
+/// The run's input, outcome and step outputs as JSON, where the JSON codec
+/// wrote them, by `input`, `outcome` and step id.
+async fn values(journal: &dyn Journal, key: &str) -> Result<Values, Failure> {
+    let mut values = Values::new();
+    let Some(snapshot) = journal.load_run(key).await? else {
+        return Ok(values);
+    };
+    let run = &snapshot.run;
+    let mut put = |name: String, slot: Slot, record: &[u8]| -> Result<(), Failure> {
+        if let Some(value) = Json::open_record(key, || slot.clone(), record)? {
+            values.insert(name, value);
+        }
+        Ok(())
+    };
+    put("input".into(), Slot::Input, &run.input)?;
+    if let Some(outcome) = run.outcome.as_deref().filter(|o| !o.is_empty()) {
+        put("outcome".into(), Slot::Outcome, outcome)?;
+    }
+    for step in &snapshot.steps {
+        if let Some(output) = step.output.as_deref().filter(|o| !o.is_empty()) {
+            put(
+                step.step_id.clone(),
+                Slot::Step(step.step_id.clone()),
+                output,
+            )?;
+        }
+    }
+    Ok(values)
+}
+
+/// Sends a JSON message to a run whose workflow journals with the JSON
+/// codec (a message in another codec could not be decoded by its receive).
+pub async fn send(
+    journal: Arc<dyn Journal>,
+    out: &Out,
+    key: &str,
+    topic: &str,
+    value: &str,
+    idempotency_key: &str,
+) -> Result<(), Failure> {
+    let value: serde_json::Value = serde_json::from_str(value).map_err(|err| Failure {
+        message: format!("the message is not JSON: {err}"),
+        code: 2,
+    })?;
+    let Some(snapshot) = journal.load_run(key).await? else {
         return Err(resumable::Error::UnknownRun {
             run: key.to_owned(),
         }
         .into());
     };
-    let children = runs.children(key).await?;
-    out.run(&run, &children);
+    let codec = RecordInfo::of_record(&snapshot.run.input).codec;
+    if codec.as_deref() != Some(Json::NAME) {
+        return Err(Failure {
+            message: format!(
+                "run {key:?} journals with codec {}, not json: its receives could not decode this message; send it from your code with Client::send",
+                codec.as_deref().unwrap_or("unknown")
+            ),
+            code: 1,
+        });
+    }
+    // Only the codec of the reference matters to a send.
+    let workflow: WorkflowRef<(), (), Json> = WorkflowRef::named("");
+    let stored = Client::new(journal)
+        .send(&workflow, key, topic, &value, idempotency_key)
+        .await?;
+    let text = match stored {
+        true => format!("{key}: message sent on {topic:?}"),
+        false => {
+            format!("{key}: a message with this idempotency key was sent before; nothing sent")
+        }
+    };
+    out.line(&text, "sent", u64::from(stored));
+    Ok(())
+}
+
+/// Prints the run's event `name`, waiting up to `wait` for one.
+pub async fn events(
+    journal: &dyn Journal,
+    out: &Out,
+    key: &str,
+    name: &str,
+    wait: Option<Duration>,
+) -> Result<(), Failure> {
+    let until = tokio::time::Instant::now() + wait.unwrap_or_default();
+    let record = loop {
+        if let Some(record) = journal.get_event(key, name).await? {
+            break record;
+        }
+        if tokio::time::Instant::now() >= until {
+            if journal.load_run(key).await?.is_none() {
+                return Err(resumable::Error::UnknownRun {
+                    run: key.to_owned(),
+                }
+                .into());
+            }
+            return Err(Failure {
+                message: format!("run {key:?} has published no event {name:?}"),
+                code: 1,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let value = Json::open_record(key, || Slot::Event(name.to_owned()), &record)?;
+    render::event(out, name, &RecordInfo::of_record(&record), value.as_ref());
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `resumable`: look at and steer the runs of a journal from the command
-//! line — list them, show one with its steps, cancel, resume, retry now,
-//! fork, list dead letters, purge old finished runs. Human tables by
-//! default, `--json` for scripts.
+//! line — list them, show one with its steps, export it, cancel, resume,
+//! retry now, fork, list dead letters, purge old finished runs, send a
+//! message, read an event. Human tables by default, `--json` for scripts.
+//! Values journaled with the JSON codec are printed as JSON.
 //!
 //! ```text
 //! resumable --db journal.db list --state dead_lettered
@@ -78,6 +79,33 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Print a run and then its steps, one JSON object per line.
+    Export {
+        /// The run key.
+        key: String,
+    },
+    /// Send a message (JSON) to a run journaled with the JSON codec.
+    Send {
+        /// The run key.
+        key: String,
+        /// The topic its `recv!` waits on.
+        topic: String,
+        /// The message, as JSON (`true`, `42`, `'{"ok": true}'`).
+        value: String,
+        /// Sending again with this key sends nothing more.
+        #[arg(long)]
+        idempotency_key: String,
+    },
+    /// Print the value a run last published as an event (`set_event!`).
+    Events {
+        /// The run key.
+        key: String,
+        /// The event's name.
+        name: String,
+        /// Wait up to this long for one to be published (`10s`).
+        #[arg(long)]
+        wait: Option<humantime::Duration>,
+    },
     /// Delete finished runs that last changed longer ago than a duration.
     Purge {
         /// `30d`, `12h`, `90m`...
@@ -123,11 +151,21 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let journal = open::open(&cli.journal).await?;
-    let runs = resumable::Runs::new(journal);
+    let runs = resumable::Runs::new(journal.clone());
     let out = render::Out { json: cli.json };
     match cli.command {
         Cmd::List(args) => commands::list(&runs, &out, args).await,
-        Cmd::Show { key } => commands::show(&runs, &out, &key).await,
+        Cmd::Show { key } => commands::show(&*journal, &runs, &out, &key).await,
+        Cmd::Export { key } => commands::export(&*journal, &runs, &key).await,
+        Cmd::Send {
+            key,
+            topic,
+            value,
+            idempotency_key,
+        } => commands::send(journal, &out, &key, &topic, &value, &idempotency_key).await,
+        Cmd::Events { key, name, wait } => {
+            commands::events(&*journal, &out, &key, &name, wait.map(Into::into)).await
+        }
         Cmd::Cancel { key } => out.outcome(&key, runs.cancel(&key).await?),
         Cmd::Resume { key } => out.outcome(&key, runs.resume(&key).await?),
         Cmd::RetryNow { key } => out.outcome(&key, runs.retry_now(&key).await?),

@@ -1,11 +1,20 @@
 //! How the tool prints runs: aligned tables for people, JSON for scripts.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use resumable::{CommandOutcome, RecordInfo, RunInfo, StepInfo};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::Failure;
+
+/// Journaled values decoded as JSON (those the JSON codec wrote), by
+/// `input`, `outcome` and step id.
+pub type Values = HashMap<String, Value>;
+
+/// No values.
+static NONE: std::sync::LazyLock<Values> = std::sync::LazyLock::new(Values::new);
 
 /// Where and how output goes.
 pub struct Out {
@@ -17,7 +26,7 @@ impl Out {
     pub fn runs(&self, runs: &[RunInfo]) {
         if self.json {
             for run in runs {
-                println!("{}", json(&RunView::of(run, false)));
+                println!("{}", json(&RunView::of(run, false, &NONE)));
             }
             return;
         }
@@ -52,9 +61,9 @@ impl Out {
     }
 
     /// One run with its steps and children.
-    pub fn run(&self, run: &RunInfo, children: &[RunInfo]) {
+    pub fn run(&self, run: &RunInfo, children: &[RunInfo], values: &Values) {
         if self.json {
-            let mut view = RunView::of(run, true);
+            let mut view = RunView::of(run, true, values);
             view.children = Some(children.iter().map(|c| c.key.as_str()).collect());
             println!("{}", json(&view));
             return;
@@ -66,10 +75,15 @@ impl Out {
             ("executions", run.executions.to_string()),
             ("created", stamp(run.created_at)),
             ("updated", stamp(run.updated_at)),
-            ("input", record(&run.input)),
+            ("input", record(&run.input, values.get("input"))),
         ];
         let optional = [
-            ("outcome", run.outcome.as_ref().map(record)),
+            (
+                "outcome",
+                run.outcome
+                    .as_ref()
+                    .map(|o| record(o, values.get("outcome"))),
+            ),
             ("last error", run.last_error.as_deref().map(one_line)),
             (
                 "failures",
@@ -100,7 +114,7 @@ impl Out {
         if run.steps.is_empty() {
             println!("no steps recorded");
         } else {
-            let rows: Vec<Vec<String>> = run.steps.iter().map(step_row).collect();
+            let rows: Vec<Vec<String>> = run.steps.iter().map(|s| step_row(s, values)).collect();
             table(
                 &[
                     "STEP",
@@ -151,7 +165,35 @@ impl Out {
     }
 }
 
-fn step_row(step: &StepInfo) -> Vec<String> {
+/// The run, then each of its steps, one JSON object per line.
+pub fn export(run: &RunInfo, values: &Values) {
+    let view = RunView::of(run, false, values);
+    println!("{}", json(&serde_json::json!({ "run": view })));
+    for step in &run.steps {
+        println!(
+            "{}",
+            json(&serde_json::json!({ "run": run.key, "step": StepView::of(step, values) }))
+        );
+    }
+}
+
+/// An event's value: JSON where the JSON codec wrote it, else its size.
+pub fn event(out: &Out, name: &str, info: &RecordInfo, value: Option<&Value>) {
+    if out.json {
+        let view = RecordView::of(info, value);
+        println!(
+            "{}",
+            json(&serde_json::json!({ "event": name, "value": view }))
+        );
+        return;
+    }
+    match value {
+        Some(value) => println!("{value}"),
+        None => println!("{name}: {}", record(info, None)),
+    }
+}
+
+fn step_row(step: &StepInfo, values: &Values) -> Vec<String> {
     vec![
         step.id.clone(),
         name(&step.status),
@@ -159,7 +201,10 @@ fn step_row(step: &StepInfo) -> Vec<String> {
         step.duration_ms
             .map(|ms| format!("{ms} ms"))
             .unwrap_or_default(),
-        step.output.as_ref().map(record).unwrap_or_default(),
+        step.output
+            .as_ref()
+            .map(|o| record(o, values.get(&step.id)))
+            .unwrap_or_default(),
         step.last_error.as_deref().map(one_line).unwrap_or_default(),
     ]
 }
@@ -183,8 +228,8 @@ struct RunView<'a> {
     parent: Option<&'a str>,
     created_at: String,
     updated_at: String,
-    input: &'a RecordInfo,
-    outcome: Option<&'a RecordInfo>,
+    input: RecordView<'a>,
+    outcome: Option<RecordView<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<Vec<StepView<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,12 +245,51 @@ struct StepView<'a> {
     updated_at: String,
     duration_ms: Option<u64>,
     retry_at: Option<String>,
-    output: Option<&'a RecordInfo>,
+    output: Option<RecordView<'a>>,
     last_error: Option<&'a str>,
 }
 
+/// A journaled value: its size and codec, and its value where the JSON
+/// codec wrote it.
+#[derive(Serialize)]
+struct RecordView<'a> {
+    size: usize,
+    codec: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a Value>,
+}
+
+impl<'a> RecordView<'a> {
+    fn of(info: &'a RecordInfo, value: Option<&'a Value>) -> Self {
+        RecordView {
+            size: info.size,
+            codec: info.codec.as_deref(),
+            value,
+        }
+    }
+}
+
+impl<'a> StepView<'a> {
+    fn of(s: &'a StepInfo, values: &'a Values) -> Self {
+        StepView {
+            id: &s.id,
+            status: name(&s.status),
+            attempts: s.attempts,
+            started_at: rfc3339(s.started_at),
+            updated_at: rfc3339(s.updated_at),
+            duration_ms: s.duration_ms,
+            retry_at: s.retry_at.map(rfc3339),
+            output: s
+                .output
+                .as_ref()
+                .map(|o| RecordView::of(o, values.get(&s.id))),
+            last_error: s.last_error.as_deref(),
+        }
+    }
+}
+
 impl<'a> RunView<'a> {
-    fn of(run: &'a RunInfo, with_steps: bool) -> Self {
+    fn of(run: &'a RunInfo, with_steps: bool, values: &'a Values) -> Self {
         let time = |t: Option<SystemTime>| t.map(rfc3339);
         RunView {
             key: &run.key,
@@ -224,24 +308,12 @@ impl<'a> RunView<'a> {
             parent: run.parent.as_deref(),
             created_at: rfc3339(run.created_at),
             updated_at: rfc3339(run.updated_at),
-            input: &run.input,
-            outcome: run.outcome.as_ref(),
-            steps: with_steps.then(|| {
-                run.steps
-                    .iter()
-                    .map(|s| StepView {
-                        id: &s.id,
-                        status: name(&s.status),
-                        attempts: s.attempts,
-                        started_at: rfc3339(s.started_at),
-                        updated_at: rfc3339(s.updated_at),
-                        duration_ms: s.duration_ms,
-                        retry_at: s.retry_at.map(rfc3339),
-                        output: s.output.as_ref(),
-                        last_error: s.last_error.as_deref(),
-                    })
-                    .collect()
-            }),
+            input: RecordView::of(&run.input, values.get("input")),
+            outcome: run
+                .outcome
+                .as_ref()
+                .map(|o| RecordView::of(o, values.get("outcome"))),
+            steps: with_steps.then(|| run.steps.iter().map(|s| StepView::of(s, values)).collect()),
             children: None,
         }
     }
@@ -288,7 +360,16 @@ fn ago(t: SystemTime) -> String {
     }
 }
 
-fn record(r: &RecordInfo) -> String {
+/// A value as JSON (cut at 60 characters) where it was decoded, else its
+/// size and codec.
+fn record(r: &RecordInfo, value: Option<&Value>) -> String {
+    if let Some(value) = value {
+        let text = value.to_string();
+        return match text.char_indices().nth(59) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text,
+        };
+    }
     match &r.codec {
         Some(codec) => format!("{} bytes ({codec})", r.size),
         None => format!("{} bytes", r.size),

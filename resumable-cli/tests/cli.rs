@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use resumable::{Runtime, SqliteJournal, resumable, step};
+use std::time::Duration;
+
+use resumable::{Error, Runtime, SqliteJournal, recv, resumable, set_event, step};
 
 #[resumable(name = "cli::charge")]
 async fn charge(cents: u64) -> Result<u64, String> {
@@ -14,6 +16,15 @@ async fn charge(cents: u64) -> Result<u64, String> {
     }
     let total = step!("total", { cents + fee });
     Ok(total)
+}
+
+/// A workflow journaled with the JSON codec: the tool prints its values,
+/// and can send it messages.
+#[resumable(name = "cli::approve", codec = resumable::Json)]
+async fn approve(order: u64) -> Result<String, String> {
+    set_event!("status", "waiting".to_string());
+    let ok: bool = recv!("decision");
+    Ok(format!("order {order}: {ok}"))
 }
 
 fn tool(db: &Path, args: &[&str]) -> Output {
@@ -223,4 +234,107 @@ async fn mistakes_get_one_line_and_an_exit_code() {
         "{}",
         stderr(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_runs_show_their_values_take_messages_and_publish_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = journal(dir.path()).await;
+    let rt = Runtime::builder(SqliteJournal::open(&db).await.unwrap())
+        .hold_waits(Duration::ZERO)
+        .build();
+    assert!(matches!(
+        rt.run("a", approve(3)).await,
+        Err(Error::WaitingForMessage { .. })
+    ));
+
+    let out = tool(&db, &["events", "a", "status"]);
+    assert_eq!(stdout(&out).trim(), "\"waiting\"", "{}", stderr(&out));
+    let out = tool(&db, &["events", "a", "eta"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no event \"eta\""),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = tool(
+        &db,
+        &["send", "a", "decision", "true", "--idempotency-key", "k1"],
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        "a: message sent on \"decision\"",
+        "{}",
+        stderr(&out)
+    );
+    let out = tool(
+        &db,
+        &["send", "a", "decision", "false", "--idempotency-key", "k1"],
+    );
+    assert!(
+        stdout(&out).contains("sent before; nothing sent"),
+        "{}",
+        stdout(&out)
+    );
+    let out = tool(
+        &db,
+        &[
+            "send",
+            "a",
+            "decision",
+            "yes please",
+            "--idempotency-key",
+            "k2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with("error: the message is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+    let out = tool(
+        &db,
+        &["send", "paid", "decision", "true", "--idempotency-key", "k"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("codec bincode2, not json"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_eq!(
+        rt.run("a", approve(3)).await.unwrap().unwrap(),
+        "order 3: true"
+    );
+    let out = tool(&db, &["show", "a"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("input  [3]") && text.contains("\"order 3: true\""),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("recv:decision#0") && l.contains("true")),
+        "{text}"
+    );
+
+    let out = tool(&db, &["export", "a"]);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["run"]["key"], "a");
+    assert_eq!(lines[0]["run"]["input"]["value"], serde_json::json!([3]));
+    assert_eq!(
+        lines[0]["run"]["outcome"]["value"],
+        serde_json::json!({"Ok": "order 3: true"})
+    );
+    let received = lines
+        .iter()
+        .find(|l| l["step"]["id"] == "recv:decision#0")
+        .expect("the receive is exported");
+    assert_eq!(received["step"]["output"]["value"], true);
 }

@@ -105,6 +105,49 @@ impl Codec for Json {
     }
 }
 
+#[cfg(feature = "json")]
+impl Json {
+    /// The value a journaled record holds, as JSON, if the [`Json`] codec
+    /// wrote it (`Ok(None)` for another codec): what tools print without
+    /// the workflow's types. A record that fails its checks is the same
+    /// typed error a workflow would get, naming run `run` and `slot`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use resumable::{Json, MemoryJournal, Runtime, Slot, resumable, step};
+    ///
+    /// #[resumable(codec = resumable::Json)]
+    /// async fn greet(name: String) -> Result<String, String> {
+    ///     Ok(step!("greet", { format!("hello {name}") }))
+    /// }
+    ///
+    /// let journal = std::sync::Arc::new(MemoryJournal::new());
+    /// Runtime::new(journal.clone()).run("g", greet("ada".into())).await?.unwrap();
+    /// let run = resumable::Journal::load_run(&*journal, "g").await?.unwrap();
+    /// let output = run.steps[0].output.as_deref().unwrap();
+    /// let value = Json::open_record("g", || Slot::Step("greet#0".into()), output)?;
+    /// assert_eq!(value, Some(serde_json::json!("hello ada")));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn open_record(
+        run: &str,
+        slot: impl Fn() -> Slot,
+        record: &[u8],
+    ) -> Result<Option<serde_json::Value>, Error> {
+        if record_codec(record) != Some(Json::NAME) {
+            return Ok(None);
+        }
+        let envelope = Envelope {
+            max_payload: usize::MAX,
+        };
+        envelope
+            .open::<Json, serde_json::Value>(run, slot, record)
+            .map(Some)
+    }
+}
+
 /// postcard 1 through serde (feature `postcard`): a compact binary format
 /// that is maintained (bincode 2.0.1 is the last release of bincode).
 /// Decoding is guarded as [`Bincode`]'s is.

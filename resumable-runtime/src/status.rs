@@ -129,7 +129,15 @@ pub struct RecordInfo {
 }
 
 impl RecordInfo {
-    fn of(record: &[u8]) -> Self {
+    /// What `record` (a journaled value, as a journal stores it) is.
+    ///
+    /// ```
+    /// use resumable::RecordInfo;
+    ///
+    /// let info = RecordInfo::of_record(b"not a record");
+    /// assert_eq!((info.size, info.codec), (12, None));
+    /// ```
+    pub fn of_record(record: &[u8]) -> Self {
         RecordInfo {
             size: record.len(),
             codec: record_codec(record).map(str::to_owned),
@@ -236,8 +244,8 @@ impl RunInfo {
                 .outcome
                 .as_deref()
                 .filter(|o| !o.is_empty())
-                .map(RecordInfo::of),
-            input: RecordInfo::of(&run.input),
+                .map(RecordInfo::of_record),
+            input: RecordInfo::of_record(&run.input),
             created_at: run.created_at.to_system_time(),
             // The run's row is not rewritten per step: its latest change may be a step's.
             updated_at: steps
@@ -261,7 +269,7 @@ impl RunInfo {
                         .is_recorded()
                         .then(|| s.updated_at.0.saturating_sub(s.started_at.0).max(0) as u64),
                     retry_at: s.retry_at.map(Timestamp::to_system_time),
-                    output: s.output.as_deref().map(RecordInfo::of),
+                    output: s.output.as_deref().map(RecordInfo::of_record),
                     last_error: s.last_error,
                     id: s.step_id,
                 })
