@@ -85,34 +85,8 @@ async fn info(runs: &Runs, key: &str) -> Result<resumable::RunInfo, Failure> {
     })
 }
 
-/// The run's input, outcome and step outputs as JSON, where the JSON codec
-/// wrote them, by `input`, `outcome` and step id.
 async fn values(journal: &dyn Journal, key: &str) -> Result<Values, Failure> {
-    let mut values = Values::new();
-    let Some(snapshot) = journal.load_run(key).await? else {
-        return Ok(values);
-    };
-    let run = &snapshot.run;
-    let mut put = |name: String, slot: Slot, record: &[u8]| -> Result<(), Failure> {
-        if let Some(value) = Json::open_record(key, || slot.clone(), record)? {
-            values.insert(name, value);
-        }
-        Ok(())
-    };
-    put("input".into(), Slot::Input, &run.input)?;
-    if let Some(outcome) = run.outcome.as_deref().filter(|o| !o.is_empty()) {
-        put("outcome".into(), Slot::Outcome, outcome)?;
-    }
-    for step in &snapshot.steps {
-        if let Some(output) = step.output.as_deref().filter(|o| !o.is_empty()) {
-            put(
-                step.step_id.clone(),
-                Slot::Step(step.step_id.clone()),
-                output,
-            )?;
-        }
-    }
-    Ok(values)
+    Ok(resumable_cli::json_values(journal, key).await?)
 }
 
 /// Sends a JSON message to a run whose workflow journals with the JSON

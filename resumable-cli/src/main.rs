@@ -106,6 +106,13 @@ enum Cmd {
         #[arg(long)]
         wait: Option<humantime::Duration>,
     },
+    /// Serve a read-only web view of the runs until Ctrl-C.
+    Serve {
+        /// Where to listen; loopback by default (put it behind your own
+        /// authentication before listening elsewhere).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Delete finished runs that last changed longer ago than a duration.
     Purge {
         /// `30d`, `12h`, `90m`...
@@ -181,6 +188,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::DeadLetters { limit } => {
             out.runs(&runs.dead_letters(limit).await?);
             Ok(())
+        }
+        Cmd::Serve { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|err| Failure {
+                    message: format!("cannot listen on {listen}: {err}"),
+                    code: 1,
+                })?;
+            let bound = listener.local_addr().map_err(|err| Failure {
+                message: err.to_string(),
+                code: 1,
+            })?;
+            println!("serving the runs at http://{bound}/ (Ctrl-C to stop)");
+            tokio::select! {
+                served = resumable_cli::web::serve(journal, listener) => served.map_err(|err| Failure {
+                    message: format!("the web view stopped: {err}"),
+                    code: 1,
+                }),
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
         }
         Cmd::Purge {
             older_than,

@@ -333,11 +333,14 @@ fn name(value: &impl Serialize) -> String {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    resumable_cli::rfc3339(t, true)
 }
 
 fn stamp(t: SystemTime) -> String {
-    format!("{} ({})", humantime::format_rfc3339_seconds(t), ago(t))
+    match resumable_cli::rfc3339(t, false) {
+        never if never == "never" => never,
+        text => format!("{text} ({})", ago(t)),
+    }
 }
 
 /// `5m ago`, `in 2h`: the largest unit only.

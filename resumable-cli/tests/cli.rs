@@ -248,6 +248,14 @@ async fn json_runs_show_their_values_take_messages_and_publish_events() {
         Err(Error::WaitingForMessage { .. })
     ));
 
+    // Waiting for a message without a time limit: due never.
+    let out = tool(&db, &["show", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("due  never"), "{}", stdout(&out));
+    let out = tool(&db, &["--json", "show", "a"]);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["due_at"], "never");
+
     let out = tool(&db, &["events", "a", "status"]);
     assert_eq!(stdout(&out).trim(), "\"waiting\"", "{}", stderr(&out));
     let out = tool(&db, &["events", "a", "eta"]);

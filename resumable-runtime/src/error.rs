@@ -376,7 +376,7 @@ pub enum Error {
 
     /// A step's next attempt is due later than a completer keeps a worker
     /// waiting: the run was given back, due again `until`.
-    #[error("step '{step}' of run {run:?} waits to retry; the run is due again at {until:?}")]
+    #[error("step '{step}' of run {run:?} waits to retry; the run is due again at {}", Utc(*until))]
     WaitingToRetry {
         /// The run key.
         run: String,
@@ -391,7 +391,7 @@ pub enum Error {
     /// was given back, holding no lease, due again `until`, when a
     /// completer (in any process) resumes it. Wait for its outcome with
     /// `Client::wait`, or run it again then.
-    #[error("run {run:?} sleeps at '{step}' until {until:?}; a completer resumes it then")]
+    #[error("run {run:?} sleeps at '{step}' until {}; a completer resumes it then", Utc(*until))]
     Sleeping {
         /// The run key.
         run: String,
@@ -407,7 +407,7 @@ pub enum Error {
     /// `until`, the time limit of the receive that ends first). A completer
     /// (in any process) resumes it then. Wait for its outcome with
     /// `Client::wait`.
-    #[error("run {run:?} waits at '{step}' for a message on topic {topic:?}{}; a completer resumes it when one is sent", until.map(|t| format!(" (at most until {t:?})")).unwrap_or_default())]
+    #[error("run {run:?} waits at '{step}' for a message on topic {topic:?}{}; a completer resumes it when one is sent", until.map(|t| format!(" (at most until {})", Utc(t))).unwrap_or_default())]
     WaitingForMessage {
         /// The run key.
         run: String,
@@ -489,6 +489,41 @@ pub enum Error {
     },
 }
 
+/// A time as errors print it: `2026-12-01T22:37:58.688Z` (UTC).
+struct Utc(std::time::SystemTime);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(since) = self.0.duration_since(std::time::UNIX_EPOCH) else {
+            return f.write_str("before 1970");
+        };
+        let secs = since.as_secs();
+        let days = (secs / 86_400) as i64;
+        if days > 2_932_896 {
+            return f.write_str("the end of time");
+        }
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let rem = secs % 86_400;
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60,
+            since.subsec_millis()
+        )
+    }
+}
+
 impl Error {
     /// Wraps a storage driver's error.
     pub fn storage(backend: &'static str, source: impl Into<BoxError>) -> Self {
@@ -516,3 +551,22 @@ impl Error {
 
 /// The runtime's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::Utc;
+
+    #[test]
+    fn times_in_errors_read_as_dates() {
+        let at = |secs: u64, ms: u64| {
+            Utc(UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms)).to_string()
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_796_164_678, 688), "2026-12-01T22:37:58.688Z");
+        assert_eq!(at(253_402_300_799, 999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(at(1 << 40, 0), "the end of time");
+    }
+}
