@@ -469,6 +469,31 @@ impl<'a> StepRewriter<'a> {
         }
     }
 
+    /// Reports `what` (`recv!`, `child!`, `race!`) written in a step's body
+    /// or a closure, with `advice` for the first; whether it is where it
+    /// can be journaled.
+    fn in_workflow_code(&mut self, span: Span, what: &str, advice: &str) -> bool {
+        if self.in_step {
+            self.errors.at(
+                span,
+                format!(
+                    "`{what}` cannot be used inside a step's body: a step's body does not run again once journaled; {advice}"
+                ),
+            );
+            return false;
+        }
+        if self.closures > 0 || self.async_closures > 0 {
+            self.errors.at(
+                span,
+                format!(
+                    "`{what}` cannot be used inside a closure: write it in the workflow's body, a `for` loop, or an `async` block"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
     /// `race!("name", async { .. }, ..)` runs the branches concurrently, each
     /// in a scope of its own, and journals the winner (`race:name#<n>`).
     fn rewrite_race(&mut self, mac: &Macro) -> Expr {
@@ -482,20 +507,11 @@ impl<'a> StepRewriter<'a> {
         };
         let span = mac.path.span();
         let mut journaled = self.check_name(&call.name);
-        if self.in_step {
-            self.errors.at(
-                span,
-                "`race!` cannot be used inside a step's body: a step's body does not run again once journaled; race between steps, in the workflow's own code",
-            );
-            journaled = false;
-        }
-        if self.closures > 0 || self.async_closures > 0 {
-            self.errors.at(
-                span,
-                "`race!` cannot be used inside a closure: write it in the workflow's body, a `for` loop, or an `async` block",
-            );
-            journaled = false;
-        }
+        journaled &= self.in_workflow_code(
+            span,
+            "race!",
+            "race between steps, in the workflow's own code",
+        );
         self.steps += 1;
         let name = call.name.value();
         self.grouped(&format!("race:{name}"), |v| {
@@ -522,20 +538,11 @@ impl<'a> StepRewriter<'a> {
         };
         let span = mac.path.span();
         let mut journaled = self.check_name(&call.name);
-        if self.in_step {
-            self.errors.at(
-                span,
-                "`child!` cannot be used inside a step's body: a step's body does not run again once journaled; start children between steps, in the workflow's own code",
-            );
-            journaled = false;
-        }
-        if self.closures > 0 || self.async_closures > 0 {
-            self.errors.at(
-                span,
-                "`child!` cannot be used inside a closure: write it in the workflow's body, a `for` loop, or an `async` block",
-            );
-            journaled = false;
-        }
+        journaled &= self.in_workflow_code(
+            span,
+            "child!",
+            "start children between steps, in the workflow's own code",
+        );
         self.steps += 1;
         self.visit_expr_mut(&mut call.workflow);
         self.visit_expr_mut(&mut call.input);
@@ -571,20 +578,11 @@ impl<'a> StepRewriter<'a> {
             );
             journaled = false;
         }
-        if self.in_step {
-            self.errors.at(
-                span,
-                "`recv!` cannot be used inside a step's body: a step's body does not run again once journaled; receive between steps, in the workflow's own code",
-            );
-            journaled = false;
-        }
-        if self.closures > 0 || self.async_closures > 0 {
-            self.errors.at(
-                span,
-                "`recv!` cannot be used inside a closure: write it in the workflow's body, a `for` loop, or an `async` block",
-            );
-            journaled = false;
-        }
+        journaled &= self.in_workflow_code(
+            span,
+            "recv!",
+            "receive between steps, in the workflow's own code",
+        );
         self.steps += 1;
         if let Some(timeout) = &mut call.timeout {
             self.visit_expr_mut(timeout);
