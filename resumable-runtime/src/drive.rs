@@ -148,7 +148,10 @@ impl Heartbeat {
                     .await;
                 match renewed {
                     Ok(renewed) => run.set_lease(renewed),
-                    Err(err @ Error::LeaseLost { .. }) => return run.abort(err),
+                    Err(err @ Error::LeaseLost { .. }) => {
+                        tracing::warn!(run = %Escaped(&lease.run_key), epoch = lease.epoch, "lease lost: another worker took the run");
+                        return run.abort(err);
+                    }
                     Err(_) if lease.expires_at <= Timestamp::now() => {
                         return run.abort(Error::LeaseLost {
                             run: lease.run_key.clone(),

@@ -44,7 +44,7 @@ pub use journal::memory::MemoryJournal;
 pub use journal::postgres::{LeaseRecord, PostgresJournal, PostgresJournalBuilder};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use journal::sqlite::{Durability, SqliteJournal, SqliteStats};
+pub use journal::sqlite::{Durability, SqliteJournal, SqliteJournalBuilder, SqliteStats};
 pub use journal::{Journal, JournalEvent, RunFilter, RunState, Subscription, Timestamp};
 pub use retry::{Classify, RetryPolicy};
 pub use runs::{CommandOutcome, PURGE_BATCH, Runs};

@@ -431,6 +431,10 @@ impl Runtime {
         };
         let past = PastExecutions::of(&snapshot.run);
         let mut run_ctx = None;
+        span.in_scope(|| match snapshot.run.executions {
+            0 | 1 => tracing::info!("run started"),
+            n => tracing::info!(execution = n, "run resumed"),
+        });
         let result = async {
             // Its workers kept dying (or failing) without progress: set aside.
             if snapshot.run.failures >= self.inner.dead_letter_after {

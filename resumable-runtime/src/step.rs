@@ -399,6 +399,13 @@ impl<'c, E> Step<'c, E> {
             }
             Err(err) => return self.abort(err).await,
         }
+        self.span.in_scope(|| {
+            tracing::debug!(
+                state = state.as_str(),
+                attempts = self.attempts,
+                "step recorded"
+            )
+        });
         self.finish();
     }
 
@@ -484,6 +491,9 @@ impl<'c, E> Step<'c, E> {
     async fn retry_later(&mut self, message: String) {
         let delay = self.policy.jittered_delay(self.attempts);
         let due = Timestamp::now().after(delay);
+        self.span.in_scope(
+            || tracing::debug!(attempt = self.attempts, delay = ?delay, "step will retry"),
+        );
         self.record_failure(message, Some(due)).await;
         self.wait_until(due).await;
     }
