@@ -111,6 +111,15 @@ async fn a_parent_waits_for_its_child_holding_no_lease() {
             RunStatus::Waiting,
             "{name}"
         );
+        // A fork keeping the child's start but not its outcome would wait forever.
+        match rt.runs().fork("w", 1, "w-fork").await {
+            Err(Error::InvalidFork { run, reason }) => {
+                assert_eq!(run, "w", "{name}");
+                assert!(reason.contains("child:pack@0#0"), "{name}: {reason}");
+            }
+            other => panic!("{name}: expected InvalidFork, got {other:?}"),
+        }
+        assert!(rt.runs().info("w-fork").await.unwrap().is_none(), "{name}");
         // Only the child is due; a completer without the parent's code runs it.
         let children = rt.runs().children("w").await.unwrap();
         assert_eq!(children.len(), 1, "{name}");

@@ -571,10 +571,10 @@ impl<'a> StepRewriter<'a> {
         let span = mac.path.span();
         let topic = call.topic.value();
         let mut journaled = true;
-        if topic.is_empty() || topic.contains('#') {
+        if topic.is_empty() || topic.contains('#') || topic.contains('@') {
             self.errors.spanned(
                 &call.topic,
-                "a receive's topic must be a non-empty string literal without `#`",
+                "a receive's topic must be a non-empty string literal without `#` or `@`",
             );
             journaled = false;
         }
@@ -614,10 +614,10 @@ impl<'a> StepRewriter<'a> {
         let span = mac.path.span();
         let event = name.value();
         let mut journaled = true;
-        if event.is_empty() || event.contains('#') {
+        if event.is_empty() || event.contains('#') || event.contains('@') {
             self.errors.spanned(
                 &name,
-                "an event's name must be a non-empty string literal without `#`",
+                "an event's name must be a non-empty string literal without `#` or `@`",
             );
             journaled = false;
         }
@@ -698,10 +698,10 @@ impl<'a> StepRewriter<'a> {
             self.errors.spanned(lit, "a step name must not be empty");
             return false;
         }
-        if name.contains('#') {
+        if name.contains('#') || name.contains('@') {
             self.errors.spanned(
                 lit,
-                "a step name cannot contain `#`: the runtime appends `#<occurrence>` to tell the runs of one step apart",
+                "a step name cannot contain `#` or `@`: the runtime appends `@<scope>#<occurrence>` to tell the runs of one step apart",
             );
             return false;
         }

@@ -455,8 +455,8 @@ pub(crate) async fn send<C: Codec, T: serde::Serialize + ?Sized>(
     idempotency_key: &str,
 ) -> Result<bool> {
     validate_lookup_key(key)?;
-    let reason = if topic.is_empty() || topic.contains('#') {
-        Some("a topic must be a non-empty name without `#`")
+    let reason = if topic.is_empty() || topic.contains('#') || topic.contains('@') {
+        Some("a topic must be a non-empty name without `#` or `@`")
     } else if idempotency_key.is_empty() {
         Some("an idempotency key must not be empty")
     } else if topic.len() > MAX_MESSAGE_KEY || idempotency_key.len() > MAX_MESSAGE_KEY {

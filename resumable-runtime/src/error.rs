@@ -345,6 +345,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A fork asked for cannot run as its source did.
+    #[error("run {run:?} cannot be forked there: {reason}")]
+    InvalidFork {
+        /// The source run's key.
+        run: String,
+        /// Why.
+        reason: String,
+    },
+
     /// No run has this key.
     #[error("no run has the key {run:?}")]
     UnknownRun {

@@ -373,6 +373,11 @@ impl Runs {
     /// is untouched. A retried call returns the fork it made;
     /// [`Error::RunExists`] if `new_key` names another run.
     ///
+    /// A fork that would keep the start of a child workflow (`child!`) but
+    /// not its recorded outcome is refused with [`Error::InvalidFork`]: the
+    /// child tells only the run that started it, so the fork would wait for
+    /// it forever. Fork before the start, or after the outcome.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> resumable::Result<()> {
@@ -396,6 +401,28 @@ impl Runs {
     /// ```
     pub async fn fork(&self, source: &str, steps: u64, new_key: &str) -> Result<RunInfo> {
         validate_key(new_key)?;
+        validate_lookup_key(source)?;
+        if let Some(snapshot) = self.journal.load_run(source).await? {
+            let kept = |id: &str| {
+                snapshot.steps.iter().any(|s| {
+                    s.step_id == id && s.state.is_recorded() && s.seq.is_some_and(|q| q < steps)
+                })
+            };
+            let split = snapshot.steps.iter().find(|s| {
+                s.step_id
+                    .strip_prefix("child:")
+                    .is_some_and(|rest| kept(&s.step_id) && !kept(&format!("child-result:{rest}")))
+            });
+            if let Some(start) = split {
+                return Err(Error::InvalidFork {
+                    run: source.to_owned(),
+                    reason: format!(
+                        "it would keep {} (the start of a child workflow) without its outcome, and wait for that child forever",
+                        start.step_id
+                    ),
+                });
+            }
+        }
         let run = self
             .journal
             .fork_run(source, new_key, steps, Timestamp::now())

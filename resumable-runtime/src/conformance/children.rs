@@ -23,11 +23,10 @@ fn start(step_id: &str, seq: u64, child: &str, t: Timestamp) -> Write {
 
 /// [`Write::StartChild`] creates the child (incomplete, due, its parent
 /// set, its workflow and input as given) and records the parent's step in
-/// one write; listing by parent finds it. Starting it again under another
-/// step of the same parent adopts it; a step already recorded is
-/// [`Error::StepAlreadyRecorded`]; a key another run (or nobody) started is
-/// [`Error::RunExists`], changing nothing; a stale lease is
-/// [`Error::LeaseLost`].
+/// one write; listing by parent finds it. A step already recorded is
+/// [`Error::StepAlreadyRecorded`]; a key that exists (even this run's own
+/// child's) is [`Error::RunExists`], changing nothing; a stale lease is
+/// [`Error::LeaseLost`]; with a cancel requested nothing starts.
 pub async fn start_child_creates_the_child_with_its_step(journal: &dyn Journal) {
     let parent = unique("parent");
     let child = format!("{parent}/child:c#0");
@@ -88,10 +87,15 @@ pub async fn start_child_creates_the_child_with_its_step(journal: &dyn Journal) 
             "StartChild under a recorded step must fail with StepAlreadyRecorded, got {other:?}"
         ),
     }
-    journal
+    match journal
         .write(&lease, start("child:again#0", 1, &child, t))
         .await
-        .unwrap_or_else(|e| panic!("StartChild must adopt a child this run started: {e}"));
+    {
+        Err(Error::RunExists { run }) if run == child => {}
+        other => panic!(
+            "StartChild of a key that exists (even its own child's) must fail with RunExists, got {other:?}"
+        ),
+    }
 
     let stranger = unique("stranger");
     journal
@@ -125,6 +129,21 @@ pub async fn start_child_creates_the_child_with_its_step(journal: &dyn Journal) 
             .await,
         &stale,
         "StartChild under an epoch that is not the run's",
+    );
+    // A cancel requested: the parent stops at this boundary, no child starts.
+    journal.command(&parent, Command::Cancel, t).await.unwrap();
+    let late = unique("late");
+    let ack = journal
+        .write(&lease, start("child:f#0", 3, &late, t))
+        .await
+        .unwrap_or_else(|e| panic!("StartChild with a cancel requested failed: {e}"));
+    assert!(
+        ack.cancel_requested,
+        "StartChild must say a cancel is requested"
+    );
+    assert!(
+        journal.load_run(&late).await.unwrap().is_none(),
+        "no child may start once the parent's cancel is requested"
     );
     for key in [&child, &stranger] {
         journal.command(key, Command::Cancel, t).await.unwrap();

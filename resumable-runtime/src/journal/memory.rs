@@ -309,15 +309,16 @@ impl MemoryJournal {
         if let Some(step) = parent.steps.by_id.get(&step_id) {
             refuse_if_recorded(&parent.steps.records[*step], lease)?;
         }
-        match runs.get(&child.key) {
-            Some(existing) if existing.record.parent.as_deref() == Some(&lease.run_key) => {}
-            Some(_) => return Err(Error::RunExists { run: child.key }),
-            None => {
-                let created = self.insert(runs, child, at);
-                created.record.parent = Some(lease.run_key.clone());
-                self.events.send(JournalEvent::Due { at });
-            }
+        if ack.cancel_requested {
+            // The parent stops at this boundary: no child starts.
+            return Ok(ack);
         }
+        if runs.contains_key(&child.key) {
+            return Err(Error::RunExists { run: child.key });
+        }
+        let created = self.insert(runs, child, at);
+        created.record.parent = Some(lease.run_key.clone());
+        self.events.send(JournalEvent::Due { at });
         let parent = Self::fenced(runs, lease)?;
         let record = StepRecord {
             step_id,

@@ -503,11 +503,13 @@ pub enum Write {
         at: Timestamp,
     },
     /// Starts a child run and records the step that started it, in one
-    /// write. Creates `child` (incomplete, due at `at`, with this run as its
-    /// [`RunRecord::parent`]) if its key is new; adopts it if it exists and
-    /// this run started it; refuses with [`Error::RunExists`] if another
-    /// run (or nobody) started it. Then records step `step_id` as
+    /// write: creates `child` (incomplete, due at `at`, with this run as its
+    /// [`RunRecord::parent`]) and records step `step_id` as
     /// [`Write::StepRecorded`] does (completed, one attempt, `output`).
+    /// Refused with [`Error::RunExists`] if a run has the child's key (a
+    /// replayed start never writes again: its step is recorded), and with
+    /// [`Error::StepAlreadyRecorded`] if the step is; if a cancel is
+    /// requested, does nothing (the [`Ack`] says so, and the parent stops).
     ///
     /// When the child finishes (in any state [`RunState::is_finished`], by a
     /// write, a command or a release), the journal sends this run a message

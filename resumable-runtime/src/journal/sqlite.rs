@@ -1185,25 +1185,17 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
                     step: step_id.clone(),
                 }));
             }
-            let existing: Option<Option<String>> = conn
-                .prepare_cached("SELECT parent FROM resumable_runs WHERE run_key = ?1")?
-                .query_row([&child.key], |row| row.get(0))
-                .optional()?;
-            match existing {
-                Some(Some(parent)) if parent == *key => {}
-                Some(_) => {
-                    return Err(Failure::Refused(Error::RunExists {
-                        run: child.key.clone(),
-                    }));
-                }
-                None => {
-                    insert_run(conn, child, *at)?;
-                    conn.prepare_cached(
-                        "UPDATE resumable_runs SET parent = ?2 WHERE run_key = ?1",
-                    )?
-                    .execute(params![child.key, key])?;
-                }
+            if ack.cancel_requested {
+                // The parent stops at this boundary: no child starts.
+                return Ok(ack);
             }
+            if !insert_run(conn, child, *at)? {
+                return Err(Failure::Refused(Error::RunExists {
+                    run: child.key.clone(),
+                }));
+            }
+            conn.prepare_cached("UPDATE resumable_runs SET parent = ?2 WHERE run_key = ?1")?
+                .execute(params![child.key, key])?;
             conn.prepare_cached(RECORD_STEP)?.execute(params![
                 key,
                 step_id,

@@ -503,8 +503,7 @@ impl PostgresJournal {
                     cancel_requested: get(row, 0)?,
                 };
                 let already: Option<Vec<u8>> = get(row, 1)?;
-                let existed: bool = get(row, 2)?;
-                let recorded: bool = get(row, 3)?;
+                let recorded: bool = get(row, 2)?;
                 match already {
                     // This call's lost first attempt recorded it.
                     Some(done) if retry && done == *output => return Ok(ack),
@@ -517,11 +516,13 @@ impl PostgresJournal {
                     None => {}
                 }
                 if recorded {
-                    if !existed {
-                        let due = format!("{}{}", listener::DUE, at.0);
-                        let notify = "SELECT pg_notify($1, $2)";
-                        query(client, notify, &[&self.channel, &due]).await?;
-                    }
+                    let due = format!("{}{}", listener::DUE, at.0);
+                    let notify = "SELECT pg_notify($1, $2)";
+                    query(client, notify, &[&self.channel, &due]).await?;
+                    return Ok(ack);
+                }
+                if ack.cancel_requested {
+                    // The parent stops at this boundary: no child starts.
                     return Ok(ack);
                 }
                 Err(Error::RunExists {

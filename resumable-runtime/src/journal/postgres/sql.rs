@@ -231,12 +231,11 @@ impl Statements {
             ),
             // $1 key, $2 epoch, $3 step id, $4 seq, $5 child key, $6
             // workflow, $7 fingerprint, $8 input, $9 at, $10 deadline, $11
-            // the step's output: fenced like a step write. Creates the child
-            // unless its key exists, and records the step unless it is
-            // recorded, only if the child is (now) this run's. Returns
+            // the step's output: fenced like a step write. Unless a cancel is
+            // requested, the step is recorded or the key exists, creates the
+            // child and records the step. Returns
             // whether a cancel is requested, whether the step was recorded
-            // already (and its output), whether the key existed, and whether
-            // the step was recorded now.
+            // already (and its output), and whether the step was recorded now.
             start_child: format!(
                 "WITH fence AS (SELECT id, cancel_requested_at IS NOT NULL AS cancel \
                    FROM {runs} WHERE {current} FOR UPDATE), \
@@ -246,28 +245,33 @@ impl Statements {
                  created AS (INSERT INTO {runs} (run_key, workflow, fingerprint, input, state, epoch, \
                      wake_at, executions, created_at, updated_at, deadline, parent) \
                    SELECT $5, $6, $7, $8, 'incomplete', 0, $9, 0, $9, $9, $10, $1 FROM fence \
-                   WHERE NOT EXISTS (SELECT 1 FROM already) AND NOT EXISTS (SELECT 1 FROM existing) \
+                   WHERE NOT fence.cancel AND NOT EXISTS (SELECT 1 FROM already) \
+                     AND NOT EXISTS (SELECT 1 FROM existing) \
                    ON CONFLICT (run_key) DO NOTHING RETURNING id), \
                  recorded AS (INSERT INTO {steps} (run_id, step_id, seq, state, output, attempts, \
                      epoch, started_at, updated_at) \
                    SELECT fence.id, $3, $4, 'completed', $11, 1, $2, $9, $9 FROM fence \
-                   WHERE NOT EXISTS (SELECT 1 FROM already) AND (EXISTS (SELECT 1 FROM created) \
-                     OR (SELECT parent FROM existing) = $1) \
+                   WHERE EXISTS (SELECT 1 FROM created) \
                    ON CONFLICT (run_id, step_id) DO UPDATE SET seq = excluded.seq, \
                      state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
                      retry_at = NULL, epoch = excluded.epoch, updated_at = excluded.updated_at \
                    RETURNING run_id) \
-                 SELECT cancel, (SELECT output FROM already), EXISTS (SELECT 1 FROM existing), \
-                   EXISTS (SELECT 1 FROM recorded) FROM fence"
+                 SELECT cancel, (SELECT output FROM already), EXISTS (SELECT 1 FROM recorded) \
+                 FROM fence"
             ),
             // $1 key, $2 epoch, $3 topic, $4 step id, $5 seq, $6 at: fenced
             // like a step write. Takes the oldest message on the topic not
-            // yet taken and records it as the step. Returns whether a cancel
+            // yet taken and records it as the step. The count of messages
+            // sent is read from the statement's snapshot, as the messages
+            // are, not from the locked (possibly newer) row: a message
+            // committed while the fence waited for the lock is then counted
+            // as unseen, and the run's release wakes it. Returns whether a cancel
             // is requested, the messages sent to the run, the message taken
             // (if one was), and whether the step was recorded.
             receive: format!(
-                "WITH fence AS (SELECT id, messages_sent, cancel_requested_at IS NOT NULL AS cancel \
+                "WITH fence AS (SELECT id, cancel_requested_at IS NOT NULL AS cancel \
                    FROM {runs} WHERE {current} FOR UPDATE), \
+                 counted AS (SELECT messages_sent FROM {runs} WHERE run_key = $1), \
                  oldest AS (SELECT m.id, m.value FROM {messages} m JOIN fence ON m.run_id = fence.id \
                    WHERE m.topic = $3 AND m.taken_by IS NULL AND m.value IS NOT NULL \
                    ORDER BY m.id LIMIT 1 FOR UPDATE OF m), \
@@ -278,7 +282,7 @@ impl Statements {
                    ON CONFLICT (run_id, step_id) DO NOTHING RETURNING run_id), \
                  taken AS (UPDATE {messages} SET value = NULL, taken_by = $4 \
                    WHERE id = (SELECT id FROM oldest) AND EXISTS (SELECT 1 FROM recorded)) \
-                 SELECT cancel, messages_sent, (SELECT value FROM oldest), \
+                 SELECT cancel, (SELECT messages_sent FROM counted), (SELECT value FROM oldest), \
                    EXISTS (SELECT 1 FROM recorded) FROM fence"
             ),
             // $1 key, $2 last_error: a run whose rows cannot be read.
