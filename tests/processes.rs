@@ -115,6 +115,8 @@ impl Worker {
             "a_or_b",
             async {
                 step!("a", { self.mark("a") });
+                // Not journaled on purpose: the test makes A slow, then fast.
+                #[unjournaled]
                 if self.dir.join("slow").exists() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

@@ -79,6 +79,8 @@ impl Racer {
             async {
                 let v = step!("a", { 7 });
                 let delay = self.a_delay.load(Ordering::SeqCst);
+                // Not journaled on purpose: how long A works is the test's to vary.
+                #[unjournaled]
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }

@@ -343,6 +343,99 @@ impl RaceCall {
     }
 }
 
+/// Calls that read the world outside a step, by the last segments of their
+/// path: what the call does, and what to write instead.
+const OUTSIDE_WORLD: &[(&[&str], &str, &str)] = &[
+    (&["SystemTime", "now"], "reads the clock", STEP_IT),
+    (&["Instant", "now"], "reads the clock", STEP_IT),
+    (&["Utc", "now"], "reads the clock", STEP_IT),
+    (&["Local", "now"], "reads the clock", STEP_IT),
+    (&["OffsetDateTime", "now_utc"], "reads the clock", STEP_IT),
+    (&["OffsetDateTime", "now_local"], "reads the clock", STEP_IT),
+    (&["rand", "random"], "draws a random number", STEP_IT),
+    (&["rand", "rng"], "draws random numbers", STEP_IT),
+    (&["thread_rng"], "draws random numbers", STEP_IT),
+    (&["Uuid", "new_v4"], "makes a random id", STEP_IT),
+    (&["Uuid", "now_v7"], "makes an id from the clock", STEP_IT),
+    (&["env", "var"], "reads the environment", STEP_IT),
+    (&["env", "var_os"], "reads the environment", STEP_IT),
+    (&["env", "vars"], "reads the environment", STEP_IT),
+    (
+        &["tokio", "spawn"],
+        "spawns work that is not journaled",
+        SPAWNED,
+    ),
+    (
+        &["task", "spawn"],
+        "spawns work that is not journaled",
+        SPAWNED,
+    ),
+    (
+        &["spawn_blocking"],
+        "spawns work that is not journaled",
+        SPAWNED,
+    ),
+    (
+        &["thread", "spawn"],
+        "spawns work that is not journaled",
+        SPAWNED,
+    ),
+    (
+        &["tokio", "time", "sleep"],
+        "waits without journaling it",
+        SLEEP,
+    ),
+    (&["thread", "sleep"], "waits without journaling it", SLEEP),
+];
+
+const STEP_IT: &str = "a replay gets another answer than the first execution saw, and the code then disagrees with its journal; put it in a step, whose output is journaled and replayed: `let x = step!(\"name\", { .. });`";
+const SPAWNED: &str = "the work is not journaled: it may run again on replay and is lost in a crash; await it in a step, or start a child workflow with `child!`";
+const SLEEP: &str = "after a crash the clock starts again, and the run holds its worker while it waits; use `sleep!(\"name\", duration)`, which is journaled and holds no worker";
+
+/// The attribute that says a call outside a step is meant: its result never
+/// decides what the workflow journals.
+const UNJOURNALED: &str = "unjournaled";
+
+/// Whether `path` ends with `tail`.
+fn path_ends_with(path: &syn::Path, tail: &[&str]) -> bool {
+    let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    segments.len() >= tail.len()
+        && segments[segments.len() - tail.len()..]
+            .iter()
+            .zip(tail)
+            .all(|(a, b)| a == b)
+}
+
+/// Removes `#[unjournaled]` (bare or `resumable::`) from `attrs`; whether
+/// it was there.
+fn take_unjournaled(attrs: &mut Vec<syn::Attribute>) -> bool {
+    let before = attrs.len();
+    attrs.retain(|a| {
+        let last = a.path().segments.last().map(|s| s.ident.to_string());
+        !(last.as_deref() == Some(UNJOURNALED) && matches!(a.meta, syn::Meta::Path(_)))
+    });
+    attrs.len() != before
+}
+
+/// The attributes of a statement's expression, for the kinds that carry them.
+fn expr_attrs(expr: &mut Expr) -> Option<&mut Vec<syn::Attribute>> {
+    Some(match expr {
+        Expr::Assign(e) => &mut e.attrs,
+        Expr::Await(e) => &mut e.attrs,
+        Expr::Block(e) => &mut e.attrs,
+        Expr::Call(e) => &mut e.attrs,
+        Expr::ForLoop(e) => &mut e.attrs,
+        Expr::If(e) => &mut e.attrs,
+        Expr::Let(e) => &mut e.attrs,
+        Expr::Loop(e) => &mut e.attrs,
+        Expr::Match(e) => &mut e.attrs,
+        Expr::MethodCall(e) => &mut e.attrs,
+        Expr::Try(e) => &mut e.attrs,
+        Expr::While(e) => &mut e.attrs,
+        _ => return None,
+    })
+}
+
 /// What a macro call in a workflow body is to `#[resumable]`.
 enum Journaled {
     Step,
@@ -429,6 +522,8 @@ pub struct StepRewriter<'a> {
     steps: usize,
     /// Depth of `async |..|` closures around the current point.
     async_closures: usize,
+    /// Depth of `#[unjournaled]` statements around the current point.
+    unjournaled: usize,
 }
 
 impl<'a> StepRewriter<'a> {
@@ -445,6 +540,7 @@ impl<'a> StepRewriter<'a> {
             fallback,
             steps: 0,
             async_closures: 0,
+            unjournaled: 0,
         }
     }
 
@@ -467,6 +563,31 @@ impl<'a> StepRewriter<'a> {
             Journaled::Child => self.rewrite_child(mac),
             Journaled::Race => self.rewrite_race(mac),
         }
+    }
+
+    /// Reports a call in the workflow's own code (not a step's body, not an
+    /// `#[unjournaled]` statement) that reads the world: on replay it gives
+    /// another answer than the first execution saw.
+    fn check_world(&mut self, func: &Expr) {
+        if self.in_step || self.unjournaled > 0 {
+            return;
+        }
+        let Expr::Path(path) = func else {
+            return;
+        };
+        let Some((_, what, instead)) = OUTSIDE_WORLD
+            .iter()
+            .find(|(tail, _, _)| path_ends_with(&path.path, tail))
+        else {
+            return;
+        };
+        let shown = path.path.to_token_stream().to_string().replace(' ', "");
+        self.errors.spanned(
+            &path.path,
+            format!(
+                "`{shown}` outside a step {what}: {instead}. If its result never decides what the workflow journals, mark the statement `#[unjournaled]`"
+            ),
+        );
     }
 
     /// Reports `what` (`recv!`, `child!`, `race!`) written in a step's body
@@ -866,6 +987,10 @@ impl VisitMut for StepRewriter<'_> {
                 *expr = self.rewrite(&m.mac, kind)
             }
             Expr::Macro(m) => self.rewrite_other_macro(&mut m.mac),
+            Expr::Call(c) => {
+                self.check_world(&c.func);
+                syn::visit_mut::visit_expr_call_mut(self, c);
+            }
             Expr::Closure(c) if c.asyncness.is_none() => {
                 self.closures += 1;
                 syn::visit_mut::visit_expr_closure_mut(self, c);
@@ -918,7 +1043,16 @@ impl VisitMut for StepRewriter<'_> {
                 *stmt = Stmt::Expr(expr, m.semi_token);
             }
             Stmt::Macro(m) => self.rewrite_other_macro(&mut m.mac),
-            _ => syn::visit_mut::visit_stmt_mut(self, stmt),
+            _ => {
+                let marked = match stmt {
+                    Stmt::Local(local) => take_unjournaled(&mut local.attrs),
+                    Stmt::Expr(expr, _) => expr_attrs(expr).is_some_and(take_unjournaled),
+                    _ => false,
+                };
+                self.unjournaled += usize::from(marked);
+                syn::visit_mut::visit_stmt_mut(self, stmt);
+                self.unjournaled -= usize::from(marked);
+            }
         }
     }
 
