@@ -300,10 +300,10 @@ pub fn clone_dependency<T: OwnedDependency>(dependency: &T) -> T {
     dependency.clone()
 }
 
-/// Warns, at the step, when a step's output is a `Result` whose error type
-/// is the workflow's: almost always a forgotten `?` inside the body, which
-/// would journal an `Err` as the step's success (autoref specialisation on
-/// the concrete types; used by generated code).
+/// Warns, at the step, when a step's output is a `Result`, whatever its
+/// error type: almost always a forgotten `?` inside the body, which would
+/// journal an `Err` as the step's success, never retried (autoref
+/// specialisation on the concrete types; used by generated code).
 #[doc(hidden)]
 pub struct OutputCheck<T, E>(std::marker::PhantomData<fn(T, E)>);
 
@@ -314,10 +314,10 @@ impl<T, E> OutputCheck<T, E> {
     }
 }
 
-impl<X, E> OutputCheck<Result<X, E>, E> {
+impl<X, F, E> OutputCheck<Result<X, F>, E> {
     #[doc(hidden)]
     #[deprecated(
-        note = "this step's output is a `Result` with the workflow's error type: an `Err` would be journaled as the step's success and never retried. Add `?` inside the step body to fail the step with it (or map the error to another type if journaling it is intended)"
+        note = "this step's output is a `Result`: an `Err` would be journaled as the step's success, replayed as it is and never retried. Add `?` inside the step body so that an error fails the step and is retried (convert it into the workflow's error type with `map_err` if needed); if journaling the `Result` is intended, wrap it in a type of your own, or put `#[allow(deprecated)]` on the statement"
     )]
     pub fn check(&self) {}
 }
