@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use resumable::{Journal, Json, Slot};
 
+pub mod text;
 pub mod web;
 
 /// The last time RFC 3339 can write (9999-12-31T23:59:59Z).
@@ -37,6 +38,25 @@ pub fn rfc3339(t: std::time::SystemTime, millis: bool) -> String {
 /// A run's values journaled with the JSON codec, decoded, by `input`,
 /// `outcome` and step id; values of other codecs are left out (they cannot
 /// be decoded without their types). Empty if no run has the key.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> resumable::Result<()> {
+/// use resumable::{resumable, step, MemoryJournal, Runtime};
+///
+/// #[resumable(codec = resumable::Json)]
+/// async fn double(n: u32) -> Result<u32, String> {
+///     Ok(step!("double", { n * 2 }))
+/// }
+///
+/// let journal = std::sync::Arc::new(MemoryJournal::new());
+/// Runtime::new(journal.clone()).run("d", double(21)).await?.unwrap();
+/// let values = resumable_cli::json_values(&*journal, "d").await?;
+/// assert_eq!(values["double#0"], serde_json::json!(42));
+/// assert_eq!(values["input"], serde_json::json!([21]));
+/// # Ok(())
+/// # }
+/// ```
 pub async fn json_values(
     journal: &dyn Journal,
     key: &str,

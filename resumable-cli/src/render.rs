@@ -7,6 +7,8 @@ use resumable::{CommandOutcome, RecordInfo, RunInfo, StepInfo};
 use serde::Serialize;
 use serde_json::Value;
 
+use resumable_cli::text::{ago, cut, name, value_summary as record};
+
 use crate::Failure;
 
 /// Journaled values decoded as JSON (those the JSON codec wrote), by
@@ -43,7 +45,10 @@ impl Out {
                     name(&r.status),
                     r.executions.to_string(),
                     ago(r.created_at),
-                    r.last_error.as_deref().map(one_line).unwrap_or_default(),
+                    r.last_error
+                        .as_deref()
+                        .map(|e| cut(e, 80))
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
@@ -84,7 +89,7 @@ impl Out {
                     .as_ref()
                     .map(|o| record(o, values.get("outcome"))),
             ),
-            ("last error", run.last_error.as_deref().map(one_line)),
+            ("last error", run.last_error.as_deref().map(|e| cut(e, 80))),
             (
                 "failures",
                 (run.failures > 0).then(|| run.failures.to_string()),
@@ -205,7 +210,10 @@ fn step_row(step: &StepInfo, values: &Values) -> Vec<String> {
             .as_ref()
             .map(|o| record(o, values.get(&step.id)))
             .unwrap_or_default(),
-        step.last_error.as_deref().map(one_line).unwrap_or_default(),
+        step.last_error
+            .as_deref()
+            .map(|e| cut(e, 80))
+            .unwrap_or_default(),
     ]
 }
 
@@ -324,14 +332,6 @@ fn json(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
 }
 
-/// A status's name as stored and printed (`dead_lettered`).
-fn name(value: &impl Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => "?".into(),
-    }
-}
-
 fn rfc3339(t: SystemTime) -> String {
     resumable_cli::rfc3339(t, true)
 }
@@ -340,51 +340,6 @@ fn stamp(t: SystemTime) -> String {
     match resumable_cli::rfc3339(t, false) {
         never if never == "never" => never,
         text => format!("{text} ({})", ago(t)),
-    }
-}
-
-/// `5m ago`, `in 2h`: the largest unit only.
-fn ago(t: SystemTime) -> String {
-    let now = SystemTime::now();
-    let (d, past) = match now.duration_since(t) {
-        Ok(d) => (d, true),
-        Err(e) => (e.duration(), false),
-    };
-    let s = d.as_secs();
-    let text = match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    };
-    match past {
-        true => format!("{text} ago"),
-        false => format!("in {text}"),
-    }
-}
-
-/// A value as JSON (cut at 60 characters) where it was decoded, else its
-/// size and codec.
-fn record(r: &RecordInfo, value: Option<&Value>) -> String {
-    if let Some(value) = value {
-        let text = value.to_string();
-        return match text.char_indices().nth(59) {
-            Some((cut, _)) => format!("{}…", &text[..cut]),
-            None => text,
-        };
-    }
-    match &r.codec {
-        Some(codec) => format!("{} bytes ({codec})", r.size),
-        None => format!("{} bytes", r.size),
-    }
-}
-
-/// Errors on one line, at most 80 characters.
-fn one_line(text: &str) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match flat.char_indices().nth(79) {
-        Some((cut, _)) => format!("{}…", &flat[..cut]),
-        None => flat,
     }
 }
 

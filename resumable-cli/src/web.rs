@@ -24,6 +24,8 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use resumable::{Journal, RunFilter, RunInfo, RunState, Runs, StepInfo};
 use serde::Deserialize;
 
+use crate::text::{ago, name, value_summary};
+
 /// How many runs a list page shows.
 const PAGE: usize = 50;
 /// Counts by state stop at this (a journal of millions is not counted).
@@ -44,6 +46,16 @@ pub fn router(journal: Arc<dyn Journal>) -> Router {
 }
 
 /// Serves the view on `listener` until the process ends.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let journal = resumable::SqliteJournal::open("journal.db").await?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// resumable_cli::web::serve(std::sync::Arc::new(journal), listener).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn serve(
     journal: Arc<dyn Journal>,
     listener: tokio::net::TcpListener,
@@ -208,7 +220,7 @@ async fn run(State(app): State<App>, Query(q): Query<RunQuery>) -> Response {
                             td { span class={ "status " (name(&s.status)) } { (name(&s.status)) } }
                             td.num { (s.attempts) @if let Some(t) = s.retry_at { br; small { "next " (stamp(t)) } } }
                             td.num { (s.duration_ms.map(|ms| format!("{ms} ms")).unwrap_or_default()) }
-                            td { (s.output.as_ref().map(|o| short(o, values.get(&s.id))).unwrap_or_default()) }
+                            td { (s.output.as_ref().map(|o| value_summary(o, values.get(&s.id))).unwrap_or_default()) }
                             td.error { (s.last_error.clone().unwrap_or_default()) }
                         }
                     }
@@ -309,19 +321,6 @@ fn record(info: &resumable::RecordInfo, value: Option<String>) -> Markup {
     }
 }
 
-fn short(info: &resumable::RecordInfo, value: Option<&serde_json::Value>) -> String {
-    match value {
-        Some(v) => {
-            let text = v.to_string();
-            match text.char_indices().nth(59) {
-                Some((cut, _)) => format!("{}…", &text[..cut]),
-                None => text,
-            }
-        }
-        None => format!("{} bytes", info.size),
-    }
-}
-
 fn failure(message: &str) -> Response {
     let body = html! { h1 { "The journal could not be read" } p.error { (message) } };
     (StatusCode::INTERNAL_SERVER_ERROR, page_html("Error", body)).into_response()
@@ -364,25 +363,8 @@ fn query(q: &ListQuery, after: &str) -> String {
     s.finish()
 }
 
-fn name(value: &impl serde::Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => "unknown".into(),
-    }
-}
-
 fn stamp(t: SystemTime) -> String {
     crate::rfc3339(t, false)
-}
-
-fn ago(t: SystemTime) -> String {
-    match SystemTime::now().duration_since(t) {
-        Ok(d) => format!(
-            "{} ago",
-            humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
-        ),
-        Err(_) => "just now".into(),
-    }
 }
 
 const CSS: &str = "

@@ -145,21 +145,23 @@ impl SleepCall {
     }
 }
 
+/// The string literal naming a journaled call (`what`: "a sleep's name"),
+/// or an error saying it must be one; `form` shows the call's form.
+fn literal(input: ParseStream, what: &str, form: &str) -> syn::Result<LitStr> {
+    match input.parse::<syn::Lit>() {
+        Ok(syn::Lit::Str(s)) => Ok(s),
+        _ => Err(syn::Error::new(
+            input.span(),
+            format!("{what} must be a string literal (it is its identity in the journal); {form}"),
+        )),
+    }
+}
+
 /// The `("name", value)` of `sleep!`, `sleep_until!` and `set_event!`;
 /// `whose` and `form` word the errors.
 fn name_and_value(mac: &Macro, whose: &str, form: &str) -> syn::Result<(LitStr, Expr)> {
     mac.parse_body_with(|input: ParseStream| {
-        let name = match input.parse::<syn::Lit>() {
-            Ok(syn::Lit::Str(s)) => s,
-            _ => {
-                return Err(syn::Error::new(
-                    input.span(),
-                    format!(
-                        "{whose} name must be a string literal (it is its identity in the journal); {form}"
-                    ),
-                ));
-            }
-        };
+        let name = literal(input, &format!("{whose} name"), form)?;
         input.parse::<Token![,]>().map_err(|e| {
             syn::Error::new(e.span(), format!("expected `,` after the name; {form}"))
         })?;
@@ -187,22 +189,12 @@ impl RecvCall {
     fn parse(mac: &Macro) -> syn::Result<Self> {
         let form = Self::FORM;
         mac.parse_body_with(|input: ParseStream| {
-            let topic = match input.parse::<syn::Lit>() {
-                Ok(syn::Lit::Str(s)) => s,
-                _ => {
-                    return Err(syn::Error::new(
-                        input.span(),
-                        format!(
-                            "a receive's topic must be a string literal (it is its identity in the journal); {form}"
-                        ),
-                    ));
-                }
-            };
+            let topic = literal(input, "a receive's topic", form)?;
             let mut timeout = None;
             if input.parse::<Option<Token![,]>>()?.is_some() && !input.is_empty() {
-                let key: Ident = input
-                    .parse()
-                    .map_err(|e| syn::Error::new(e.span(), format!("expected `timeout = ..`; {form}")))?;
+                let key: Ident = input.parse().map_err(|e| {
+                    syn::Error::new(e.span(), format!("expected `timeout = ..`; {form}"))
+                })?;
                 if key != "timeout" {
                     return Err(syn::Error::new(
                         key.span(),
@@ -244,17 +236,7 @@ impl ChildCall {
     fn parse(mac: &Macro) -> syn::Result<Self> {
         let form = Self::FORM;
         mac.parse_body_with(|input: ParseStream| {
-            let name = match input.parse::<syn::Lit>() {
-                Ok(syn::Lit::Str(s)) => s,
-                _ => {
-                    return Err(syn::Error::new(
-                        input.span(),
-                        format!(
-                            "a child's name must be a string literal (it is its identity in the journal); {form}"
-                        ),
-                    ));
-                }
-            };
+            let name = literal(input, "a child's name", form)?;
             let comma = |input: ParseStream, what: &str| {
                 input.parse::<Token![,]>().map_err(|e| {
                     syn::Error::new(e.span(), format!("expected `,` and {what}; {form}"))
@@ -306,17 +288,7 @@ impl RaceCall {
     fn parse(mac: &Macro) -> syn::Result<Self> {
         let form = Self::FORM;
         mac.parse_body_with(|input: ParseStream| {
-            let name = match input.parse::<syn::Lit>() {
-                Ok(syn::Lit::Str(s)) => s,
-                _ => {
-                    return Err(syn::Error::new(
-                        input.span(),
-                        format!(
-                            "a race's name must be a string literal (it is its identity in the journal); {form}"
-                        ),
-                    ));
-                }
-            };
+            let name = literal(input, "a race's name", form)?;
             input.parse::<Token![,]>().map_err(|e| {
                 syn::Error::new(e.span(), format!("expected `,` and the branches; {form}"))
             })?;

@@ -2,10 +2,11 @@
 //! with the step that records it, adopting it, refusing another run's key,
 //! listing children, and the message a finishing child sends its parent.
 
+use super::messages::receive;
 use super::{at, expect_lease_lost, load, new_run, open_leased, unique};
 use crate::error::Error;
 use crate::journal::{
-    Command, Journal, Lease, NewRun, Receive, RunFilter, RunState, StepState, Timestamp, Write,
+    Command, Journal, Lease, NewRun, RunFilter, RunState, StepState, Timestamp, Write,
 };
 
 fn start(step_id: &str, seq: u64, child: &str, t: Timestamp) -> Write {
@@ -170,7 +171,7 @@ pub async fn a_finished_child_tells_its_parent(journal: &dyn Journal) {
         .await
         .unwrap();
     // The parent gives itself back to wait, having seen no message.
-    let looked = take(journal, &lease, "probe#0", 2, "nothing").await;
+    let looked = receive(journal, &lease, "probe#0", 2, "nothing").await;
     let far = at(t, 3_600_000);
     let release = Write::Release {
         last_error: None,
@@ -203,7 +204,7 @@ pub async fn a_finished_child_tells_its_parent(journal: &dyn Journal) {
 
     let (_, lease) =
         open_leased(journal, new_run(&parent, b"input"), at(t, 9), at(t, 60_000)).await;
-    let got = take(
+    let got = receive(
         journal,
         &lease,
         "child-result:done#0",
@@ -216,7 +217,7 @@ pub async fn a_finished_child_tells_its_parent(journal: &dyn Journal) {
         Some(&b"completed\0sealed outcome"[..]),
         "the message of a finished child must be its state, a zero byte, and its outcome"
     );
-    let got = take(
+    let got = receive(
         journal,
         &lease,
         "child-result:cancelled#1",
@@ -230,25 +231,6 @@ pub async fn a_finished_child_tells_its_parent(journal: &dyn Journal) {
         "a child cancelled by a command must tell its parent, with an empty outcome"
     );
     finish(journal, &lease).await;
-}
-
-async fn take(
-    journal: &dyn Journal,
-    lease: &Lease,
-    step_id: &str,
-    seq: u64,
-    topic: &str,
-) -> crate::journal::Received {
-    let receive = Receive {
-        step_id: step_id.to_owned(),
-        seq,
-        topic: topic.to_owned(),
-        at: Timestamp::now(),
-    };
-    journal
-        .receive(lease, receive)
-        .await
-        .unwrap_or_else(|e| panic!("receive on '{topic}' failed: {e}"))
 }
 
 async fn finish(journal: &dyn Journal, lease: &Lease) {

@@ -33,7 +33,7 @@ async fn send(journal: &dyn Journal, message: NewMessage) -> bool {
         .unwrap_or_else(|e| panic!("{what} failed: {e}"))
 }
 
-async fn receive(
+pub(super) async fn receive(
     journal: &dyn Journal,
     lease: &Lease,
     step_id: &str,

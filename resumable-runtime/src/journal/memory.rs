@@ -441,6 +441,11 @@ impl Journal for MemoryJournal {
             cancel_requested: run.record.cancel_requested_at.is_some(),
         };
         let event = JournalEvent::announced_by(&lease.run_key, &write, ack);
+        // Only these end a lease, and so may finish a child run.
+        let ends = matches!(
+            write,
+            Write::RunFinished { .. } | Write::DeadLetter { .. } | Write::Release { .. }
+        );
         match write {
             Write::StepRecorded {
                 step_id,
@@ -551,7 +556,9 @@ impl Journal for MemoryJournal {
         if let Some(event) = event {
             self.events.send(event);
         }
-        self.tell_parent(&mut runs, &lease.run_key);
+        if ends {
+            self.tell_parent(&mut runs, &lease.run_key);
+        }
         Ok(ack)
     }
 

@@ -875,6 +875,25 @@ pub trait Journal: Send + Sync + Debug + 'static {
     /// receive only, and a taken message is never lost. If none waits,
     /// records nothing. Fenced as [`write`](Self::write) is; refused with
     /// [`Error::StepAlreadyRecorded`] if the step is recorded.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> resumable::Result<()> {
+    /// use std::time::Duration;
+    /// use resumable::journal::{LeaseRequest, NewRun, Receive};
+    /// use resumable::{Journal, MemoryJournal, Timestamp};
+    ///
+    /// let journal = MemoryJournal::new();
+    /// let new = NewRun { key: "r".into(), workflow: "w".into(), fingerprint: 1, input: vec![], deadline: None };
+    /// let lease = journal.open_run(new, LeaseRequest::new("me", Duration::from_secs(30))).await?.lease.unwrap();
+    /// let receive = Receive { step_id: "recv:go#0".into(), seq: 0, topic: "go".into(), at: Timestamp::now() };
+    /// let received = journal.receive(&lease, receive).await?;
+    /// // Nothing sent yet: nothing taken, nothing recorded; the count to wait past is 0.
+    /// assert_eq!((received.message, received.sent), (None, 0));
+    /// assert!(journal.load_run("r").await?.unwrap().steps.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn receive(&self, lease: &Lease, receive: Receive) -> Result<Received>;
 
     /// Wake-ups for completers and waiting clients: after a committed

@@ -1074,21 +1074,48 @@ const ATTEMPT_FAILED: &str = "INSERT INTO resumable_steps (run_id, step_id, stat
      WHERE resumable_steps.state = 'retrying'";
 
 /// Ends a lease: `?1` key, `?2` at, then the change's own parameters.
-fn end_lease(conn: &Connection, set: &str, args: &[&dyn ToSql]) -> rusqlite::Result<()> {
+/// Returns the run's parent if the run is finished now and has one (its
+/// trigger told the parent; the caller announces it).
+fn end_lease(
+    conn: &Connection,
+    set: &str,
+    args: &[&dyn ToSql],
+) -> rusqlite::Result<Option<String>> {
     let sql = format!(
         "UPDATE resumable_runs SET {set}, lease_owner = NULL, lease_expires_at = NULL, \
-         updated_at = ?2 WHERE run_key = ?1"
+         updated_at = ?2 WHERE run_key = ?1 \
+         RETURNING CASE WHEN state IN {FINISHED} THEN parent END"
     );
-    conn.prepare_cached(&sql)?.execute(args)?;
-    Ok(())
+    let parent: Option<Option<String>> = conn
+        .prepare_cached(&sql)?
+        .query_row(args, |row| row.get(0))
+        .optional()?;
+    Ok(parent.flatten())
 }
 
 /// What a lease ends with when its run's cancel was requested.
 const CANCELLED: &str = "state = 'cancelled', outcome = NULL";
 
-fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
+/// Applies `write`; returns its ack and, if it finished a child run, the
+/// parent to announce.
+fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<(Ack, Option<String>)> {
+    let mut finished_parent = None;
+    let ack = apply_write(conn, lease, write, &mut finished_parent)?;
+    Ok((ack, finished_parent))
+}
+
+fn apply_write(
+    conn: &Connection,
+    lease: &Lease,
+    write: &Write,
+    finished_parent: &mut Option<String>,
+) -> OpResult<Ack> {
     let key = &lease.run_key;
     let epoch = lease.epoch as i64;
+    let mut end_lease = |set: &str, args: &[&dyn ToSql]| -> rusqlite::Result<()> {
+        *finished_parent = end_lease(conn, set, args)?;
+        Ok(())
+    };
     match write {
         Write::StepRecorded {
             step_id,
@@ -1139,10 +1166,9 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
         Write::RunFinished { state, outcome, at } => {
             let ack = fence(conn, lease)?;
             if ack.cancel_requested {
-                end_lease(conn, CANCELLED, params![key, at.0])?;
+                end_lease(CANCELLED, params![key, at.0])?;
             } else {
                 end_lease(
-                    conn,
                     "state = ?3, outcome = ?4, \
                      last_error = CASE WHEN ?3 = 'completed' THEN NULL ELSE last_error END",
                     params![key, at.0, state.as_str(), outcome],
@@ -1160,7 +1186,7 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
                 true => "state = 'cancelled', outcome = NULL, last_error = ?3, failures = ?4",
                 false => "state = 'dead_lettered', last_error = ?3, failures = ?4",
             };
-            end_lease(conn, set, params![key, at.0, last_error, failures])?;
+            end_lease(set, params![key, at.0, last_error, failures])?;
             Ok(ack)
         }
         Write::StartChild {
@@ -1241,7 +1267,7 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
             let ack = fence(conn, lease)?;
             if ack.cancel_requested {
                 let set = "state = 'cancelled', outcome = NULL, last_error = ?3, failures = ?4";
-                end_lease(conn, set, params![key, at.0, last_error, failures])?;
+                end_lease(set, params![key, at.0, last_error, failures])?;
                 return Ok(ack);
             }
             // Waiting for a message: due now if one came since the run looked.
@@ -1250,7 +1276,6 @@ fn write(conn: &Connection, lease: &Lease, write: &Write) -> OpResult<Ack> {
                  awaits_message = (?6 IS NOT NULL AND messages_sent <= ?6)";
             let seen = wake_on_message.map(|n| n.min(i64::MAX as u64) as i64);
             end_lease(
-                conn,
                 set,
                 params![key, at.0, last_error, wake_at.0, failures, seen],
             )?;
@@ -1725,17 +1750,6 @@ fn parsed<T>(row: &Row<'_>, idx: usize, parse: fn(&str) -> Option<T>) -> rusqlit
     })
 }
 
-/// The parent of run `key`, if it has one and is finished.
-fn finished_parent(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    let parent: Option<Option<String>> = conn
-        .prepare_cached(&format!(
-            "SELECT parent FROM resumable_runs WHERE run_key = ?1 AND state IN {FINISHED}"
-        ))?
-        .query_row([key], |row| row.get(0))
-        .optional()?;
-    Ok(parent.flatten())
-}
-
 impl SqliteJournal {
     /// A child of `parent` finished (and sent it a message, which may have
     /// made it due).
@@ -1775,20 +1789,7 @@ impl Journal for SqliteJournal {
             JournalEvent::announced_by(&lease.run_key, &change, Ack { cancel_requested })
         });
         let lease = lease.clone();
-        let (ack, parent) = self
-            .call(move |conn| {
-                let ack = write(conn, &lease, &change)?;
-                // A child that finished told its parent (a trigger): announce it.
-                let finishes = matches!(change, Write::RunFinished { .. })
-                    || (ack.cancel_requested
-                        && matches!(change, Write::Release { .. } | Write::DeadLetter { .. }));
-                let parent = match finishes {
-                    true => finished_parent(conn, &lease.run_key)?,
-                    false => None,
-                };
-                Ok((ack, parent))
-            })
-            .await?;
+        let (ack, parent) = self.call(move |conn| write(conn, &lease, &change)).await?;
         if let Some(parent) = parent {
             self.announce_parent(parent);
         }

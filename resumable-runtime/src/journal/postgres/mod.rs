@@ -482,7 +482,8 @@ impl PostgresJournal {
                 let seq = *seq as i64;
                 let fingerprint = child.fingerprint as i64;
                 let deadline = child.deadline.map(|t| t.0);
-                let args: [&(dyn ToSql + Sync); 11] = [
+                let due = format!("{}{}", listener::DUE, at.0);
+                let args: [&(dyn ToSql + Sync); 13] = [
                     key,
                     &epoch,
                     step_id,
@@ -494,6 +495,8 @@ impl PostgresJournal {
                     &at.0,
                     &deadline,
                     output,
+                    &self.channel,
+                    &due,
                 ];
                 let rows = query(client, &self.sql.start_child, &args).await?;
                 let Some(row) = rows.first() else {
@@ -516,9 +519,6 @@ impl PostgresJournal {
                     None => {}
                 }
                 if recorded {
-                    let due = format!("{}{}", listener::DUE, at.0);
-                    let notify = "SELECT pg_notify($1, $2)";
-                    query(client, notify, &[&self.channel, &due]).await?;
                     return Ok(ack);
                 }
                 if ack.cancel_requested {

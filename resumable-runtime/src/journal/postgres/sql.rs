@@ -231,7 +231,8 @@ impl Statements {
             ),
             // $1 key, $2 epoch, $3 step id, $4 seq, $5 child key, $6
             // workflow, $7 fingerprint, $8 input, $9 at, $10 deadline, $11
-            // the step's output: fenced like a step write. Unless a cancel is
+            // the step's output, $12 channel, $13 the child's due payload:
+            // fenced like a step write. Unless a cancel is
             // requested, the step is recorded or the key exists, creates the
             // child and records the step. Returns
             // whether a cancel is requested, whether the step was recorded
@@ -255,8 +256,10 @@ impl Statements {
                    ON CONFLICT (run_id, step_id) DO UPDATE SET seq = excluded.seq, \
                      state = excluded.state, output = excluded.output, attempts = excluded.attempts, \
                      retry_at = NULL, epoch = excluded.epoch, updated_at = excluded.updated_at \
-                   RETURNING run_id) \
-                 SELECT cancel, (SELECT output FROM already), EXISTS (SELECT 1 FROM recorded) \
+                   RETURNING run_id), \
+                 notified AS (SELECT pg_notify($12, $13) FROM created) \
+                 SELECT cancel, (SELECT output FROM already), EXISTS (SELECT 1 FROM recorded), \
+                   (SELECT count(*) FROM notified) \
                  FROM fence"
             ),
             // $1 key, $2 epoch, $3 topic, $4 step id, $5 seq, $6 at: fenced
